@@ -1,0 +1,9 @@
+"""pyg-tensorpot: TensorNet and HIP-NN(-TS) interatomic potentials as PyTorch Geometric layers.
+
+Units: positions in Angstrom, energies in eV, forces in eV/Angstrom.
+"""
+from pyg_tensorpot.models import AtomisticModel, TensorNet, energy_and_forces
+
+__version__ = '0.1.0'
+
+__all__ = ['AtomisticModel', 'TensorNet', 'energy_and_forces', '__version__']

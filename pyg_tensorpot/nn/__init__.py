@@ -1,0 +1,16 @@
+"""Building blocks: neighbour lists, radial bases, cutoffs, tensor algebra, layers, heads."""
+from pyg_tensorpot.nn import tensor_algebra
+from pyg_tensorpot.nn.activations import ShiftedSoftplus, activation_resolver
+from pyg_tensorpot.nn.conv import TensorEmbedding, TensorInteraction
+from pyg_tensorpot.nn.cutoff import CosineCutoff, CosineSquaredCutoff
+from pyg_tensorpot.nn.heads import DipoleHead, PolarizabilityHead, ScalarHead
+from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
+from pyg_tensorpot.nn.radial import ExpNormalSmearing, GaussianSmearing
+from pyg_tensorpot.nn.readout import TensorInvariantReadout
+
+__all__ = [
+    'tensor_algebra', 'ShiftedSoftplus', 'activation_resolver', 'TensorEmbedding',
+    'TensorInteraction', 'CosineCutoff', 'CosineSquaredCutoff', 'DipoleHead',
+    'PolarizabilityHead', 'ScalarHead', 'edge_vectors', 'radius_graph', 'ExpNormalSmearing',
+    'GaussianSmearing', 'TensorInvariantReadout'
+]

@@ -1,0 +1,131 @@
+from typing import Union
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+
+from pyg_tensorpot.nn.activations import activation_resolver
+from pyg_tensorpot.nn.cutoff import CosineCutoff
+from pyg_tensorpot.nn.tensor_algebra import (
+    compose,
+    squared_norm,
+    traceless_outer,
+    unpack_parts,
+)
+
+# Which of the three radial filters (I, A, S) multiplies each of the 10 packed components.
+_FILTER_OF_COMPONENT = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2)
+
+
+class TensorEmbedding(MessagePassing):
+    r"""The Cartesian rank-2 embedding of TensorNet, from the
+    `"TensorNet: Cartesian Tensor Representations for Efficient Learning of Molecular
+    Potentials" <https://arxiv.org/abs/2306.06482>`_ paper (Simeon & De Fabritiis, NeurIPS 2023)
+
+    .. math::
+        \mathbf{X}_i = \sum_{j \in \mathcal{N}(i) \cup \{i\}} f^I_{ij}\,\mathbf{1}
+        + f^A_{ij}\,[\hat{\mathbf{r}}_{ij}]_\times
+        + f^S_{ij}\left(\hat{\mathbf{r}}_{ij}\hat{\mathbf{r}}_{ij}^\top
+        - \tfrac{1}{3}\mathbf{1}\right),
+        \qquad f^c_{ij} = (\mathbf{W}_c\,\mathbf{e}(d_{ij}) + \mathbf{b}_c)\,\phi(d_{ij})\,
+        \mathbf{Z}_{ij},
+
+    with the pair embedding :math:`\mathbf{Z}_{ij} = \mathbf{W}_z[\mathbf{E}(z_i) \|
+    \mathbf{E}(z_j)] + \mathbf{b}_z`, :math:`\hat{\mathbf{r}}_{ij}` the unit vector from
+    :math:`j` to :math:`i` (zero on self-loops) and :math:`\phi` the cosine cutoff. The parts are
+    then mixed over channels and gated by an MLP of the layer-normalised squared norms,
+
+    .. math::
+        \mathbf{X}_i \leftarrow n^I_i\,(\mathbf{W}_I I_i)\mathbf{1} + n^A_i\,\mathbf{W}_A
+        \mathbf{A}_i + n^S_i\,\mathbf{W}_S\mathbf{S}_i, \qquad
+        (n^I, n^A, n^S)_i = \sigma(\mathbf{W}_2\,\sigma(\mathbf{W}_1
+        \operatorname{LN}(\|\mathbf{X}_i\|^2) + \mathbf{b}_1) + \mathbf{b}_2),
+
+    where :math:`\|\cdot\|^2` is the squared Frobenius norm per channel, as in torchmd-net.
+
+    Args:
+        hidden_channels (int): Number of tensor channels :math:`H`.
+        num_rbf (int): Number of radial basis functions fed in as :obj:`edge_attr`.
+        cutoff (float): Cutoff radius :math:`r_c` of :math:`\phi` in Angstrom.
+        max_z (int, optional): Size of the atom-type embedding table. (default: :obj:`128`)
+        activation (str or torch.nn.Module, optional): The activation :math:`\sigma`.
+            (default: :obj:`"silu"`)
+        cutoff_lower (float, optional): Lower cutoff of :math:`\phi`. (default: :obj:`0.0`)
+
+    Shapes:
+        - **input:** atomic numbers :math:`(N)`, edge indices :math:`(2, E)` (self-loops
+          included), edge lengths :math:`(E)`, edge unit vectors :math:`(E, 3)`, radial basis
+          :math:`(E, K)`
+        - **output:** tensor features :math:`(N, 3, 3, H)`
+    """
+    def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float, max_z: int = 128,
+                 activation: Union[str, torch.nn.Module] = 'silu', cutoff_lower: float = 0.0):
+        super().__init__(aggr='add', node_dim=0)
+        self.hidden_channels = hidden_channels
+        self.num_rbf = num_rbf
+        self.max_z = max_z
+        self.cutoff_fn = CosineCutoff(cutoff, cutoff_lower)
+        self.atom_embedding = torch.nn.Embedding(max_z, hidden_channels)
+        self.pair_embedding = torch.nn.Linear(2 * hidden_channels, hidden_channels)
+        # The three K -> H radial projections of the I, A and S filters, stacked.
+        self.radial_projection = torch.nn.Linear(num_rbf, 3 * hidden_channels)
+        self.mixing = torch.nn.ModuleList(
+            [torch.nn.Linear(hidden_channels, hidden_channels, bias=False) for _ in range(3)])
+        self.norm = torch.nn.LayerNorm(hidden_channels)
+        self.gate_mlp = torch.nn.Sequential(
+            torch.nn.Linear(hidden_channels, 2 * hidden_channels),
+            activation_resolver(activation),
+            torch.nn.Linear(2 * hidden_channels, 3 * hidden_channels),
+            activation_resolver(activation),
+        )
+        self.register_buffer('filter_of_component', torch.tensor(_FILTER_OF_COMPONENT),
+                             persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.atom_embedding.reset_parameters()
+        self.pair_embedding.reset_parameters()
+        # Three independent K -> H layers, each with torch's default initialisation.
+        for block in self.radial_projection.weight.detach().chunk(3, dim=0):
+            torch.nn.init.kaiming_uniform_(block, a=5**0.5)
+        bound = 1.0 / self.num_rbf**0.5
+        torch.nn.init.uniform_(self.radial_projection.bias, -bound, bound)
+        for linear in self.mixing:
+            linear.reset_parameters()
+        self.norm.reset_parameters()
+        for module in self.gate_mlp:
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+
+    def forward(self, z: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_unit: Tensor,
+                edge_attr: Tensor) -> Tensor:
+        H = self.hidden_channels
+        atom = self.atom_embedding(z)
+        # W_z [E(z_i) || E(z_j)] + b_z, evaluated per atom then summed per edge.
+        weight_i, weight_j = self.pair_embedding.weight.split(H, dim=1)
+        receiver = torch.nn.functional.linear(atom, weight_i, self.pair_embedding.bias)
+        sender = torch.nn.functional.linear(atom, weight_j)
+        source, target = edge_index[0], edge_index[1]
+        pair = receiver.index_select(0, target) + sender.index_select(0, source)
+        pair = pair * self.cutoff_fn(edge_weight).unsqueeze(-1)
+        filters = self.radial_projection(edge_attr).unflatten(-1, (3, H)) * pair.unsqueeze(1)
+        geometry = torch.cat([torch.ones_like(edge_unit[:, :1]), edge_unit,
+                              traceless_outer(edge_unit)], dim=-1)
+        components = self.propagate(edge_index, filters=filters, geometry=geometry,
+                                    size=(z.size(0), z.size(0)))
+        scalar, antisymmetric, symmetric = unpack_parts(components)
+
+        gates = self.gate_mlp(self.norm(squared_norm(compose(scalar, antisymmetric, symmetric))))
+        gates = gates.unflatten(-1, (3, H))
+        scalar = self.mixing[0](scalar) * gates[:, 0]
+        antisymmetric = self.mixing[1](antisymmetric) * gates[:, 1, None, None]
+        symmetric = self.mixing[2](symmetric) * gates[:, 2, None, None]
+        return compose(scalar, antisymmetric, symmetric)
+
+    def message(self, filters: Tensor, geometry: Tensor) -> Tensor:
+        # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components.
+        return filters.index_select(1, self.filter_of_component) * geometry.unsqueeze(-1)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.hidden_channels}, num_rbf={self.num_rbf}, '
+                f'max_z={self.max_z}, cutoff={self.cutoff_fn.cutoff_upper})')

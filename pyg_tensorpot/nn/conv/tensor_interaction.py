@@ -1,0 +1,141 @@
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+
+from pyg_tensorpot.nn.activations import activation_resolver
+from pyg_tensorpot.nn.cutoff import CosineCutoff
+from pyg_tensorpot.nn.tensor_algebra import (
+    compose,
+    decompose,
+    matmul,
+    o3_product,
+    pack,
+    so3_product,
+    squared_norm,
+    unpack,
+)
+
+# Which of the three edge filters (I, A, S) multiplies each of the 10 packed components.
+_FILTER_OF_COMPONENT = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2)
+
+
+class TensorInteraction(MessagePassing):
+    r"""The interaction layer of TensorNet, from the
+    `"TensorNet: Cartesian Tensor Representations for Efficient Learning of Molecular
+    Potentials" <https://arxiv.org/abs/2306.06482>`_ paper, as torchmd-net 3.1.0 implements it
+
+    .. math::
+        \bar{\mathbf{X}}_i &= \mathbf{X}_i / (\|\mathbf{X}_i\|^2 + 1), \qquad
+        \mathbf{Y}_i = (\mathbf{W}_0 \bar I_i)\mathbf{1} + \mathbf{W}_1\bar{\mathbf{A}}_i
+        + \mathbf{W}_2\bar{\mathbf{S}}_i,
+
+        \mathbf{M}_i &= \sum_{j \in \mathcal{N}(i) \cup \{i\}} g^I_{ij}\,I^Y_j\mathbf{1}
+        + g^A_{ij}\,\mathbf{A}^Y_j + g^S_{ij}\,\mathbf{S}^Y_j, \qquad
+        \mathbf{g}_{ij} = \phi(d_{ij})\,\mathrm{MLP}(\mathbf{e}(d_{ij})),
+
+        \mathbf{C}_i &= (1 + 0.1\,Q)\,(\mathbf{M}_i\mathbf{Y}_i + \mathbf{Y}_i\mathbf{M}_i)
+        \quad \text{(O(3))} \qquad \text{or} \qquad 2\,\mathbf{Y}_i\mathbf{M}_i
+        \quad \text{(SO(3))},
+
+        \Delta\mathbf{X}_i &= \frac{(\mathbf{W}_3 I^C_i)\mathbf{1} + \mathbf{W}_4
+        \mathbf{A}^C_i + \mathbf{W}_5\mathbf{S}^C_i}{\|\mathbf{C}_i\|^2 + 1}, \qquad
+        \mathbf{X}_i' = \bar{\mathbf{X}}_i + \Delta\mathbf{X}_i
+        + (1 + 0.1\,Q)\,\Delta\mathbf{X}_i\Delta\mathbf{X}_i,
+
+    where the MLP has three layers with an activation after each, :math:`\mathbf{W}_k` mix
+    channels only, products are per-channel 3x3 matrix products, :math:`\|\cdot\|^2` is the
+    squared Frobenius norm and :math:`Q` the total charge of the molecule (0 if not given).
+
+    Args:
+        hidden_channels (int): Number of tensor channels :math:`H`.
+        num_rbf (int): Number of radial basis functions fed in as :obj:`edge_attr`.
+        cutoff (float): Cutoff radius :math:`r_c` of :math:`\phi` in Angstrom.
+        equivariance (str, optional): :obj:`"O(3)"` (invariant energies under rotations and
+            reflections) or :obj:`"SO(3)"` (rotations only). (default: :obj:`"O(3)"`)
+        activation (str or torch.nn.Module, optional): The activation. (default: :obj:`"silu"`)
+        cutoff_lower (float, optional): Lower cutoff of :math:`\phi`. (default: :obj:`0.0`)
+
+    Shapes:
+        - **input:** tensor features :math:`(N, 3, 3, H)`, edge indices :math:`(2, E)`
+          (self-loops included), edge lengths :math:`(E)`, radial basis :math:`(E, K)`,
+          optional per-atom total charge of the molecule :math:`(N)`
+        - **output:** tensor features :math:`(N, 3, 3, H)`
+    """
+    def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float,
+                 equivariance: str = 'O(3)', activation: Union[str, torch.nn.Module] = 'silu',
+                 cutoff_lower: float = 0.0):
+        super().__init__(aggr='add', node_dim=0)
+        if equivariance not in ('O(3)', 'SO(3)'):
+            raise ValueError(f"equivariance must be 'O(3)' or 'SO(3)', got '{equivariance}'")
+        self.hidden_channels = hidden_channels
+        self.num_rbf = num_rbf
+        self.equivariance = equivariance
+        self.cutoff_fn = CosineCutoff(cutoff, cutoff_lower)
+        self.filter_mlp = torch.nn.Sequential(
+            torch.nn.Linear(num_rbf, hidden_channels),
+            activation_resolver(activation),
+            torch.nn.Linear(hidden_channels, 2 * hidden_channels),
+            activation_resolver(activation),
+            torch.nn.Linear(2 * hidden_channels, 3 * hidden_channels),
+            activation_resolver(activation),
+        )
+        self.mixing_in = torch.nn.ModuleList(
+            [torch.nn.Linear(hidden_channels, hidden_channels, bias=False) for _ in range(3)])
+        self.mixing_out = torch.nn.ModuleList(
+            [torch.nn.Linear(hidden_channels, hidden_channels, bias=False) for _ in range(3)])
+        self.register_buffer('filter_of_component', torch.tensor(_FILTER_OF_COMPONENT),
+                             persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for module in self.filter_mlp:
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        for linear in [*self.mixing_in, *self.mixing_out]:
+            linear.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_attr: Tensor,
+                charge: Optional[Tensor] = None) -> Tensor:
+        filters = self.filter_mlp(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
+        filters = filters.unflatten(-1, (3, self.hidden_channels))
+
+        x = x / (squared_norm(x) + 1.0).unsqueeze(-2).unsqueeze(-2)
+        scalar, antisymmetric, symmetric = decompose(x)
+        scalar = self.mixing_in[0](scalar)
+        antisymmetric = self.mixing_in[1](antisymmetric)
+        symmetric = self.mixing_in[2](symmetric)
+        y = compose(scalar, antisymmetric, symmetric)
+
+        message = unpack(
+            self.propagate(edge_index, y=pack(scalar, antisymmetric, symmetric),
+                           filters=filters, size=(x.size(0), x.size(0))))
+
+        charge_factor = None
+        if charge is not None:
+            charge_factor = (1.0 + 0.1 * charge).to(x.dtype)[:, None, None, None]
+        if self.equivariance == 'O(3)':
+            product = o3_product(message, y)
+            if charge_factor is not None:
+                product = charge_factor * product
+        else:
+            product = so3_product(message, y)
+
+        scalar, antisymmetric, symmetric = decompose(product)
+        inverse_norm = 1.0 / (squared_norm(product) + 1.0)
+        scalar = self.mixing_out[0](scalar * inverse_norm)
+        antisymmetric = self.mixing_out[1](antisymmetric * inverse_norm[:, None, None])
+        symmetric = self.mixing_out[2](symmetric * inverse_norm[:, None, None])
+        dx = compose(scalar, antisymmetric, symmetric)
+        square = matmul(dx, dx)
+        if charge_factor is not None:
+            square = charge_factor * square
+        return x + dx + square
+
+    def message(self, y_j: Tensor, filters: Tensor) -> Tensor:
+        return filters.index_select(1, self.filter_of_component) * y_j
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.hidden_channels}, num_rbf={self.num_rbf}, '
+                f'equivariance={self.equivariance})')

@@ -1,0 +1,174 @@
+r"""Neighbour lists on top of `vesin <https://github.com/Luthaf/vesin>`_.
+
+Edge convention (PyG's ``flow="source_to_target"``): ``edge_index[0]`` is the neighbour
+:math:`j` (source of the message) and ``edge_index[1]`` the receiving atom :math:`i`. The edge
+vector is :math:`\mathbf{r}_{ij} = \mathbf{r}_i - (\mathbf{r}_j + \mathbf{s}_{ij})`, receiver
+minus neighbour, where :math:`\mathbf{s}_{ij}` is the Cartesian lattice translation of the
+periodic image of :math:`j` (zero without periodic boundaries).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from vesin_torch import NeighborList
+
+
+def _vesin_pairs(points: Tensor, cutoff: float, box: Tensor,
+                 periodic: Union[bool, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    calculator = NeighborList(cutoff=cutoff, full_list=True, sorted=True)
+    i, j, shifts = calculator.compute(points, box, periodic, quantities='ijS', copy=True)
+    return i.long(), j.long(), shifts
+
+
+def radius_graph(
+    pos: Tensor,
+    cutoff: float,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    max_num_neighbors: Optional[int] = None,
+    cell: Optional[Tensor] = None,
+    pbc: Optional[Union[bool, Tensor]] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    r"""Builds the graph of all atom pairs of the same structure closer than :obj:`cutoff`.
+
+    Pairs are found with vesin's cell lists in :math:`O(N)` (in float64, whatever the dtype of
+    :obj:`pos`); the graph is not differentiable, the edge vectors computed from it with
+    :func:`edge_vectors` are. Every pair is stored in both directions.
+
+    Args:
+        pos (torch.Tensor): Positions in Angstrom, shape :obj:`[num_atoms, 3]`.
+        cutoff (float): Cutoff radius in Angstrom; pairs with :math:`d_{ij} < r_c` are kept.
+        batch (torch.Tensor, optional): Structure index of every atom. (default: :obj:`None`)
+        loop (bool, optional): If :obj:`True`, adds the self-loop :math:`(i, i)` of every atom.
+            (default: :obj:`False`)
+        max_num_neighbors (int, optional): Neighbour budget per atom. An atom with more
+            neighbours raises an error instead of silently losing pairs. (default: :obj:`None`)
+        cell (torch.Tensor, optional): Lattice vectors as rows, shape :obj:`[3, 3]` or
+            :obj:`[num_structures, 3, 3]`, Angstrom. (default: :obj:`None`)
+        pbc (bool or torch.Tensor, optional): Periodic directions, a bool or :obj:`[3]` bools
+            (or :obj:`[num_structures, 3]`). Defaults to fully periodic when :obj:`cell` is
+            given. (default: :obj:`None`)
+
+    Returns:
+        (edge_index, shifts): :obj:`edge_index` of shape :obj:`[2, num_edges]` and, with a cell,
+        the Cartesian image translations :obj:`[num_edges, 3]` of the neighbours (else
+        :obj:`None`).
+    """
+    if pos.dim() != 2 or pos.size(-1) != 3:
+        raise ValueError(f'pos must have shape [num_atoms, 3], got {list(pos.shape)}')
+    if not cutoff > 0:
+        raise ValueError(f'cutoff must be positive, got {cutoff}')
+    num_atoms = pos.size(0)
+    device = pos.device
+    if batch is None:
+        batch = torch.zeros(num_atoms, dtype=torch.long, device=device)
+    points = pos.detach().to('cpu', torch.float64)
+    batch_cpu = batch.to('cpu')
+
+    shifts: Optional[Tensor] = None
+    if cell is None:
+        i, j = _open_boundary_pairs(points, batch_cpu, cutoff)
+    else:
+        i, j, shifts = _periodic_pairs(points, batch_cpu, cutoff, cell, pbc)
+
+    if max_num_neighbors is not None:
+        counts = torch.bincount(i, minlength=num_atoms)
+        if num_atoms > 0 and int(counts.max()) > max_num_neighbors:
+            atom = int(counts.argmax())
+            raise RuntimeError(
+                f'atom {atom} has {int(counts.max())} neighbours within {cutoff} A, more than '
+                f'max_num_neighbors={max_num_neighbors}; raise the budget (no pair is dropped)')
+
+    # vesin's (i, j) pair has its vector pointing from i to j; i receives the message.
+    edge_index = torch.stack([j, i], dim=0)
+    if loop:
+        self_loops = torch.arange(num_atoms).repeat(2, 1)
+        edge_index = torch.cat([edge_index, self_loops], dim=1)
+        if shifts is not None:
+            shifts = torch.cat([shifts, shifts.new_zeros(num_atoms, 3)], dim=0)
+    edge_index = edge_index.to(device)
+    if shifts is not None:
+        shifts = shifts.to(device)
+    return edge_index, shifts
+
+
+def _open_boundary_pairs(points: Tensor, batch: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
+    # One vesin call for the whole batch: every structure is translated along x, far enough
+    # from the previous one that no pair can straddle two structures. The translation only
+    # selects pairs; distances are recomputed from the untouched positions by the caller.
+    num_structures = int(batch.max()) + 1 if batch.numel() > 0 else 0
+    if num_structures > 1:
+        lo = torch.full((num_structures, ), float('inf'), dtype=torch.float64)
+        hi = torch.full((num_structures, ), -float('inf'), dtype=torch.float64)
+        lo = lo.scatter_reduce(0, batch, points[:, 0], 'amin')
+        hi = hi.scatter_reduce(0, batch, points[:, 0], 'amax')
+        width = torch.nan_to_num(hi - lo, posinf=0.0, neginf=0.0) + 2.0 * cutoff + 1.0
+        start = torch.cumsum(width, 0) - width
+        offset = start - torch.nan_to_num(lo, posinf=0.0)
+        points = points.clone()
+        points[:, 0] += offset[batch]
+    box = torch.zeros(3, 3, dtype=torch.float64)
+    i, j, _ = _vesin_pairs(points, cutoff, box, False)
+    return i, j
+
+
+def _periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
+                    pbc: Optional[Union[bool, Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
+    num_structures = int(batch.max()) + 1 if batch.numel() > 0 else 0
+    cells = cell if cell.dim() == 3 else cell.unsqueeze(0).expand(num_structures, 3, 3)
+    if cells.shape[1:] != (3, 3) or cells.size(0) != num_structures:
+        raise ValueError(f'cell must have shape [3, 3] or [{num_structures}, 3, 3], '
+                         f'got {list(cell.shape)}')
+    if pbc is None:
+        pbc = True
+    pbc_t = torch.as_tensor(pbc, dtype=torch.bool).cpu()
+    pbc_t = pbc_t.reshape(-1, 3) if pbc_t.dim() > 0 else pbc_t.reshape(1, 1).expand(1, 3)
+    pbc_t = pbc_t.expand(num_structures, 3)
+    cells_cpu = cells.detach().to('cpu', torch.float64)
+
+    all_i, all_j, all_shift = [], [], []
+    counts = torch.bincount(batch, minlength=num_structures)
+    starts = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(batch, stable=True)
+    for s in range(num_structures):
+        atoms = order[starts[s]:starts[s] + counts[s]]
+        i, j, shift = _vesin_pairs(points[atoms], cutoff, cells_cpu[s], pbc_t[s])
+        all_i.append(atoms[i])
+        all_j.append(atoms[j])
+        # Cartesian translation of the neighbour's image; differentiable w.r.t. the cell.
+        all_shift.append(shift.to(cell.dtype).to(cell.device) @ cells[s])
+    i = torch.cat(all_i)
+    j = torch.cat(all_j)
+    # vesin's vector is r_j + S - r_i; our r_ij = r_i - (r_j + s_ij).
+    shifts = torch.cat(all_shift).cpu() if all_shift else torch.zeros(0, 3)
+    return i, j, shifts
+
+
+def edge_vectors(pos: Tensor, edge_index: Tensor,
+                 shifts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    r"""Differentiable edge vectors :math:`\mathbf{r}_{ij}` and lengths :math:`d_{ij}`.
+
+    Self-loops get a zero vector and length 0 with a finite gradient (the norm is only
+    evaluated on the other edges).
+
+    Args:
+        pos (torch.Tensor): Positions, shape :obj:`[num_atoms, 3]`.
+        edge_index (torch.Tensor): Graph, row 0 the neighbour :math:`j`, row 1 the receiver
+            :math:`i`.
+        shifts (torch.Tensor, optional): Cartesian image translations of the neighbours,
+            shape :obj:`[num_edges, 3]`. (default: :obj:`None`)
+
+    Returns:
+        (edge_vec, edge_weight): :obj:`[num_edges, 3]` and :obj:`[num_edges]`.
+    """
+    source, target = edge_index[0], edge_index[1]
+    edge_vec = pos.index_select(0, target) - pos.index_select(0, source)
+    if shifts is not None:
+        edge_vec = edge_vec - shifts.to(edge_vec.dtype)
+    is_self = (source == target).unsqueeze(-1)
+    if shifts is not None:
+        is_self = is_self & (shifts == 0).all(dim=-1, keepdim=True)
+    safe_vec = torch.where(is_self, torch.ones_like(edge_vec), edge_vec)
+    edge_weight = torch.where(is_self.squeeze(-1), torch.zeros_like(edge_vec[:, 0]),
+                              torch.linalg.vector_norm(safe_vec, dim=-1))
+    return edge_vec, edge_weight

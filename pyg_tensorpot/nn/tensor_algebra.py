@@ -1,0 +1,142 @@
+r"""Algebra of rank-2 Cartesian tensor features.
+
+A tensor feature holds, for every atom, :math:`H` channels of a :math:`3 \times 3` matrix, stored
+channels-last as :obj:`[num_atoms, 3, 3, H]`. Every matrix splits into its irreducible parts
+
+.. math::
+    \mathbf{X} = I\,\mathbf{1} + \mathbf{A} + \mathbf{S}, \qquad
+    I = \tfrac{1}{3}\operatorname{tr}\mathbf{X}, \quad
+    \mathbf{A} = \tfrac{1}{2}(\mathbf{X} - \mathbf{X}^\top), \quad
+    \mathbf{S} = \tfrac{1}{2}(\mathbf{X} + \mathbf{X}^\top) - I\,\mathbf{1},
+
+a scalar (1 number), an antisymmetric part (3 numbers, a vector) and a symmetric traceless part
+(5 numbers). Under a rotation or reflection :math:`\mathbf{R}`, each part transforms as
+:math:`\mathbf{X} \mapsto \mathbf{R}\mathbf{X}\mathbf{R}^\top`. Mixing channels with a matrix
+acting on the last axis commutes with that action.
+
+For message passing the parts are packed into 10 components per channel,
+:obj:`[..., 10, H]`: :math:`(I, a_x, a_y, a_z, S_{xx}, S_{yy}, S_{zz}, S_{xy}, S_{xz}, S_{yz})`
+with :math:`\mathbf{a} = \operatorname{vec}(\mathbf{A})`, so that a per-edge message touches 10
+instead of 27 numbers per channel.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+NUM_COMPONENTS = 10
+
+
+def skew(vector: Tensor) -> Tensor:
+    r"""The cross-product matrix :math:`[\mathbf{v}]_\times` of :obj:`vector`, so that
+    :math:`[\mathbf{v}]_\times \mathbf{w} = \mathbf{v} \times \mathbf{w}`.
+
+    Args:
+        vector (torch.Tensor): Shape :obj:`[..., 3, H]`.
+
+    Returns:
+        torch.Tensor: Shape :obj:`[..., 3, 3, H]`.
+    """
+    vx, vy, vz = vector.unbind(-2)
+    zero = torch.zeros_like(vx)
+    rows = (zero, -vz, vy, vz, zero, -vx, -vy, vx, zero)
+    return torch.stack(rows, dim=-2).unflatten(-2, (3, 3))
+
+
+def skew_to_vector(tensor: Tensor) -> Tensor:
+    r"""The vector :math:`\operatorname{vec}(\mathbf{A}) = \frac{1}{2}(A_{zy} - A_{yz},
+    A_{xz} - A_{zx}, A_{yx} - A_{xy})`, the inverse of :func:`skew` on antisymmetric input.
+
+    Args:
+        tensor (torch.Tensor): Shape :obj:`[..., 3, 3, H]`.
+
+    Returns:
+        torch.Tensor: Shape :obj:`[..., 3, H]`.
+    """
+    t = tensor
+    return 0.5 * torch.stack((t[..., 2, 1, :] - t[..., 1, 2, :], t[..., 0, 2, :] - t[..., 2, 0, :],
+                              t[..., 1, 0, :] - t[..., 0, 1, :]), dim=-2)
+
+
+def scalar_to_tensor(scalar: Tensor) -> Tensor:
+    r"""The isotropic tensor :math:`I\,\mathbf{1}`; :obj:`[..., H]` to :obj:`[..., 3, 3, H]`."""
+    eye = torch.eye(3, dtype=scalar.dtype, device=scalar.device)
+    return scalar.unsqueeze(-2).unsqueeze(-2) * eye.unsqueeze(-1)
+
+
+def decompose(tensor: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Splits :obj:`tensor` :obj:`[..., 3, 3, H]` into :math:`(I, \mathbf{A}, \mathbf{S})`.
+
+    Returns:
+        (I, A, S): the scalar part :obj:`[..., H]` (one third of the trace) and the
+        antisymmetric and symmetric-traceless parts :obj:`[..., 3, 3, H]`.
+    """
+    transpose = tensor.transpose(-3, -2)
+    antisymmetric = 0.5 * (tensor - transpose)
+    scalar = tensor.diagonal(dim1=-3, dim2=-2).mean(-1)
+    symmetric = 0.5 * (tensor + transpose) - scalar_to_tensor(scalar)
+    return scalar, antisymmetric, symmetric
+
+
+def compose(scalar: Tensor, antisymmetric: Tensor, symmetric: Tensor) -> Tensor:
+    r"""The inverse of :func:`decompose`: :math:`I\,\mathbf{1} + \mathbf{A} + \mathbf{S}`."""
+    return scalar_to_tensor(scalar) + antisymmetric + symmetric
+
+
+def squared_norm(tensor: Tensor) -> Tensor:
+    r"""Squared Frobenius norm per channel, :math:`\sum_{ab} X_{ab}^2`;
+    :obj:`[..., 3, 3, H]` to :obj:`[..., H]`. (TensorNet's "norm" is always this square.)"""
+    return tensor.square().sum((-3, -2))
+
+
+def matmul(left: Tensor, right: Tensor) -> Tensor:
+    r"""Matrix product per channel, :math:`(\mathbf{L}\mathbf{R})_{ab} = \sum_c L_{ac}R_{cb}`."""
+    return (left.unsqueeze(-2) * right.unsqueeze(-4)).sum(-3)
+
+
+def o3_product(message: Tensor, features: Tensor) -> Tensor:
+    r"""The parity-preserving product :math:`\mathbf{M}\mathbf{Y} + \mathbf{Y}\mathbf{M}`.
+
+    It maps :math:`(\mathbf{M}^\top, \mathbf{Y}^\top)` to the transpose of its value, so a
+    network built on it is invariant under improper rotations as well (group O(3))."""
+    return matmul(message, features) + matmul(features, message)
+
+
+def so3_product(message: Tensor, features: Tensor) -> Tensor:
+    r"""The product :math:`2\,\mathbf{Y}\mathbf{M}`, equivariant under proper rotations only
+    (group SO(3)): reflections can change the invariants it produces."""
+    return 2.0 * matmul(features, message)
+
+
+def pack(scalar: Tensor, antisymmetric: Tensor, symmetric: Tensor) -> Tensor:
+    r"""Packs :math:`(I, \mathbf{A}, \mathbf{S})` into the 10 components :obj:`[..., 10, H]`."""
+    s = symmetric
+    return torch.stack((scalar, *skew_to_vector(antisymmetric).unbind(-2), s[..., 0, 0, :],
+                        s[..., 1, 1, :], s[..., 2, 2, :], s[..., 0, 1, :], s[..., 0, 2, :],
+                        s[..., 1, 2, :]), dim=-2)
+
+
+def unpack(components: Tensor) -> Tensor:
+    r"""The full tensor :obj:`[..., 3, 3, H]` from the 10 components :obj:`[..., 10, H]`."""
+    c = components
+    scalar = c[..., 0, :]
+    xx, yy, zz, xy, xz, yz = c[..., 4:, :].unbind(-2)
+    symmetric = torch.stack((xx, xy, xz, xy, yy, yz, xz, yz, zz), dim=-2).unflatten(-2, (3, 3))
+    return scalar_to_tensor(scalar) + skew(c[..., 1:4, :]) + symmetric
+
+
+def unpack_parts(components: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Like :func:`unpack`, but returns :math:`(I, \mathbf{A}, \mathbf{S})` separately."""
+    c = components
+    xx, yy, zz, xy, xz, yz = c[..., 4:, :].unbind(-2)
+    symmetric = torch.stack((xx, xy, xz, xy, yy, yz, xz, yz, zz), dim=-2).unflatten(-2, (3, 3))
+    return c[..., 0, :], skew(c[..., 1:4, :]), symmetric
+
+
+def traceless_outer(vector: Tensor) -> Tensor:
+    r"""The 6 packed components of :math:`\mathbf{u}\mathbf{u}^\top - \frac{1}{3}|\mathbf{u}|^2
+    \mathbf{1}` for :obj:`vector` :obj:`[..., 3]`, as :obj:`[..., 6]`
+    (:math:`xx, yy, zz, xy, xz, yz`)."""
+    x, y, z = vector.unbind(-1)
+    third = (x * x + y * y + z * z) / 3.0
+    return torch.stack((x * x - third, y * y - third, z * z - third, x * y, x * z, y * z), dim=-1)

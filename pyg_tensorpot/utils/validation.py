@@ -1,0 +1,89 @@
+"""Input checks shared by every model: they fail loudly, with messages a chemist understands."""
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from pyg_tensorpot.utils.elements import symbol
+
+#: Two atoms closer than this (Angstrom) are almost certainly a bug in the input geometry.
+MIN_INTERATOMIC_DISTANCE = 0.1
+
+
+def check_atoms(
+    z: Tensor,
+    pos: Tensor,
+    batch: Optional[Tensor] = None,
+    max_z: Optional[int] = None,
+    supported_elements: Optional[Sequence[int]] = None,
+) -> None:
+    r"""Validates atomic numbers, positions and the batch vector of a (batch of) structure(s).
+
+    Args:
+        z (torch.Tensor): Atomic numbers, shape :obj:`[num_atoms]`, integer dtype.
+        pos (torch.Tensor): Cartesian positions in Angstrom, shape :obj:`[num_atoms, 3]`.
+        batch (torch.Tensor, optional): Molecule index of every atom, shape :obj:`[num_atoms]`.
+            (default: :obj:`None`)
+        max_z (int, optional): Atomic numbers must be smaller than this. (default: :obj:`None`)
+        supported_elements (Sequence[int], optional): If given, every atomic number must be one
+            of these. (default: :obj:`None`)
+    """
+    if not isinstance(z, Tensor) or not isinstance(pos, Tensor):
+        raise TypeError('z and pos must be torch tensors')
+    if z.dim() != 1:
+        raise ValueError(f'z (atomic numbers) must have shape [num_atoms], got {list(z.shape)}')
+    if z.dtype.is_floating_point or z.dtype == torch.bool or z.is_complex():
+        raise TypeError(f'z (atomic numbers) must be an integer tensor, got {z.dtype}')
+    if pos.dim() != 2 or pos.size(-1) != 3:
+        raise ValueError(f'pos must have shape [num_atoms, 3] (Angstrom), got {list(pos.shape)}')
+    if pos.size(0) != z.size(0):
+        raise ValueError(f'z has {z.size(0)} atoms but pos has {pos.size(0)} rows')
+    if not pos.dtype.is_floating_point:
+        raise TypeError(f'pos must be a floating-point tensor, got {pos.dtype}')
+    if z.numel() == 0:
+        raise ValueError('the structure has no atoms')
+    bad = ~torch.isfinite(pos).all(dim=-1)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten()[:10].tolist()
+        raise ValueError(f'positions contain NaN or infinite values (atoms {idx})')
+    if bool((z <= 0).any()):
+        idx = (z <= 0).nonzero().flatten()[:10].tolist()
+        raise ValueError(f'atomic numbers must be positive; atoms {idx} have '
+                         f'{z[idx].tolist()}')
+    if max_z is not None and bool((z >= max_z).any()):
+        bad_z = sorted(set(z[z >= max_z].tolist()))
+        names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad_z)
+        raise ValueError(f'unknown element {names}: this model supports atomic numbers '
+                         f'below max_z={max_z}')
+    if supported_elements is not None:
+        allowed = torch.as_tensor(list(supported_elements), device=z.device)
+        unknown = ~torch.isin(z, allowed)
+        if bool(unknown.any()):
+            bad_z = sorted(set(z[unknown].tolist()))
+            names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad_z)
+            known = ', '.join(symbol(int(v)) for v in sorted(supported_elements))
+            raise ValueError(f'unknown element {names}: this model only knows {known}')
+    if batch is not None:
+        if batch.dim() != 1 or batch.size(0) != z.size(0):
+            raise ValueError(f'batch must have shape [num_atoms]={[z.size(0)]}, '
+                             f'got {list(batch.shape)}')
+        if batch.dtype.is_floating_point:
+            raise TypeError(f'batch must be an integer tensor, got {batch.dtype}')
+        if bool((batch < 0).any()):
+            raise ValueError('batch indices must be non-negative')
+
+
+def check_min_distance(edge_index: Tensor, edge_weight: Tensor,
+                       min_distance: float = MIN_INTERATOMIC_DISTANCE) -> None:
+    r"""Raises if two distinct atoms of the graph are closer than :obj:`min_distance` Angstrom.
+
+    Self-loops (an atom paired with itself) are ignored.
+    """
+    not_self = edge_index[0] != edge_index[1]
+    too_close = not_self & (edge_weight < min_distance)
+    if bool(too_close.any()):
+        k = int(too_close.nonzero()[0, 0])
+        i, j = int(edge_index[1, k]), int(edge_index[0, k])
+        d = float(edge_weight[k])
+        raise ValueError(f'atoms {i} and {j} are {d:.4f} A apart (less than {min_distance} A): '
+                         'coincident or overlapping atoms; check the geometry and its units')

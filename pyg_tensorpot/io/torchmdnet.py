@@ -91,7 +91,8 @@ def _infer_hparams(state: Mapping[str, Tensor], hparams: Mapping[str, Any]) -> D
         # The first expnorm centre is exp(-(r_c - r_l)).
         means = state.get(prefix + 'distance_expansion.means')
         if means is not None:
-            cutoff = cutoff_lower - math.log(float(means[0]))
+            # Rounded: torchmd-net computes the centres in float32 before storing them.
+            cutoff = round(cutoff_lower - math.log(float(means[0])), 5)
     if cutoff is None:
         raise TorchMDNetImportError('the cutoff is not in the checkpoint; pass '
                                     "hparams={'cutoff_upper': ...}")
@@ -213,6 +214,9 @@ def load_torchmdnet(
             hyperparameters) when :obj:`None`. (default: :obj:`None`)
         dtype (torch.dtype, optional): Cast the model, e.g. :obj:`torch.float64`. Defaults
             to the dtype of the stored weights. (default: :obj:`None`)
+
+    Returns:
+        TensorNet: the model, in evaluation mode.
     """
     if isinstance(source, Mapping):
         checkpoint = dict(source)
@@ -244,4 +248,4 @@ def load_torchmdnet(
     if missing or unexpected:
         raise TorchMDNetImportError(f'weights do not fit TensorNet({kwargs}): missing '
                                     f'{missing[:5]}, unexpected {unexpected[:5]}')
-    return model
+    return model.eval()

@@ -115,15 +115,21 @@ def _open_boundary_pairs(points: Tensor, batch: Tensor, cutoff: float) -> Tuple[
 def _periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
                     pbc: Optional[Union[bool, Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
     num_structures = int(batch.max()) + 1 if batch.numel() > 0 else 0
+    if cell.shape[-2:] != (3, 3) or cell.dim() not in (2, 3):
+        raise ValueError(f'cell must have shape [3, 3] or [{num_structures}, 3, 3], '
+                         f'got {list(cell.shape)}')
     cells = cell if cell.dim() == 3 else cell.unsqueeze(0).expand(num_structures, 3, 3)
-    if cells.shape[1:] != (3, 3) or cells.size(0) != num_structures:
+    if cells.size(0) != num_structures:
         raise ValueError(f'cell must have shape [3, 3] or [{num_structures}, 3, 3], '
                          f'got {list(cell.shape)}')
     if pbc is None:
         pbc = True
     pbc_t = torch.as_tensor(pbc, dtype=torch.bool).cpu()
     pbc_t = pbc_t.reshape(-1, 3) if pbc_t.dim() > 0 else pbc_t.reshape(1, 1).expand(1, 3)
-    pbc_t = pbc_t.expand(num_structures, 3)
+    if pbc_t.size(0) not in (1, num_structures):
+        raise ValueError(f'pbc must be a bool, [3] or [{num_structures}, 3] bools')
+    # vesin reads the raw buffer: the flags must be contiguous, not a broadcast view.
+    pbc_t = pbc_t.expand(num_structures, 3).contiguous()
     cells_cpu = cells.detach().to('cpu', torch.float64)
 
     all_i, all_j, all_shift = [], [], []

@@ -1,0 +1,28 @@
+"""Benchmark datasets as PyG InMemoryDatasets, in eV and Angstrom."""
+from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset, ChecksumError, RawFileError
+from pyg_tensorpot.datasets.md17 import MD17, RMD17, MD17EthanolSample
+from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
+from pyg_tensorpot.datasets.splits import (
+    load_split,
+    random_split,
+    rmd17_split,
+    save_split,
+    split_datasets,
+    standard_split,
+)
+
+__all__ = [
+    'AtomisticInMemoryDataset',
+    'ChecksumError',
+    'RawFileError',
+    'MD17',
+    'RMD17',
+    'MD17EthanolSample',
+    'fit_reference_energies',
+    'random_split',
+    'rmd17_split',
+    'standard_split',
+    'save_split',
+    'load_split',
+    'split_datasets',
+]

@@ -1,0 +1,447 @@
+"""Shared machinery of the atomistic datasets: checksums, collated storage, safe atomic files.
+
+Every dataset of :mod:`pyg_tensorpot.datasets` is a PyG
+:class:`~torch_geometric.data.InMemoryDataset` whose samples carry
+
+* ``z`` (``[num_atoms]``, ``torch.long``): atomic numbers,
+* ``pos`` (``[num_atoms, 3]``, ``float32``): positions in Angstrom,
+* ``energy`` (``[1]``, ``float64``): energy in eV,
+* ``forces`` (``[num_atoms, 3]``, ``float32``): forces (minus the gradient) in eV/Angstrom,
+  where the data has them,
+
+plus dataset-specific extras. The processed storage is built directly as collated tensors and
+``slices`` (no per-structure Python objects for the large datasets), written atomically (temporary
+file, then :func:`os.replace`) together with a manifest holding its SHA-256, and only ever read
+with ``torch.load(..., weights_only=True)`` after the manifest has been checked: an interrupted
+or corrupt processed file is re-processed, never loaded.
+"""
+import hashlib
+import json
+import logging
+import os
+import os.path as osp
+import sys
+import tempfile
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, InMemoryDataset
+
+logger = logging.getLogger('pyg_tensorpot.datasets')
+
+#: Bumped whenever the processed layout changes, so that old processed files are rebuilt.
+PROCESSED_FORMAT_VERSION = 1
+
+
+class ChecksumError(RuntimeError):
+    """A raw file does not have the checksum of the published release."""
+
+
+class RawFileError(RuntimeError):
+    """A raw file is missing, unreadable or not in the layout of the published release."""
+
+
+def require_h5py(what: str = 'this dataset'):
+    """Imports :mod:`h5py`, with an installation hint when it is missing."""
+    try:
+        import h5py
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading {what} needs h5py: pip install 'pyg-tensorpot[data]' "
+                          f"(or pip install h5py)") from error
+    return h5py
+
+
+def progress(iterable: Iterable, total: Optional[int] = None, desc: str = '',
+             enabled: bool = True, unit: str = 'it'):
+    """Wraps :obj:`iterable` in a :mod:`tqdm` progress bar (when :obj:`enabled`)."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("progress bars need tqdm: pip install 'pyg-tensorpot[data]' "
+                          "(or pip install tqdm), or pass log=False") from None
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def file_hash(path: str, algorithm: str = 'sha256', chunk_size: int = 1 << 24) -> str:
+    """The hexadecimal :mod:`hashlib` digest of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        while True:
+            block = f.read(chunk_size)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: str) -> str:
+    """The git blob id of a file (SHA-1 of ``b'blob <size>\\0' + content``), the checksum
+    GitHub publishes for every file of a repository."""
+    digest = hashlib.sha1()
+    digest.update(f'blob {osp.getsize(path)}\0'.encode())
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str, algorithm: str, expected: str, what: str = '') -> None:
+    """Raises :class:`ChecksumError` naming :obj:`path` when its checksum is not
+    :obj:`expected` (a prefix of the hexadecimal digest is accepted where only a prefix is
+    published). :obj:`algorithm` is a :mod:`hashlib` name or ``'git-blob'``."""
+    if not osp.isfile(path):
+        raise RawFileError(f"raw file '{path}' does not exist")
+    actual = git_blob_sha1(path) if algorithm == 'git-blob' else file_hash(path, algorithm)
+    expected = expected.lower()
+    if not actual.startswith(expected):
+        label = f' of {what}' if what else ''
+        raise ChecksumError(
+            f"raw file '{path}' has {algorithm} {actual}, but the published file{label} has "
+            f"{expected}: the download is corrupt, incomplete or a different version. Delete "
+            f"it and download again (or pass verify_checksums=False if you deliberately use a "
+            f"modified file).")
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """:func:`torch.save` to a temporary file in the same folder, flushed to disk, then moved
+    over :obj:`path` with :func:`os.replace`, so a crash never leaves a half-written
+    :obj:`path`."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
+                               dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Writes :obj:`text` to :obj:`path` atomically (temporary file, then :func:`os.replace`)."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
+                               dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def collate_storage(
+    num_atoms: Tensor,
+    atom_fields: Dict[str, Tensor],
+    graph_fields: Dict[str, Tensor],
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    r"""Builds the collated storage of an :class:`~torch_geometric.data.InMemoryDataset`
+    directly from concatenated arrays, without creating one :class:`Data` per structure.
+
+    Args:
+        num_atoms (torch.Tensor): Number of atoms of each structure, shape ``[N]``.
+        atom_fields (dict): Per-atom tensors, concatenated over structures along dim 0
+            (``[sum(num_atoms), ...]``).
+        graph_fields (dict): Per-structure tensors, shape ``[N, ...]``; structure :math:`i`
+            gets row :math:`i` with a leading dimension of 1 (e.g. ``energy`` ``[N]`` gives
+            ``[1]`` per structure).
+
+    Returns:
+        (dict, dict): The storage dict and the ``slices`` dict.
+    """
+    num_atoms = num_atoms.to(torch.long)
+    n = num_atoms.numel()
+    ptr = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(num_atoms, 0, out=ptr[1:])
+    total = int(ptr[-1])
+    graph_ptr = torch.arange(n + 1, dtype=torch.long)
+    data: Dict[str, Tensor] = {}
+    slices: Dict[str, Tensor] = {}
+    for key, value in atom_fields.items():
+        if value.size(0) != total:
+            raise ValueError(f"per-atom field '{key}' has {value.size(0)} rows, expected {total}")
+        data[key], slices[key] = value, ptr
+    for key, value in graph_fields.items():
+        if value.size(0) != n:
+            raise ValueError(f"per-structure field '{key}' has {value.size(0)} rows, "
+                             f"expected {n}")
+        data[key], slices[key] = value, graph_ptr
+    return data, slices
+
+
+def repeat_molecules(
+    numbers: Sequence[np.ndarray],
+    counts: Sequence[int],
+) -> np.ndarray:
+    """Concatenates, for each molecule :math:`k`, its atomic numbers repeated
+    :obj:`counts[k]` times (one copy per conformation), vectorised per molecule."""
+    if not numbers:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.tile(np.asarray(z, dtype=np.int64), int(c))
+                           for z, c in zip(numbers, counts)])
+
+
+def _options_tag(options: Dict[str, Any]) -> str:
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+class AtomisticInMemoryDataset(InMemoryDataset):
+    r"""Base class of this package's atomistic datasets (see the module docstring for the
+    sample layout, the units and the processed-file safety guarantees).
+
+    Subclasses define :obj:`raw_file_names`, :meth:`download` (the real URLs),
+    :meth:`options` (everything that changes the processed content), :obj:`checksums`
+    (``{raw_file_name: (algorithm, hex)}`` of the published files, where known) and
+    :meth:`process_storage`, which returns ``(storage, slices)`` built with
+    :func:`collate_storage`.
+
+    Args:
+        root (str): Root folder; raw files in ``root/raw``, processed files in
+            ``root/processed``.
+        transform (callable, optional): Applied to every sample on access. (default: :obj:`None`)
+        pre_transform (callable, optional): Applied to every sample before saving (this makes
+            processing go through one :class:`Data` per structure). (default: :obj:`None`)
+        pre_filter (callable, optional): Keeps the samples for which it returns :obj:`True`.
+            (default: :obj:`None`)
+        log (bool, optional): Print progress bars and messages. (default: :obj:`True`)
+        force_reload (bool, optional): Re-process even if a valid processed file exists.
+            (default: :obj:`False`)
+        verify_checksums (bool, optional): Check the raw files against the published
+            checksums before processing. (default: :obj:`True`)
+    """
+    #: ``{raw_file_name: (hashlib algorithm or 'git-blob', hex digest or prefix)}``.
+    checksums: Dict[str, Tuple[str, str]] = {}
+    #: Short name used for the processed file.
+    name: str = 'dataset'
+
+    def __init__(
+        self,
+        root: Optional[str],
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        pre_filter: Optional[Callable] = None,
+        log: bool = True,
+        force_reload: bool = False,
+        verify_checksums: bool = True,
+    ) -> None:
+        self.verify_checksums = verify_checksums
+        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
+        self.load(self.processed_paths[0])
+
+    # ------------------------------------------------------------------ file names
+    def options(self) -> Dict[str, Any]:
+        """Everything that changes the processed content (hashed into the file name)."""
+        return {}
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        options = dict(self.options(), _format=PROCESSED_FORMAT_VERSION)
+        return [f'{self.name}_{_options_tag(options)}.pt']
+
+    @property
+    def manifest_path(self) -> str:
+        """The JSON manifest written next to the processed file."""
+        return self.processed_paths[0] + '.json'
+
+    # ------------------------------------------------------------------ download / process
+    def _download(self) -> None:
+        missing = [p for p in self.raw_paths if not osp.exists(p)]
+        if not missing:
+            return
+        os.makedirs(self.raw_dir, exist_ok=True)
+        self.download()
+        still = [p for p in self.raw_paths if not osp.exists(p)]
+        if still:
+            raise RawFileError(f'raw files missing after download: {still}')
+
+    def download(self) -> None:
+        raise RawFileError(f'{type(self).__name__} has no download; place the raw files '
+                           f'{self.raw_file_names} in {self.raw_dir}')
+
+    def verify_raw_files(self) -> None:
+        """Checks every raw file with a published checksum; raises :class:`ChecksumError`
+        naming the first file that does not match."""
+        for name, path in zip(self._raw_names(), self.raw_paths):
+            if name in self.checksums:
+                algorithm, expected = self.checksums[name]
+                if self.log:
+                    logger.info('checking %s of %s', algorithm, path)
+                verify_checksum(path, algorithm, expected, what=type(self).__name__)
+
+    def _raw_names(self) -> List[str]:
+        names = self.raw_file_names
+        return [names] if isinstance(names, str) else list(names)
+
+    def _process(self) -> None:
+        path = self.processed_paths[0]
+        if not self.force_reload and self._processed_is_valid(path):
+            self._check_transform_reprs()
+            return
+        if self.verify_checksums:
+            self.verify_raw_files()
+        if self.log and 'PYTEST_CURRENT_TEST' not in os.environ:
+            print(f'Processing {type(self).__name__} ...', file=sys.stderr)
+        os.makedirs(self.processed_dir, exist_ok=True)
+        self.process()
+
+    def process(self) -> None:
+        storage, slices = self.process_storage()
+        if self.pre_filter is not None or self.pre_transform is not None:
+            storage, slices = self._apply_pre_hooks(storage, slices)
+        self.save_storage(storage, slices, self.processed_paths[0])
+
+    def process_storage(self) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def _apply_pre_hooks(self, storage, slices):
+        tmp = InMemoryDataset.__new__(InMemoryDataset)
+        InMemoryDataset.__init__(tmp, None, log=False)
+        tmp._data, tmp.slices = Data.from_dict(storage), slices
+        data_list = [tmp.get(i) for i in range(tmp.len())]
+        if self.pre_filter is not None:
+            data_list = [d for d in data_list if self.pre_filter(d)]
+        if self.pre_transform is not None:
+            data_list = [self.pre_transform(d) for d in data_list]
+        if not data_list:
+            raise ValueError('pre_filter removed every structure')
+        data, slices = InMemoryDataset.collate(data_list)
+        if slices is None:  # a single structure: build trivial slices
+            slices = {key: torch.tensor([0, value.size(data.__cat_dim__(key, value) or 0)])
+                      for key, value in data.items() if isinstance(value, Tensor)}
+        return data.to_dict(), slices
+
+    def save_storage(self, storage: Dict[str, Tensor], slices: Dict[str, Tensor],
+                     path: str) -> None:
+        """Writes the collated storage atomically, then its manifest (also atomically)."""
+        num = next(iter(slices.values())).numel() - 1 if slices else 1
+        atomic_torch_save((storage, slices), path)
+        manifest = {
+            'format': PROCESSED_FORMAT_VERSION,
+            'dataset': type(self).__name__,
+            'options': self.options(),
+            'num_structures': int(num),
+            'size': osp.getsize(path),
+            'sha256': file_hash(path),
+            'pre_transform': _repr(self.pre_transform),
+            'pre_filter': _repr(self.pre_filter),
+        }
+        atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str),
+                          path + '.json')
+
+    def _read_manifest(self, path: str) -> Optional[dict]:
+        try:
+            with open(path + '.json') as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _processed_is_valid(self, path: str) -> bool:
+        if not osp.exists(path):
+            return False
+        manifest = self._read_manifest(path)
+        reason = None
+        if manifest is None:
+            reason = 'it has no manifest (an interrupted run?)'
+        elif manifest.get('format') != PROCESSED_FORMAT_VERSION:
+            reason = 'it was written by another version of pyg_tensorpot'
+        elif manifest.get('size') != osp.getsize(path):
+            reason = 'its size differs from the manifest (truncated?)'
+        elif manifest.get('sha256') != file_hash(path):
+            reason = 'its SHA-256 differs from the manifest (corrupt?)'
+        if reason is not None:
+            warnings.warn(f"ignoring processed file '{path}': {reason}; processing again",
+                          stacklevel=3)
+            return False
+        return True
+
+    def _check_transform_reprs(self) -> None:
+        manifest = self._read_manifest(self.processed_paths[0]) or {}
+        for key in ('pre_transform', 'pre_filter'):
+            if manifest.get(key, 'None') != _repr(getattr(self, key)):
+                warnings.warn(f'The `{key}` argument differs from the one used in the '
+                              f'processed version of this dataset; pass force_reload=True to '
+                              f'process it again with the new one.', stacklevel=4)
+
+    def load(self, path: str, data_cls=Data) -> None:
+        """Loads a processed file written by :meth:`save_storage` (``weights_only=True``)."""
+        storage, slices = torch.load(path, weights_only=True, mmap=True)
+        self._data = data_cls.from_dict(storage)
+        self.slices = slices
+        self._data_list = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_atoms(self) -> Tensor:
+        """Number of atoms of every structure (of this view, honouring index selection)."""
+        ptr = self.slices['z']
+        counts = ptr[1:] - ptr[:-1]
+        return counts if self._indices is None else counts[torch.as_tensor(self.indices())]
+
+    def element_counts(self) -> Tuple[Tensor, List[int]]:
+        """``([num_structures, num_elements] float64 counts, elements)``: how many atoms of each
+        element present each structure has (vectorised; honours index selection)."""
+        ptr = self.slices['z']
+        n = ptr.numel() - 1
+        z = self._data.z.long()
+        elements, column = torch.unique(z, return_inverse=True)
+        owner = torch.repeat_interleave(torch.arange(n), ptr[1:] - ptr[:-1])
+        counts = torch.zeros(n, elements.numel(), dtype=torch.float64)
+        counts.index_put_((owner, column), torch.ones(z.numel(), dtype=torch.float64),
+                          accumulate=True)
+        if self._indices is not None:
+            counts = counts[torch.as_tensor(self.indices())]
+        return counts, elements.tolist()
+
+    def energies(self, key: str = 'energy') -> Tensor:
+        """All energies of this view as a float64 vector (honours index selection)."""
+        values = getattr(self._data, key).reshape(-1).to(torch.float64)
+        if self._indices is not None:
+            values = values[torch.as_tensor(self.indices())]
+        return values
+
+    def atomref(self) -> Optional[Dict[int, float]]:
+        """Published per-element reference energies ``{Z: eV}`` for this dataset's energies, or
+        :obj:`None` when there are none (use :meth:`fit_atomref`)."""
+        return None
+
+    def fit_atomref(self, elements: Optional[Sequence[int]] = None,
+                    energy_key: str = 'energy') -> Dict[int, float]:
+        """Least-squares per-element energies ``{Z: eV}`` (see
+        :func:`~pyg_tensorpot.datasets.fit_reference_energies`). Call it on the training split,
+        e.g. ``dataset[split['idx_train']].fit_atomref()``."""
+        from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
+        return fit_reference_energies(self, elements, energy_key)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({len(self)})'
+
+
+def _repr(obj: Any) -> str:
+    if obj is None:
+        return 'None'
+    import re
+    return re.sub('(<.*?)\\s.*(>)', r'\1\2', str(obj))
+
+
+def concat_float(chunks: List[np.ndarray], dtype, shape_tail: Tuple[int, ...] = ()) -> Tensor:
+    """Concatenates numpy chunks into one torch tensor of :obj:`dtype` (empty-safe)."""
+    if not chunks:
+        return torch.zeros((0,) + shape_tail, dtype=dtype)
+    return torch.from_numpy(np.concatenate(chunks)).to(dtype)

@@ -3,7 +3,8 @@
 Units: positions in Angstrom, energies in eV, forces in eV/Angstrom.
 """
 from pyg_tensorpot.models import AtomisticModel, TensorNet, energy_and_forces
+from pyg_tensorpot.models import HIPNN
 
 __version__ = '0.1.0'
 
-__all__ = ['AtomisticModel', 'TensorNet', 'energy_and_forces', '__version__']
+__all__ = ['AtomisticModel', 'TensorNet', 'energy_and_forces', '__version__', 'HIPNN']

@@ -1,6 +1,10 @@
 """Benchmark datasets as PyG InMemoryDatasets, in eV and Angstrom."""
 from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset, ChecksumError, RawFileError
+from pyg_tensorpot.datasets.ani1x import ANI1x
+from pyg_tensorpot.datasets.comp6 import COMP6
 from pyg_tensorpot.datasets.md17 import MD17, RMD17, MD17EthanolSample
+from pyg_tensorpot.datasets.qm9 import QM9
+from pyg_tensorpot.datasets.spice import SPICE
 from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
 from pyg_tensorpot.datasets.splits import (
     load_split,
@@ -15,6 +19,10 @@ __all__ = [
     'AtomisticInMemoryDataset',
     'ChecksumError',
     'RawFileError',
+    'QM9',
+    'ANI1x',
+    'COMP6',
+    'SPICE',
     'MD17',
     'RMD17',
     'MD17EthanolSample',

@@ -185,16 +185,70 @@ def collate_storage(
     return data, slices
 
 
-def repeat_molecules(
-    numbers: Sequence[np.ndarray],
-    counts: Sequence[int],
-) -> np.ndarray:
-    """Concatenates, for each molecule :math:`k`, its atomic numbers repeated
-    :obj:`counts[k]` times (one copy per conformation), vectorised per molecule."""
-    if not numbers:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.tile(np.asarray(z, dtype=np.int64), int(c))
-                           for z, c in zip(numbers, counts)])
+class StorageBuilder:
+    r"""Fills preallocated collated tensors group by group (one HDF5 molecule group at a
+    time), so that millions of conformations are stored without one Python object per
+    conformation and without concatenating copies.
+
+    Args:
+        max_structures (int): Upper bound of the number of structures.
+        max_atoms (int): Upper bound of the total number of atoms.
+        atom_fields (dict): ``{name: (tail_shape, dtype)}`` of per-atom fields (``z`` is
+            always added).
+        graph_fields (dict): ``{name: (tail_shape, dtype)}`` of per-structure fields.
+    """
+    def __init__(self, max_structures: int, max_atoms: int,
+                 atom_fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]],
+                 graph_fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
+        self.atom = {'z': torch.empty(max_atoms, dtype=torch.long)}
+        self.atom.update({k: torch.empty((max_atoms,) + tuple(tail), dtype=dtype)
+                          for k, (tail, dtype) in atom_fields.items()})
+        self.graph = {k: torch.empty((max_structures,) + tuple(tail), dtype=dtype)
+                      for k, (tail, dtype) in graph_fields.items()}
+        self.num_atoms = torch.empty(max_structures, dtype=torch.long)
+        self.n_structures = 0
+        self.n_atoms = 0
+
+    def add(self, z: np.ndarray, atom_values: Dict[str, np.ndarray],
+            graph_values: Dict[str, np.ndarray]) -> None:
+        """Adds :math:`m` conformations of one molecule: :obj:`atom_values` have shape
+        ``(m, n, *tail)``, :obj:`graph_values` ``(m, *tail)``."""
+        n = int(z.shape[0])
+        m = int(next(iter(graph_values.values())).shape[0])
+        if m == 0:
+            return
+        a0, a1 = self.n_atoms, self.n_atoms + m * n
+        s0, s1 = self.n_structures, self.n_structures + m
+        self.atom['z'][a0:a1].view(m, n).copy_(torch.from_numpy(
+            np.asarray(z, dtype=np.int64)).expand(m, n))
+        for key, value in atom_values.items():
+            target = self.atom[key][a0:a1]
+            target.view((m, n) + tuple(target.shape[1:])).copy_(torch.from_numpy(
+                np.ascontiguousarray(value)))
+        for key, value in graph_values.items():
+            self.graph[key][s0:s1].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        self.num_atoms[s0:s1] = n
+        self.n_structures, self.n_atoms = s1, a1
+
+    @staticmethod
+    def _shrink(tensor: Tensor, rows: int) -> Tensor:
+        if rows == tensor.size(0):
+            return tensor
+        if rows >= 0.95 * tensor.size(0):
+            # A few conformations were dropped after allocation (NaN forces, force filter):
+            # keep a view of the first rows (no copy of gigabytes) and zero the unused tail so
+            # that the saved file is deterministic.
+            tensor[rows:].zero_()
+            return tensor[:rows]
+        return tensor[:rows].clone()
+
+    def finish(self) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """The collated storage and slices of what was added."""
+        atom = {k: self._shrink(v, self.n_atoms) for k, v in self.atom.items()}
+        graph = {k: self._shrink(v, self.n_structures) for k, v in self.graph.items()}
+        num_atoms = self.num_atoms[:self.n_structures].clone()
+        self.atom, self.graph = {}, {}
+        return collate_storage(num_atoms, atom, graph)
 
 
 def _options_tag(options: Dict[str, Any]) -> str:
@@ -266,7 +320,14 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         if not missing:
             return
         os.makedirs(self.raw_dir, exist_ok=True)
-        self.download()
+        try:
+            self.download()
+        except (OSError, ValueError) as error:  # URLError is an OSError
+            raise RawFileError(
+                f'could not download the raw files of {type(self).__name__} ({error}). '
+                f'Without network access, download them elsewhere and place '
+                f'{self._raw_names()} in {self.raw_dir}; they are used as they are after the '
+                f'checksum check.') from error
         still = [p for p in self.raw_paths if not osp.exists(p)]
         if still:
             raise RawFileError(f'raw files missing after download: {still}')
@@ -411,7 +472,10 @@ class AtomisticInMemoryDataset(InMemoryDataset):
 
     def energies(self, key: str = 'energy') -> Tensor:
         """All energies of this view as a float64 vector (honours index selection)."""
-        values = getattr(self._data, key).reshape(-1).to(torch.float64)
+        if key not in self._data:
+            raise KeyError(f"{type(self).__name__} has no '{key}'; it has "
+                           f"{sorted(self._data.keys())}")
+        values = self._data[key].reshape(-1).to(torch.float64)
         if self._indices is not None:
             values = values[torch.as_tensor(self.indices())]
         return values
@@ -438,10 +502,3 @@ def _repr(obj: Any) -> str:
         return 'None'
     import re
     return re.sub('(<.*?)\\s.*(>)', r'\1\2', str(obj))
-
-
-def concat_float(chunks: List[np.ndarray], dtype, shape_tail: Tuple[int, ...] = ()) -> Tensor:
-    """Concatenates numpy chunks into one torch tensor of :obj:`dtype` (empty-safe)."""
-    if not chunks:
-        return torch.zeros((0,) + shape_tail, dtype=dtype)
-    return torch.from_numpy(np.concatenate(chunks)).to(dtype)

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Data, InMemoryDataset
 
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
@@ -398,12 +398,12 @@ class MD17EthanolSample(AtomisticInMemoryDataset):
         if self._cached:
             super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
             return
-        self.verify_checksums = False
+        self.verify_checksums = True
         InMemoryDataset.__init__(self, None, transform, pre_transform, pre_filter, log)
+        self.verify_raw_files()
         storage, slices = self.process_storage()
         if pre_transform is not None or pre_filter is not None:
             storage, slices = self._apply_pre_hooks(storage, slices)
-        from torch_geometric.data import Data
         self._data = Data.from_dict(storage)
         self.slices = slices
 

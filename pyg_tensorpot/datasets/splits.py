@@ -37,14 +37,23 @@ def split_sizes(num: int, train_size: Size, val_size: Size, test_size: Size) -> 
         if s is not None and s < 0:
             raise ValueError(f'split sizes must be non-negative, got {s}')
     sizes = [round(num * s) if f else s for s, f in zip(sizes, is_float)]
-    if None in sizes:
-        rest = sizes.index(None)
-        sizes[rest] = num - sum(s for s in sizes if s is not None)
-    if sum(sizes) > num:  # rounding of fractions can overshoot by one
+
+    def trim_last_fraction(exclude: int = -1) -> None:
+        # rounding two fractions up can overshoot by one sample: take it from the last one
         for i in (2, 1, 0):
-            if is_float[i]:
+            if is_float[i] and i != exclude and sizes[i] > 0:
                 sizes[i] -= 1
-                break
+                return
+
+    rest = sizes.index(None) if None in sizes else None
+    if rest is not None:
+        others = sum(s for i, s in enumerate(sizes) if i != rest)
+        if others == num + 1:
+            trim_last_fraction(exclude=rest)
+            others -= 1
+        sizes[rest] = num - others
+    elif sum(sizes) == num + 1:
+        trim_last_fraction()
     if min(sizes) < 0 or sum(sizes) > num:
         raise ValueError(f'the dataset has {num} samples, too few for a '
                          f'{sizes[0]}/{sizes[1]}/{sizes[2]} train/val/test split')

@@ -1,4 +1,5 @@
 from pyg_tensorpot.models.base import AtomisticModel, energy_and_forces
 from pyg_tensorpot.models.tensornet import TensorNet
+from pyg_tensorpot.models.hipnn import HIPNN
 
-__all__ = ['AtomisticModel', 'energy_and_forces', 'TensorNet']
+__all__ = ['AtomisticModel', 'energy_and_forces', 'TensorNet', 'HIPNN']

@@ -5,7 +5,6 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
 from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.nn.conv.hipnn_interaction import HIPNNInteraction
 from pyg_tensorpot.nn.hierarchical import HierarchicalEnergyHead, hierarchicality
@@ -145,9 +144,10 @@ class HIPNN(AtomisticModel):
         batch, edge_index, edge_vec, edge_weight = self.build_graph(z, pos, batch, edge_index,
                                                                     cell, pbc)
         x = self.species(z, pos.dtype)
+        layout = HIPNNInteraction.neighbor_layout(edge_index, z.size(0))
         features = [x]
         for block in self.blocks:
-            x = block[0](x, edge_index, edge_weight, edge_vec)
+            x = block[0](x, edge_index, edge_weight, edge_vec, layout=layout)
             for layer in block[1:]:
                 x = layer(x)
             features.append(x)
@@ -232,6 +232,8 @@ class HIPNN(AtomisticModel):
         if float(self.mean) != 0.0:
             raise ValueError('fit the reference energies before set_standardization(mean, ...):'
                              ' the species head takes the role of the mean')
+        # Imported here: the datasets package pulls in optional dependencies.
+        from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
         refs = fit_reference_energies(dataset, self.elements, energy_key)
         atomref = self.atomref.detach().cpu()
         weight = torch.tensor([refs[e] - float(atomref[e]) for e in self.elements],

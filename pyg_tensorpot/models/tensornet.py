@@ -124,16 +124,28 @@ class TensorNet(AtomisticModel):
     ) -> Tuple[Tensor, Tensor, Tensor]:
         r"""Invariant features :math:`(N, H)`, final tensor features :math:`(N, 3, 3, H)` and
         the batch vector."""
+        graph_is_ours = edge_index is None
         batch, edge_index, edge_vec, edge_weight = self.build_graph(z, pos, batch, edge_index,
                                                                     cell, pbc)
-        edge_attr = self.rbf(edge_weight)
         is_self = (edge_weight == 0).unsqueeze(-1)
         edge_unit = edge_vec / torch.where(is_self, torch.ones_like(edge_weight.unsqueeze(-1)),
                                            edge_weight.unsqueeze(-1))
+        radial_index = None
+        if graph_is_ours:
+            # radius_graph's order: P pairs, the same pairs reversed, N self-loops. Radial
+            # filters depend on the length only: evaluate them once per pair (and once for
+            # all self-loops, at d = 0).
+            num_pairs = (edge_weight.size(0) - z.size(0)) // 2
+            radial_index = torch.cat([
+                torch.arange(num_pairs, device=z.device).repeat(2),
+                torch.full_like(z, num_pairs)
+            ])
+            edge_weight = torch.cat([edge_weight[:num_pairs], edge_weight.new_zeros(1)])
+        edge_attr = self.rbf(edge_weight)
         charge = None if total_charge is None else total_charge[batch]
-        x = self.embedding(z, edge_index, edge_weight, edge_unit, edge_attr)
+        x = self.embedding(z, edge_index, edge_weight, edge_unit, edge_attr, radial_index)
         for interaction in self.interactions:
-            x = interaction(x, edge_index, edge_weight, edge_attr, charge)
+            x = interaction(x, edge_index, edge_weight, edge_attr, charge, radial_index)
         return self.readout(x), x, batch
 
     def forward(

@@ -7,10 +7,17 @@ from pyg_tensorpot.nn.heads import DipoleHead, PolarizabilityHead, ScalarHead
 from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
 from pyg_tensorpot.nn.radial import ExpNormalSmearing, GaussianSmearing
 from pyg_tensorpot.nn.readout import TensorInvariantReadout
+from pyg_tensorpot.nn.conv import HIPNNInteraction
+from pyg_tensorpot.nn.hierarchical import HierarchicalEnergyHead, hierarchicality
+from pyg_tensorpot.nn.onsite import OnSiteLayer, ResidualWrapper
+from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
+from pyg_tensorpot.nn.species import SpeciesOneHot
 
 __all__ = [
     'tensor_algebra', 'ShiftedSoftplus', 'activation_resolver', 'TensorEmbedding',
     'TensorInteraction', 'CosineCutoff', 'CosineSquaredCutoff', 'DipoleHead',
     'PolarizabilityHead', 'ScalarHead', 'edge_vectors', 'radius_graph', 'ExpNormalSmearing',
-    'GaussianSmearing', 'TensorInvariantReadout'
+    'GaussianSmearing', 'TensorInvariantReadout',
+    'HIPNNInteraction', 'HierarchicalEnergyHead', 'hierarchicality', 'OnSiteLayer',
+    'ResidualWrapper', 'InverseGaussianSensitivity', 'SpeciesOneHot'
 ]

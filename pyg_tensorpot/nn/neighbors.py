@@ -15,7 +15,8 @@ from vesin_torch import NeighborList
 
 def _vesin_pairs(points: Tensor, cutoff: float, box: Tensor,
                  periodic: Union[bool, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    calculator = NeighborList(cutoff=cutoff, full_list=True, sorted=True)
+    # Each unordered pair (or pair of periodic images) once; both directions are made later.
+    calculator = NeighborList(cutoff=cutoff, full_list=False, sorted=True)
     i, j, shifts = calculator.compute(points, box, periodic, quantities='ijS', copy=True)
     return i.long(), j.long(), shifts
 
@@ -52,7 +53,10 @@ def radius_graph(
     Returns:
         (edge_index, shifts): :obj:`edge_index` of shape :obj:`[2, num_edges]` and, with a cell,
         the Cartesian image translations :obj:`[num_edges, 3]` of the neighbours (else
-        :obj:`None`).
+        :obj:`None`). The edges come in a fixed order: the :math:`P` pairs found, the same
+        :math:`P` pairs reversed, then the self-loops if requested, so that edge :math:`e` and
+        edge :math:`e + P` have the same length (models use this to evaluate radial filters
+        once per pair).
     """
     if pos.dim() != 2 or pos.size(-1) != 3:
         raise ValueError(f'pos must have shape [num_atoms, 3], got {list(pos.shape)}')
@@ -71,6 +75,10 @@ def radius_graph(
     else:
         i, j, shifts = _periodic_pairs(points, batch_cpu, cutoff, cell, pbc)
 
+    # Both directions; seen from j, the image of i is at -s.
+    if shifts is not None:
+        shifts = torch.cat([shifts, -shifts], dim=0)
+    i, j = torch.cat([i, j]), torch.cat([j, i])
     if max_num_neighbors is not None:
         counts = torch.bincount(i, minlength=num_atoms)
         if num_atoms > 0 and int(counts.max()) > max_num_neighbors:

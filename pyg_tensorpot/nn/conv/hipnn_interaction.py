@@ -1,11 +1,11 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from pyg_tensorpot.nn.pair_contraction import gather_contract, scatter_outer
+from pyg_tensorpot.nn.padded_neighbors import PaddedNeighbors, padded_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
 
@@ -44,11 +44,14 @@ class HIPNNInteraction(MessagePassing):
     the norm finite where :math:`\mathbf{m}^{(l)} = 0`. :obj:`max_order=0` is the original HIP-NN
     layer. The sensitivities are :class:`~pyg_tensorpot.nn.InverseGaussianSensitivity`.
 
-    The sums are evaluated in the cheaper of two orders, with identical results: projecting
+    The message is evaluated in the cheaper of two orders, with identical results: projecting
     :math:`\mathbf{x}_j` on :math:`\mathbf{V}` first, so that only the pair message
-    :math:`c_{ij}[g] = \sum_{\nu, f} V_{\nu g f} s_\nu(r_{ij}) x_j[f]` is formed per edge, or
-    (for narrow inputs such as the one-hot species) summing :math:`s_\nu Y^{(l)} x_j` over
-    neighbours first and contracting with :math:`\mathbf{V}` per atom, as hippynn does.
+    :math:`c_{ij}[g] = \sum_{\nu, f} V_{\nu g f} s_\nu(r_{ij}) x_j[f]` is formed per edge
+    (one :math:`[D, K] \times [K, F_\mathrm{out}]` product per neighbour over its :math:`D`
+    edges), or, for narrow inputs such as the one-hot species, sending
+    :math:`s_\nu(r_{ij})\, x_j[f]` and contracting with :math:`\mathbf{V}` per atom, as hippynn
+    does. The angular sum over neighbours is one batched product per receiver. Neither forms
+    a per-edge :obj:`[E, K, F]` tensor.
 
     Args:
         in_channels (int): Input features :math:`F_\mathrm{in}`.
@@ -66,7 +69,8 @@ class HIPNNInteraction(MessagePassing):
     Shapes:
         - **input:** features :math:`(N, F_\mathrm{in})`, edge indices :math:`(2, E)` (row 0
           the neighbour :math:`j`, row 1 the receiver :math:`i`, no self-loops), edge lengths
-          :math:`(E)`, edge vectors :math:`\mathbf{r}_i - \mathbf{r}_j` :math:`(E, 3)`
+          :math:`(E)`, edge vectors :math:`\mathbf{r}_i - \mathbf{r}_j` :math:`(E, 3)`,
+          optionally the :meth:`neighbor_layout` of the edges
         - **output:** :math:`(N, F_\mathrm{out})`
     """
     def __init__(self, in_channels: int, out_channels: int, num_sensitivities: int,
@@ -113,8 +117,9 @@ class HIPNNInteraction(MessagePassing):
     def _project_first(self) -> bool:
         if self.contraction != 'auto':
             return self.contraction == 'project_first'
+        # Multiply-adds per edge of the message and of the angular sum.
         C, K = self.num_components, self.num_sensitivities
-        return K * self.out_channels + C * self.out_channels <= C * K * self.in_channels
+        return (K + C) * self.out_channels <= (1 + C) * K * self.in_channels
 
     def angular(self, edge_vec: Tensor, edge_weight: Tensor) -> Optional[Tensor]:
         r"""The components :math:`[Y^{(0)}, Y^{(1)}, Y^{(2)}]` up to :obj:`max_order` per edge,
@@ -128,24 +133,36 @@ class HIPNNInteraction(MessagePassing):
             parts.append(traceless_outer(unit)[:, _QUADRUPOLE_COMPONENTS])
         return torch.cat(parts, dim=-1)
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor,
-                edge_vec: Tensor) -> Tensor:
+    @staticmethod
+    def neighbor_layout(edge_index: Tensor,
+                        num_nodes: int) -> Tuple[PaddedNeighbors, PaddedNeighbors]:
+        r"""The edges grouped by neighbour (row 0) and by receiver (row 1), as
+        :class:`~pyg_tensorpot.nn.padded_neighbors.PaddedNeighbors`; pass it to every layer
+        that shares :obj:`edge_index` to build it once."""
+        return (padded_neighbors(edge_index[0], num_nodes),
+                padded_neighbors(edge_index[1], num_nodes))
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_vec: Tensor,
+                layout: Optional[Tuple[PaddedNeighbors, PaddedNeighbors]] = None) -> Tensor:
         num_nodes = x.size(0)
+        if layout is None:
+            layout = self.neighbor_layout(edge_index, num_nodes)
+        by_source, by_receiver = layout
         sensitivity = self.sensitivity(edge_weight)
         angular = self.angular(edge_vec, edge_weight)
         if self._project_first():
-            projected = (x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, -1)).view(
+            # (V x_j)[nu, g] for every atom, then c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g].
+            features = (x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, -1)).view(
                 num_nodes, self.num_sensitivities, self.out_channels)
-            m = self.propagate(edge_index, features=projected, edge_weights=sensitivity,
-                               angular=angular, size=(num_nodes, num_nodes))
+            m = self.propagate(edge_index, features=features, sensitivity=sensitivity,
+                               angular=angular, project_first=True, by_source=by_source,
+                               by_receiver=by_receiver, size=(num_nodes, num_nodes))
         else:
-            weights = sensitivity if angular is None else (
-                angular.unsqueeze(-1) * sensitivity.unsqueeze(1)).flatten(1)
-            environment = self.propagate(edge_index, features=x, edge_weights=None,
-                                         angular=weights, size=(num_nodes, num_nodes))
-            # [N, C, K * F_in] @ [K * F_in, F_out], V indexed (nu, f).
-            m = environment.view(num_nodes, self.num_components, -1) @ self.weight.permute(
-                0, 2, 1).reshape(-1, self.out_channels)
+            # The message s(r_ij) (outer) x_j; V contracts the per-atom sum.
+            m = self.propagate(edge_index, features=x, sensitivity=sensitivity, angular=angular,
+                               project_first=False, by_source=by_source,
+                               by_receiver=by_receiver, size=(num_nodes, num_nodes))
+            m = m @ self.weight.permute(0, 2, 1).reshape(-1, self.out_channels)
 
         out = m[:, 0]
         if self.max_order >= 1:
@@ -158,18 +175,32 @@ class HIPNNInteraction(MessagePassing):
             out = out + self.scale[1] * torch.sqrt(frobenius + self.cusp_reg)
         return out + self.lin_self(x)
 
-    def message(self, features: Tensor, edge_weights: Optional[Tensor],
-                edge_index_j: Tensor) -> Tensor:
-        if edge_weights is None:  # environment first: the message is x_j
-            return features.index_select(0, edge_index_j)
-        # The pair message c_ij, without holding the [E, K, F] gathered projections.
-        return gather_contract(edge_weights, features, edge_index_j)
+    def message(self, features: Tensor, sensitivity: Tensor, edge_index_j: Tensor,
+                project_first: bool, by_source: PaddedNeighbors) -> Tensor:
+        if not project_first:
+            x_j = features.index_select(0, edge_index_j)
+            return (sensitivity.unsqueeze(-1) * x_j.unsqueeze(1)).flatten(1)
+        # c_ij as one [D, K] @ [K, F] product per neighbour j over its D edges, instead of
+        # gathering (V x_j) [K, F] for every edge.
+        num_nodes, width = by_source.num_nodes, by_source.width
+        grid = sensitivity.index_select(0, by_source.edge_of_slot).view(
+            num_nodes, width, sensitivity.size(-1))
+        pair = torch.bmm(grid, features).view(num_nodes * width, features.size(-1))
+        return pair.index_select(0, by_source.slot)
 
     def aggregate(self, inputs: Tensor, index: Tensor, dim_size: Optional[int],
-                  angular: Optional[Tensor]) -> Tensor:
+                  angular: Optional[Tensor], by_receiver: PaddedNeighbors) -> Tensor:
         if angular is None:
             return scatter(inputs, index, 0, dim_size=dim_size, reduce='sum').unsqueeze(1)
-        return scatter_outer(angular, inputs, index, int(dim_size))
+        # sum_j Y(r_ij) (outer) message_ij as one [C, D] @ [D, W] product per receiver. Only
+        # the narrow angular factor is masked: padding rows of the messages are multiplied by 0.
+        num_nodes, width = by_receiver.num_nodes, by_receiver.width
+        rows = inputs.index_select(0, by_receiver.edge_of_slot).view(num_nodes, width,
+                                                                     inputs.size(-1))
+        weights = angular.index_select(0, by_receiver.edge_of_slot)
+        weights = weights * by_receiver.mask.unsqueeze(-1).to(weights.dtype)
+        weights = weights.view(num_nodes, width, angular.size(-1)).transpose(1, 2)
+        return torch.bmm(weights, rows)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, {self.out_channels}, '

@@ -1,4 +1,4 @@
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -6,16 +6,13 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
+from pyg_tensorpot.nn.message import embedding_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
     compose,
     squared_norm,
     traceless_outer,
     unpack_parts,
 )
-
-# Which of the three radial filters (I, A, S) multiplies each of the 10 packed components.
-_FILTER_OF_COMPONENT = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2)
-
 
 class TensorEmbedding(MessagePassing):
     r"""The Cartesian rank-2 embedding of TensorNet, from the
@@ -54,10 +51,13 @@ class TensorEmbedding(MessagePassing):
 
     Shapes:
         - **input:** atomic numbers :math:`(N)`, edge indices :math:`(2, E)` (self-loops
-          included), edge lengths :math:`(E)`, edge unit vectors :math:`(E, 3)`, radial basis
-          :math:`(E, K)`
+          included), edge lengths :math:`(R)`, edge unit vectors :math:`(E, 3)`, radial basis
+          :math:`(R, K)`, optional row of each edge :math:`(E)`
         - **output:** tensor features :math:`(N, 3, 3, H)`
     """
+    # Arguments of the generic propagate() path (forward() uses message_and_aggregate()).
+    propagate_type = {'radial': Tensor, 'pair': Tensor, 'edge_unit': Tensor}
+
     def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float, max_z: int = 128,
                  activation: Union[str, torch.nn.Module] = 'silu', cutoff_lower: float = 0.0):
         super().__init__(aggr='add', node_dim=0)
@@ -78,8 +78,6 @@ class TensorEmbedding(MessagePassing):
             torch.nn.Linear(2 * hidden_channels, 3 * hidden_channels),
             activation_resolver(activation),
         )
-        self.register_buffer('filter_of_component', torch.tensor(_FILTER_OF_COMPONENT),
-                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -98,7 +96,21 @@ class TensorEmbedding(MessagePassing):
                 module.reset_parameters()
 
     def forward(self, z: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_unit: Tensor,
-                edge_attr: Tensor) -> Tensor:
+                edge_attr: Tensor, radial_index: Optional[Tensor] = None) -> Tensor:
+        r"""
+        Args:
+            z (torch.Tensor): Atomic numbers :obj:`[N]`.
+            edge_index (torch.Tensor): Row 0 neighbour :math:`j`, row 1 receiver :math:`i`,
+                self-loops included, :obj:`[2, E]`.
+            edge_weight (torch.Tensor): Edge lengths :obj:`[R]`.
+            edge_unit (torch.Tensor): Unit vectors :math:`\hat{\mathbf{r}}_{ij}` :obj:`[E, 3]`
+                (zero on self-loops).
+            edge_attr (torch.Tensor): Radial basis :math:`\mathbf{e}(d_{ij})` :obj:`[R, K]`.
+            radial_index (torch.Tensor, optional): Row of :obj:`edge_weight` and
+                :obj:`edge_attr` for each edge :obj:`[E]`, when edges of equal length share a
+                row (as both directions of a pair do); :obj:`R = E` if :obj:`None`.
+                (default: :obj:`None`)
+        """
         H = self.hidden_channels
         atom = self.atom_embedding(z)
         # W_z [E(z_i) || E(z_j)] + b_z, evaluated per atom then summed per edge.
@@ -107,12 +119,9 @@ class TensorEmbedding(MessagePassing):
         sender = torch.nn.functional.linear(atom, weight_j)
         source, target = edge_index[0], edge_index[1]
         pair = receiver.index_select(0, target) + sender.index_select(0, source)
-        pair = pair * self.cutoff_fn(edge_weight).unsqueeze(-1)
-        filters = self.radial_projection(edge_attr).unflatten(-1, (3, H)) * pair.unsqueeze(1)
-        geometry = torch.cat([torch.ones_like(edge_unit[:, :1]), edge_unit,
-                              traceless_outer(edge_unit)], dim=-1)
-        components = self.propagate(edge_index, filters=filters, geometry=geometry,
-                                    size=(z.size(0), z.size(0)))
+        radial = self.radial_projection(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
+        components = self.message_and_aggregate(edge_index, radial.unflatten(-1, (3, H)), pair,
+                                                edge_unit, z.size(0), radial_index)
         scalar, antisymmetric, symmetric = unpack_parts(components)
 
         gates = self.gate_mlp(self.norm(squared_norm(compose(scalar, antisymmetric, symmetric))))
@@ -122,9 +131,24 @@ class TensorEmbedding(MessagePassing):
         symmetric = self.mixing[2](symmetric) * gates[:, 2, None, None]
         return compose(scalar, antisymmetric, symmetric)
 
-    def message(self, filters: Tensor, geometry: Tensor) -> Tensor:
-        # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components.
-        return filters.index_select(1, self.filter_of_component) * geometry.unsqueeze(-1)
+    def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
+        # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with
+        # f = radial filter * pair embedding; forward() uses the fused equivalent below.
+        filters = radial * pair.unsqueeze(1)
+        return torch.cat([
+            filters[:, 0:1],
+            filters[:, 1:2] * edge_unit.unsqueeze(-1),
+            filters[:, 2:3] * traceless_outer(edge_unit).unsqueeze(-1),
+        ], dim=1)
+
+    def message_and_aggregate(self, edge_index: Tensor, radial: Tensor, pair: Tensor,
+                              edge_unit: Tensor, num_nodes: int,
+                              radial_index: Optional[Tensor] = None) -> Tensor:
+        # Equal to propagate() with message() above (radial rows picked by radial_index),
+        # without keeping per-edge [E, 10, H] tensors alive for the backward pass.
+        geometry = torch.cat([torch.ones_like(edge_unit[:, :1]), edge_unit,
+                              traceless_outer(edge_unit)], dim=-1)
+        return embedding_scatter(radial, pair, geometry, edge_index, num_nodes, radial_index)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.hidden_channels}, num_rbf={self.num_rbf}, '

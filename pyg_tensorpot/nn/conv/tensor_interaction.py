@@ -6,6 +6,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
+from pyg_tensorpot.nn.message import filtered_gather_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
     compose,
     decompose,
@@ -16,10 +17,6 @@ from pyg_tensorpot.nn.tensor_algebra import (
     squared_norm,
     unpack,
 )
-
-# Which of the three edge filters (I, A, S) multiplies each of the 10 packed components.
-_FILTER_OF_COMPONENT = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2)
-
 
 class TensorInteraction(MessagePassing):
     r"""The interaction layer of TensorNet, from the
@@ -59,10 +56,14 @@ class TensorInteraction(MessagePassing):
 
     Shapes:
         - **input:** tensor features :math:`(N, 3, 3, H)`, edge indices :math:`(2, E)`
-          (self-loops included), edge lengths :math:`(E)`, radial basis :math:`(E, K)`,
-          optional per-atom total charge of the molecule :math:`(N)`
+          (self-loops included), edge lengths :math:`(R)`, radial basis :math:`(R, K)`,
+          optional per-atom total charge of the molecule :math:`(N)`, optional row of each
+          edge :math:`(E)`
         - **output:** tensor features :math:`(N, 3, 3, H)`
     """
+    # Arguments of the generic propagate() path (forward() uses message_and_aggregate()).
+    propagate_type = {'y': Tensor, 'filters': Tensor}
+
     def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float,
                  equivariance: str = 'O(3)', activation: Union[str, torch.nn.Module] = 'silu',
                  cutoff_lower: float = 0.0):
@@ -85,8 +86,6 @@ class TensorInteraction(MessagePassing):
             [torch.nn.Linear(hidden_channels, hidden_channels, bias=False) for _ in range(3)])
         self.mixing_out = torch.nn.ModuleList(
             [torch.nn.Linear(hidden_channels, hidden_channels, bias=False) for _ in range(3)])
-        self.register_buffer('filter_of_component', torch.tensor(_FILTER_OF_COMPONENT),
-                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -97,7 +96,21 @@ class TensorInteraction(MessagePassing):
             linear.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_attr: Tensor,
-                charge: Optional[Tensor] = None) -> Tensor:
+                charge: Optional[Tensor] = None,
+                radial_index: Optional[Tensor] = None) -> Tensor:
+        r"""
+        Args:
+            x (torch.Tensor): Tensor features :obj:`[N, 3, 3, H]`.
+            edge_index (torch.Tensor): Row 0 neighbour :math:`j`, row 1 receiver :math:`i`,
+                self-loops included, :obj:`[2, E]`.
+            edge_weight (torch.Tensor): Edge lengths :obj:`[R]`.
+            edge_attr (torch.Tensor): Radial basis :obj:`[R, K]`.
+            charge (torch.Tensor, optional): Total charge of each atom's molecule :obj:`[N]`.
+                (default: :obj:`None`)
+            radial_index (torch.Tensor, optional): Row of :obj:`edge_weight` and
+                :obj:`edge_attr` for each edge :obj:`[E]` (see
+                :class:`TensorEmbedding`); :obj:`R = E` if :obj:`None`. (default: :obj:`None`)
+        """
         filters = self.filter_mlp(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
         filters = filters.unflatten(-1, (3, self.hidden_channels))
 
@@ -108,9 +121,8 @@ class TensorInteraction(MessagePassing):
         symmetric = self.mixing_in[2](symmetric)
         y = compose(scalar, antisymmetric, symmetric)
 
-        message = unpack(
-            self.propagate(edge_index, y=pack(scalar, antisymmetric, symmetric),
-                           filters=filters, size=(x.size(0), x.size(0))))
+        message = unpack(self.message_and_aggregate(
+            edge_index, pack(scalar, antisymmetric, symmetric), filters, radial_index))
 
         charge_factor = None
         if charge is not None:
@@ -134,7 +146,15 @@ class TensorInteraction(MessagePassing):
         return x + dx + square
 
     def message(self, y_j: Tensor, filters: Tensor) -> Tensor:
-        return filters.index_select(1, self.filter_of_component) * y_j
+        # The per-edge message [E, 10, H]; forward() uses the fused equivalent below.
+        return torch.cat([filters[:, 0:1] * y_j[:, 0:1], filters[:, 1:2] * y_j[:, 1:4],
+                          filters[:, 2:3] * y_j[:, 4:]], dim=1)
+
+    def message_and_aggregate(self, edge_index: Tensor, y: Tensor, filters: Tensor,
+                              radial_index: Optional[Tensor] = None) -> Tensor:
+        # Equal to propagate(edge_index, y=y, filters=filters[radial_index]) with message()
+        # above, without keeping per-edge tensors alive for the backward pass.
+        return filtered_gather_scatter(y, filters, edge_index, radial_index)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.hidden_channels}, num_rbf={self.num_rbf}, '

@@ -1,0 +1,291 @@
+"""TensorNet speed and memory: pyg-tensorpot against torchmd-net 3.1.0, side by side in one run.
+
+    pip install -c constraints.txt -e ".[benchmark]"
+    python benchmarks/tensornet_speed.py [--s66x8 PATH] [--repeats 5]
+
+Configuration: the ANI-1x TensorNet (H=128, L=2, 32 expnorm RBF, cutoff 4.5 A, O(3)), float32,
+identical weights in both codes (checked before timing). Measured end to end from (z, pos,
+batch), neighbour list included, on this machine's CPU threads:
+
+* energy+forces throughput on batches of 64 S66x8 conformers (COMP6 v1) with 15-20 atoms;
+* one training step (energy+force MSE loss, backward, AdamW step) on the same batch;
+* energy+forces on single water boxes (liquid density) of ~100, ~1,000 and ~5,000 atoms,
+  with the peak resident memory of the call (each measurement runs in its own process; the
+  kernel's high-water mark is reset just before the call: peak RSS minus RSS before it).
+
+torchmd-net is timed on its default code path (Warp kernels when warp-lang is installed, as
+here) and on its pure-PyTorch path (the Warp ops swapped for its own PyTorch functions).
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from pyg_tensorpot import TensorNet  # noqa: E402
+from pyg_tensorpot.io import load_torchmdnet  # noqa: E402
+
+CONFIG = dict(hidden_channels=128, num_layers=2, num_rbf=32, cutoff=4.5, max_z=128)
+IMPLEMENTATIONS = ('pyg-tensorpot', 'torchmd-net (warp)', 'torchmd-net (pure PyTorch)')
+DEFAULT_S66X8 = [
+    os.path.join(os.path.dirname(HERE), 'pyg_tensorpot', 'data', 's66x8_wb97x6-31gd.h5'),
+    os.path.join(os.path.dirname(HERE), '..', 'shared', 'data', 'comp6', 's66x8_wb97x6-31gd.h5'),
+]
+
+
+def torchmdnet_args(max_num_neighbors=128):
+    return dict(
+        model='tensornet', embedding_dimension=CONFIG['hidden_channels'],
+        num_layers=CONFIG['num_layers'], num_rbf=CONFIG['num_rbf'], rbf_type='expnorm',
+        trainable_rbf=False, activation='silu', cutoff_lower=0.0,
+        cutoff_upper=CONFIG['cutoff'], max_z=CONFIG['max_z'],
+        max_num_neighbors=max_num_neighbors, equivariance_invariance_group='O(3)',
+        precision=32, derivative=True, output_model='Scalar', reduce_op='add',
+        prior_model=None, atom_filter=-1, static_shapes=False, output_mlp_num_layers=0,
+        box_vecs=None, charge=False, spin=False)
+
+
+@contextlib.contextmanager
+def torchmdnet_path(pure_pytorch):
+    """Selects torchmd-net's pure-PyTorch TensorNet ops (module globals read at call time)."""
+    import torchmdnet.models.tensornet as tn
+    names = ('compose_tensor', 'decompose_tensor', 'tensor_matmul_o3', 'tensor_matmul_so3')
+    saved = {n: getattr(tn, n) for n in names}
+    if pure_pytorch:
+        for n in names:
+            setattr(tn, n, getattr(tn, '_' + n))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(tn, n, f)
+
+
+def build_models(max_num_neighbors=128):
+    """Our TensorNet and torchmd-net's warp and pure-PyTorch models, with the same weights."""
+    from torchmdnet.models.model import create_model
+    torch.manual_seed(0)
+    reference = create_model(torchmdnet_args(max_num_neighbors))
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours = load_torchmdnet(reference.state_dict(), hparams=torchmdnet_args())
+    pure = create_model(torchmdnet_args(max_num_neighbors))
+    pure.load_state_dict(reference.state_dict())
+    for module in pure.modules():
+        if hasattr(module, 'opt'):
+            module.opt = False
+    return {IMPLEMENTATIONS[0]: ours, IMPLEMENTATIONS[1]: reference, IMPLEMENTATIONS[2]: pure}
+
+
+def energy_and_forces(name, model, z, pos, batch):
+    if name == IMPLEMENTATIONS[0]:
+        return model.energy_and_forces(z, pos, batch)
+    with torchmdnet_path(pure_pytorch=name == IMPLEMENTATIONS[2]):
+        energy, neg_dy = model(z, pos, batch)
+    return energy.detach().squeeze(-1), neg_dy.detach()
+
+
+def training_step(name, model, optimizer, z, pos, batch, energy_ref, forces_ref):
+    model.train()
+    optimizer.zero_grad()
+    if name == IMPLEMENTATIONS[0]:
+        energy, forces = model.energy_and_forces(z, pos, batch)
+    else:
+        with torchmdnet_path(pure_pytorch=name == IMPLEMENTATIONS[2]):
+            energy, forces = model(z, pos, batch)
+        energy = energy.squeeze(-1)
+    loss = torch.nn.functional.mse_loss(energy, energy_ref) + torch.nn.functional.mse_loss(
+        forces, forces_ref)
+    if name != IMPLEMENTATIONS[0]:
+        with torchmdnet_path(pure_pytorch=name == IMPLEMENTATIONS[2]):
+            loss.backward()
+    else:
+        loss.backward()
+    optimizer.step()
+    model.eval()
+
+
+def load_s66x8_batch(path, size=64, min_atoms=15, max_atoms=20):
+    import h5py
+    z_list, pos_list = [], []
+    symbols = {'H': 1, 'C': 6, 'N': 7, 'O': 8}
+    with h5py.File(path, 'r') as f:
+        for name in sorted(f['s66x8']):
+            group = f['s66x8'][name]
+            species = [symbols[s.decode()] for s in group['species'][()]]
+            if not min_atoms <= len(species) <= max_atoms:
+                continue
+            for conformation in group['coordinates'][()]:
+                z_list.append(torch.tensor(species))
+                pos_list.append(torch.from_numpy(conformation.astype(np.float32)))
+    if len(z_list) < size:
+        raise RuntimeError(f'only {len(z_list)} conformers with {min_atoms}-{max_atoms} atoms')
+    z_list, pos_list = z_list[:size], pos_list[:size]
+    batch = torch.cat([torch.full((len(z), ), i) for i, z in enumerate(z_list)])
+    return torch.cat(z_list), torch.cat(pos_list), batch
+
+
+def water_box(num_atoms, seed=0):
+    """Water molecules on a 3.104 A cubic lattice (liquid density, 0.1 atoms/A^3), randomly
+    oriented: a single open-boundary system."""
+    g = torch.Generator().manual_seed(seed)
+    water = torch.tensor([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
+    n_mol = max(1, round(num_atoms / 3))
+    side = int(np.ceil(n_mol**(1 / 3)))
+    sites = torch.stack(torch.meshgrid(*[torch.arange(side)] * 3, indexing='ij'), -1)
+    sites = sites.reshape(-1, 3)[:n_mol].float() * 3.104
+    q, r = torch.linalg.qr(torch.randn(n_mol, 3, 3, generator=g))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)
+    pos = (water.unsqueeze(0) @ q.transpose(1, 2) + sites.unsqueeze(1)).reshape(-1, 3)
+    z = torch.tensor([8, 1, 1]).repeat(n_mol)
+    return z, pos
+
+
+def timed(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def check_agreement(models, z, pos, batch):
+    results = {name: energy_and_forces(name, m, z, pos, batch) for name, m in models.items()}
+    e0, f0 = results[IMPLEMENTATIONS[0]]
+    worst = 0.0
+    for name, (e, f) in results.items():
+        worst = max(worst, float((e - e0).abs().max() / e0.abs().max()),
+                    float((f - f0).abs().max() / f0.abs().max()))
+    return worst
+
+
+def memory_worker(name, num_atoms):
+    """Run in a fresh process: one energy+forces call, peak RSS increase in MiB and time."""
+    torch.manual_seed(0)
+    max_neighbors = 128
+    models = build_models(max_neighbors)
+    model = models[name]
+    # Warm up kernels (Warp JIT, allocator) on a small system so their one-time cost is not
+    # counted as the big system's memory.
+    zs, ps = water_box(60)
+    energy_and_forces(name, model, zs, ps, torch.zeros_like(zs))
+    z, pos = water_box(num_atoms)
+    batch = torch.zeros_like(z)
+    # Reset the kernel's high-water mark of this process, so that only this call counts.
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    rss_before = _status_mib('VmRSS')
+    start = time.perf_counter()
+    energy_and_forces(name, model, z, pos, batch)
+    seconds = time.perf_counter() - start
+    print(json.dumps({'peak_mib': _status_mib('VmHWM') - rss_before, 'seconds': seconds,
+                      'atoms': len(z)}))
+
+
+def _status_mib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def run_memory(name, num_atoms):
+    out = subprocess.run([sys.executable, __file__, '--memory-worker', name, str(num_atoms)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr else 'failed'}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratio(ours, theirs):
+    return f'{theirs / ours:.2f}x' if ours and theirs else 'n/a'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--s66x8', default=None, help='COMP6 v1 s66x8_wb97x6-31gd.h5')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[100, 1000, 5000])
+    parser.add_argument('--memory-worker', nargs=2, metavar=('IMPL', 'ATOMS'),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        return
+    warnings_off()
+    path = args.s66x8 or next((p for p in DEFAULT_S66X8 if os.path.exists(p)), None)
+    if path is None:
+        sys.exit('S66x8 file not found: pass --s66x8 PATH to COMP6 v1 s66x8_wb97x6-31gd.h5')
+
+    models = build_models()
+    z, pos, batch = load_s66x8_batch(path)
+    agreement = check_agreement(models, z, pos, batch)
+
+    print(f'# TensorNet speed: pyg-tensorpot vs torchmd-net 3.1.0 ({time.strftime("%Y-%m-%d")})')
+    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+          f'torch {torch.__version__}, {torch.get_num_threads()} threads, float32')
+    print(f'config: H=128, L=2, 32 RBF, cutoff 4.5 A, O(3); max relative difference of '
+          f'energies/forces between implementations on the batch: {agreement:.1e}\n')
+
+    n_atoms = z.numel()
+    throughput = {}
+    step_time = {}
+    for name, model in models.items():
+        seconds = timed(lambda: energy_and_forces(name, model, z, pos, batch), args.repeats)
+        throughput[name] = 64 / seconds
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        e_ref, f_ref = energy_and_forces(name, model, z, pos, batch)
+        step_time[name] = timed(
+            lambda: training_step(name, model, optimizer, z, pos, batch, e_ref, f_ref),
+            args.repeats)
+        model.eval()
+
+    ours = IMPLEMENTATIONS[0]
+    print(f'## Batch of 64 S66x8 conformers ({n_atoms} atoms)\n')
+    print('| implementation | energy+forces (molecules/s) | speed-up of ours | training step (ms) '
+          '| speed-up of ours |')
+    print('|---|---|---|---|---|')
+    for name in IMPLEMENTATIONS:
+        print(f'| {name} | {throughput[name]:.0f} | {ratio(1 / throughput[ours], 1 / throughput[name])} | '
+              f'{step_time[name] * 1e3:.1f} | {ratio(step_time[ours], step_time[name])} |')
+
+    print('\n## Single systems (water box, open boundaries), energy+forces\n')
+    print('| atoms | implementation | time (s) | peak memory (MiB) | time ratio | memory ratio |')
+    print('|---|---|---|---|---|---|')
+    for size in args.sizes:
+        rows = {name: run_memory(name, size) for name in IMPLEMENTATIONS}
+        base = rows[ours]
+        for name in IMPLEMENTATIONS:
+            row = rows[name]
+            if 'error' in row:
+                print(f'| {size} | {name} | failed: {row["error"][:60]} | | | |')
+                continue
+            print(f'| {row["atoms"]} | {name} | {row["seconds"]:.3f} | {row["peak_mib"]:.0f} | '
+                  f'{ratio(base["seconds"], row["seconds"])} | '
+                  f'{ratio(base["peak_mib"], row["peak_mib"])} |')
+    print('\nRatios are torchmd-net / pyg-tensorpot: above 1x means ours is faster or smaller.')
+
+
+def warnings_off():
+    import warnings
+    warnings.filterwarnings('ignore')
+
+
+if __name__ == '__main__':
+    main()

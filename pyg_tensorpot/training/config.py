@@ -1,0 +1,518 @@
+"""Experiment configuration: one YAML file per experiment, checked key by key.
+
+A configuration has five sections and three top-level keys::
+
+    seed: 12345               # model initialisation, data order, default split seed
+    precision: 32             # 32 or 64 (float32 or float64 weights and data)
+    out_dir: runs/rmd17       # checkpoints, logs, splits.npz, plots
+    model:    {name: TensorNet, hidden_channels: 128, ...}   # name + constructor arguments
+    data:     {dataset: RMD17, root: data/rmd17, args: {molecule: aspirin}, ...}
+    loss:     {energy_weight: 0.5, force_weight: 0.5, ...}
+    optim:    {lr: 1.0e-3, warmup_steps: 500, ...}
+    trainer:  {max_epochs: 10000, early_stopping_patience: 300, ...}
+
+Every key is documented on the dataclass of its section (:class:`DataConfig`,
+:class:`LossConfig`, :class:`OptimConfig`, :class:`TrainerConfig`); the ``model`` section is
+``name`` plus the keyword arguments of the model's constructor. Unknown keys and bad values
+raise :class:`ConfigError`, naming the key and the allowed values.
+"""
+import copy
+import dataclasses
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid (the message names the key)."""
+
+
+def _fmt(values: Sequence[Any]) -> str:
+    return ', '.join(repr(v) for v in values)
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {_fmt(allowed)}")
+
+
+def _check_number(key: str, value: Any, minimum: Optional[float] = None,
+                  maximum: Optional[float] = None, integer: bool = False,
+                  allow_none: bool = False, strict_minimum: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kinds = (int, ) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = 'an integer' if integer else 'a number'
+        raise ConfigError(f'{key}: expected {kind}, got {value!r}')
+    if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
+        relation = '>' if strict_minimum else '>='
+        raise ConfigError(f'{key}: must be {relation} {minimum}, got {value!r}')
+    if maximum is not None and value > maximum:
+        raise ConfigError(f'{key}: must be <= {maximum}, got {value!r}')
+
+
+@dataclass
+class DataConfig:
+    r"""The ``data`` section: which dataset, how it is split, batched and referenced.
+
+    Args:
+        dataset (str): A dataset of :mod:`pyg_tensorpot.datasets` (e.g. :obj:`"RMD17"`,
+            :obj:`"QM9"`, :obj:`"ANI1x"`, :obj:`"COMP6"`, :obj:`"SPICE"`,
+            :obj:`"MD17EthanolSample"`) or :obj:`"package.module:Class"` for your own PyG
+            dataset of :class:`~torch_geometric.data.Data` with :obj:`z`, :obj:`pos` (Angstrom),
+            :obj:`energy` (eV, shape :obj:`[1]`) and optionally :obj:`forces` (eV/Angstrom).
+            (default: :obj:`"MD17EthanolSample"`)
+        root (str, optional): Dataset folder (raw and processed files). (default: :obj:`None`)
+        args (dict, optional): Further keyword arguments of the dataset class, e.g.
+            :obj:`{molecule: aspirin}`. (default: :obj:`{}`)
+        test_dataset (str, optional): A separate test set (e.g. COMP6 after ANI-1x training);
+            when given, the whole of it is the test set. (default: :obj:`None`)
+        test_root (str, optional): Folder of the test set. (default: :obj:`None`)
+        test_args (dict, optional): Keyword arguments of the test set class.
+            (default: :obj:`{}`)
+        train_size (int or float, optional): Training structures (a float is a fraction). With
+            all three sizes unset, the dataset's standard split of the literature is used
+            (:func:`~pyg_tensorpot.datasets.standard_split`). (default: :obj:`None`)
+        val_size (int or float, optional): Validation structures. (default: :obj:`None`)
+        test_size (int or float, optional): Test structures; unset takes the rest.
+            (default: :obj:`None`)
+        split_seed (int, optional): Seed of the random split; defaults to the standard
+            protocol's seed (standard split) or to the run's :obj:`seed`. (default: :obj:`None`)
+        splits_file (str, optional): A saved ``splits.npz`` (``idx_train/idx_val/idx_test``) to
+            use instead. (default: :obj:`None`)
+        batch_size (int, optional): Training structures per optimiser step (the global batch,
+            divided among the processes of a DDP run). (default: :obj:`32`)
+        inference_batch_size (int, optional): Structures per validation/test batch.
+            (default: :obj:`64`)
+        num_workers (int, optional): Data-loader worker processes. (default: :obj:`0`)
+        energy_key (str, optional): Attribute with the energies. (default: :obj:`"energy"`)
+        forces_key (str, optional): Attribute with the forces. (default: :obj:`"forces"`)
+        reference_energies (str or dict, optional): Per-element reference energies that the
+            model adds to its output: :obj:`"fit"` (least squares on the training split),
+            :obj:`"dataset"` (the dataset's published values), :obj:`"none"`, or
+            :obj:`{Z: eV}`. (default: :obj:`"fit"`)
+        standardize (bool, optional): Scale the per-atom outputs by the standard deviation of
+            the training energies (after reference energies) and shift the molecular energies
+            by their mean. (default: :obj:`True`)
+    """
+    dataset: str = 'MD17EthanolSample'
+    root: Optional[str] = None
+    args: Dict[str, Any] = field(default_factory=dict)
+    test_dataset: Optional[str] = None
+    test_root: Optional[str] = None
+    test_args: Dict[str, Any] = field(default_factory=dict)
+    train_size: Optional[Union[int, float]] = None
+    val_size: Optional[Union[int, float]] = None
+    test_size: Optional[Union[int, float]] = None
+    split_seed: Optional[int] = None
+    splits_file: Optional[str] = None
+    batch_size: int = 32
+    inference_batch_size: int = 64
+    num_workers: int = 0
+    energy_key: str = 'energy'
+    forces_key: str = 'forces'
+    reference_energies: Union[str, Dict[int, float]] = 'fit'
+    standardize: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError('data.dataset: name a dataset, e.g. RMD17, QM9, ANI1x, COMP6, '
+                              'SPICE or MD17EthanolSample')
+        for key in ('args', 'test_args'):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f'data.{key}: expected a mapping of keyword arguments, got '
+                                  f'{getattr(self, key)!r}')
+        for key in ('train_size', 'val_size', 'test_size'):
+            value = getattr(self, key)
+            _check_number(f'data.{key}', value, 0, allow_none=True)
+            if isinstance(value, float) and value > 1:
+                raise ConfigError(f'data.{key}: a fraction must lie in [0, 1], got {value}; '
+                                  f'write a number of structures as an integer')
+        _check_number('data.split_seed', self.split_seed, 0, integer=True, allow_none=True)
+        _check_number('data.batch_size', self.batch_size, 1, integer=True)
+        _check_number('data.inference_batch_size', self.inference_batch_size, 1, integer=True)
+        _check_number('data.num_workers', self.num_workers, 0, integer=True)
+        ref = self.reference_energies
+        if isinstance(ref, dict):
+            try:
+                self.reference_energies = {int(k): float(v) for k, v in ref.items()}
+            except (TypeError, ValueError):
+                raise ConfigError('data.reference_energies: a mapping must be {atomic number: '
+                                  f'energy in eV}}, got {ref!r}') from None
+        else:
+            _check_choice('data.reference_energies', ref, ('fit', 'dataset', 'none'))
+        if not isinstance(self.standardize, bool):
+            raise ConfigError(f'data.standardize: expected true or false, got '
+                              f'{self.standardize!r}')
+
+    @property
+    def uses_standard_split(self) -> bool:
+        return (self.splits_file is None and self.train_size is None and self.val_size is None
+                and self.test_size is None)
+
+
+@dataclass
+class LossConfig:
+    r"""The ``loss`` section: :math:`L = w_E L_E + w_F L_F + w_H L_H`.
+
+    Args:
+        energy_weight (float, optional): :math:`w_E`. (default: :obj:`1.0`)
+        force_weight (float, optional): :math:`w_F`; 0 trains on energies only (no forces are
+            computed during training). (default: :obj:`100.0`)
+        type (str, optional): :obj:`"mse"` (mean squared error), :obj:`"mae"` (mean
+            absolute error) or :obj:`"rmse+mae"` (their sum, hippynn's ANI-1x objective), for
+            energies and forces alike. (default: :obj:`"mse"`)
+        per_atom_energy (bool, optional): Compare energies per atom, :math:`(E - \hat E)/N`,
+            instead of per molecule. (default: :obj:`False`)
+        energy_loss_ema (float, optional): torchmd-net's ``ema_alpha_y``: with :math:`\alpha<1`
+            the training energy loss is smoothed over batches, :math:`\alpha L +
+            (1-\alpha)\,\mathrm{EMA}`, which also scales its gradient by :math:`\alpha`; 1
+            switches it off. (default: :obj:`1.0`)
+        hierarchicality_weight (float, optional): :math:`w_H`, the weight of the
+            hierarchicality regulariser of models that have one (HIP-NN); ignored for others.
+            (default: :obj:`1.0`)
+        l2_weight (float, optional): Weight of the model's :obj:`l2_penalty()` (HIP-NN's
+            ``l2reg``); ignored for models without one. (default: :obj:`0.0`)
+    """
+    energy_weight: float = 1.0
+    force_weight: float = 100.0
+    type: str = 'mse'
+    per_atom_energy: bool = False
+    energy_loss_ema: float = 1.0
+    hierarchicality_weight: float = 1.0
+    l2_weight: float = 0.0
+
+    def validate(self) -> None:
+        _check_number('loss.energy_weight', self.energy_weight, 0)
+        _check_number('loss.force_weight', self.force_weight, 0)
+        _check_number('loss.hierarchicality_weight', self.hierarchicality_weight, 0)
+        _check_number('loss.l2_weight', self.l2_weight, 0)
+        if self.energy_weight == 0 and self.force_weight == 0:
+            raise ConfigError('loss: energy_weight and force_weight are both 0; nothing would be '
+                              'trained')
+        _check_choice('loss.type', self.type, ('mse', 'mae', 'rmse+mae'))
+        if not isinstance(self.per_atom_energy, bool):
+            raise ConfigError(f'loss.per_atom_energy: expected true or false, got '
+                              f'{self.per_atom_energy!r}')
+        _check_number('loss.energy_loss_ema', self.energy_loss_ema, 0, 1, strict_minimum=True)
+
+
+@dataclass
+class OptimConfig:
+    r"""The ``optim`` section: AdamW, linear warm-up, ReduceLROnPlateau, clipping, weight EMA.
+
+    Args:
+        lr (float, optional): Peak learning rate. (default: :obj:`1e-4`)
+        weight_decay (float, optional): AdamW weight decay. (default: :obj:`0.0`)
+        warmup_steps (int, optional): Optimiser steps of linear warm-up from
+            :math:`\mathrm{lr}/\mathrm{warmup\_steps}` to :obj:`lr`. (default: :obj:`1000`)
+        lr_factor (float, optional): Factor of ReduceLROnPlateau (on the validation loss).
+            (default: :obj:`0.5`)
+        lr_patience (int, optional): Epochs without improvement before the learning rate is
+            reduced. (default: :obj:`5`)
+        lr_min (float, optional): Lower bound of the learning rate. (default: :obj:`1e-7`)
+        gradient_clip (float, optional): Maximum gradient norm; 0 disables clipping.
+            (default: :obj:`100.0`)
+        ema_decay (float, optional): Decay of the exponential moving average of the weights
+            that is validated, tested and exported (ramped up as :math:`\min(d, (1+t)/(10+t))`
+            over the first steps); 0 disables it. (default: :obj:`0.999`)
+    """
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    lr_factor: float = 0.5
+    lr_patience: int = 5
+    lr_min: float = 1e-7
+    gradient_clip: float = 100.0
+    ema_decay: float = 0.999
+
+    def validate(self) -> None:
+        _check_number('optim.lr', self.lr, 0, strict_minimum=True)
+        _check_number('optim.weight_decay', self.weight_decay, 0)
+        _check_number('optim.warmup_steps', self.warmup_steps, 0, integer=True)
+        _check_number('optim.lr_factor', self.lr_factor, 0, 1, strict_minimum=True)
+        if self.lr_factor == 1:
+            raise ConfigError('optim.lr_factor: must be < 1 (1 would never reduce the rate)')
+        _check_number('optim.lr_patience', self.lr_patience, 0, integer=True)
+        _check_number('optim.lr_min', self.lr_min, 0)
+        _check_number('optim.gradient_clip', self.gradient_clip, 0)
+        _check_number('optim.ema_decay', self.ema_decay, 0)
+        if self.ema_decay >= 1:
+            raise ConfigError(f'optim.ema_decay: must be in [0, 1), got {self.ema_decay}')
+
+
+MONITORS = ('val_loss', 'val_energy_mae', 'val_energy_rmse', 'val_forces_mae',
+            'val_forces_rmse')
+
+
+@dataclass
+class TrainerConfig:
+    r"""The ``trainer`` section: when to stop, where to run, how often to log and checkpoint.
+
+    Args:
+        max_epochs (int, optional): Maximum number of epochs. (default: :obj:`500`)
+        max_steps (int, optional): Maximum number of optimiser steps; -1 for no limit.
+            (default: :obj:`-1`)
+        max_time (float, optional): Wall-clock limit in minutes (a run stopped by it is not
+            reproducible); :obj:`None` for none. (default: :obj:`None`)
+        early_stopping_patience (int, optional): Epochs without improvement of the monitored
+            validation metric before training stops; 0 disables early stopping.
+            (default: :obj:`30`)
+        monitor (str, optional): The validation metric that drives ReduceLROnPlateau, early
+            stopping and the best checkpoint: :obj:`"val_loss"` (the training objective on
+            the validation set), or :obj:`"val_energy_mae"`, :obj:`"val_energy_rmse"`,
+            :obj:`"val_forces_mae"`, :obj:`"val_forces_rmse"`. (default: :obj:`"val_loss"`)
+        accelerator (str, optional): :obj:`"auto"`, :obj:`"cpu"` or :obj:`"gpu"`.
+            (default: :obj:`"auto"`)
+        devices (int or str, optional): Devices per node (:obj:`"auto"` for all).
+            (default: :obj:`1`)
+        num_nodes (int, optional): Number of nodes. (default: :obj:`1`)
+        strategy (str, optional): :obj:`"auto"` or :obj:`"ddp"` (Lightning's
+            DistributedDataParallel; the default with more than one device).
+            (default: :obj:`"auto"`)
+        check_val_every_n_epoch (int, optional): Validation interval in epochs.
+            (default: :obj:`1`)
+        log_every_n_steps (int, optional): Logging interval of the training loss.
+            (default: :obj:`50`)
+        checkpoint_every_n_steps (int, optional): Also write ``last.ckpt`` every this many
+            optimiser steps (it is always written after every validation). (default: :obj:`None`)
+        progress_bar (bool, optional): Show a progress bar. (default: :obj:`True`)
+        num_threads (int, optional): CPU threads of torch (:obj:`None` leaves torch's default).
+            (default: :obj:`None`)
+    """
+    max_epochs: int = 500
+    max_steps: int = -1
+    max_time: Optional[float] = None
+    early_stopping_patience: int = 30
+    monitor: str = 'val_loss'
+    accelerator: str = 'auto'
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    strategy: str = 'auto'
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: Optional[int] = None
+    progress_bar: bool = True
+    num_threads: Optional[int] = None
+
+    def validate(self) -> None:
+        _check_number('trainer.max_epochs', self.max_epochs, 1, integer=True)
+        _check_number('trainer.max_steps', self.max_steps, -1, integer=True)
+        if self.max_steps == 0:
+            raise ConfigError('trainer.max_steps: must be -1 (no limit) or positive, got 0')
+        _check_number('trainer.max_time', self.max_time, 0, allow_none=True,
+                      strict_minimum=True)
+        _check_number('trainer.early_stopping_patience', self.early_stopping_patience, 0,
+                      integer=True)
+        _check_choice('trainer.monitor', self.monitor, MONITORS)
+        _check_choice('trainer.accelerator', self.accelerator, ('auto', 'cpu', 'gpu', 'cuda'))
+        if self.devices != 'auto':
+            _check_number('trainer.devices', self.devices, 1, integer=True)
+        _check_number('trainer.num_nodes', self.num_nodes, 1, integer=True)
+        _check_choice('trainer.strategy', self.strategy, ('auto', 'ddp'))
+        _check_number('trainer.check_val_every_n_epoch', self.check_val_every_n_epoch, 1,
+                      integer=True)
+        _check_number('trainer.log_every_n_steps', self.log_every_n_steps, 1, integer=True)
+        _check_number('trainer.checkpoint_every_n_steps', self.checkpoint_every_n_steps, 1,
+                      integer=True, allow_none=True)
+        if not isinstance(self.progress_bar, bool):
+            raise ConfigError(f'trainer.progress_bar: expected true or false, got '
+                              f'{self.progress_bar!r}')
+        _check_number('trainer.num_threads', self.num_threads, 1, integer=True,
+                      allow_none=True)
+
+
+_SECTIONS = {'data': DataConfig, 'loss': LossConfig, 'optim': OptimConfig,
+             'trainer': TrainerConfig}
+_TOP_LEVEL = ('seed', 'precision', 'out_dir', 'model', 'data', 'loss', 'optim', 'trainer')
+
+
+@dataclass
+class TrainingConfig:
+    r"""A whole experiment (see the module docstring for the layout).
+
+    Args:
+        model (dict, optional): :obj:`name` (:obj:`"TensorNet"`, :obj:`"HIPNN"` or
+            :obj:`"package.module:Class"`) plus the constructor's keyword arguments.
+            (default: :obj:`{"name": "TensorNet"}`)
+        data (DataConfig, optional): The data section.
+        loss (LossConfig, optional): The loss section.
+        optim (OptimConfig, optional): The optimiser section.
+        trainer (TrainerConfig, optional): The trainer section.
+        seed (int, optional): Seed of the weights' initialisation and of the data order.
+            (default: :obj:`1`)
+        precision (int, optional): 32 or 64. (default: :obj:`32`)
+        out_dir (str, optional): Output folder. (default: :obj:`"runs/default"`)
+    """
+    model: Dict[str, Any] = field(default_factory=lambda: {'name': 'TensorNet'})
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 1
+    precision: int = 32
+    out_dir: str = 'runs/default'
+
+    def validate(self) -> 'TrainingConfig':
+        """Checks every value; raises :class:`ConfigError` naming the first bad key."""
+        if not isinstance(self.model, dict) or not isinstance(self.model.get('name'), str):
+            raise ConfigError("model.name: name the model, e.g. TensorNet, HIPNN or "
+                              "'package.module:Class'")
+        _check_number('seed', self.seed, 0, integer=True)
+        _check_choice('precision', self.precision, (32, 64))
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ConfigError(f'out_dir: expected a folder name, got {self.out_dir!r}')
+        for name in _SECTIONS:
+            getattr(self, name).validate()
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dictionary (YAML/JSON and ``torch.load(weights_only=True)`` safe)."""
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'TrainingConfig':
+        """Builds and validates a configuration from a nested dictionary."""
+        if not isinstance(values, dict):
+            raise ConfigError(f'a configuration must be a mapping, got {type(values).__name__}')
+        unknown = sorted(set(values) - set(_TOP_LEVEL))
+        if unknown:
+            raise ConfigError(f'unknown top-level key {unknown[0]!r}; allowed keys are '
+                              f'{_fmt(_TOP_LEVEL)}')
+        kwargs: Dict[str, Any] = {}
+        for key, value in values.items():
+            if key in _SECTIONS:
+                kwargs[key] = _build_section(key, _SECTIONS[key], value)
+            elif key == 'model':
+                if not isinstance(value, dict):
+                    raise ConfigError(f'model: expected a mapping with name and the '
+                                      f'constructor arguments, got {value!r}')
+                kwargs[key] = {'name': 'TensorNet', **value}
+            else:
+                kwargs[key] = value
+        return cls(**kwargs).validate()
+
+    def save(self, path: str) -> None:
+        """Writes the configuration as YAML."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'w') as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _build_section(name: str, cls, value: Any):
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        raise ConfigError(f'{name}: expected a mapping, got {value!r}')
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f'unknown key {name}.{key}; allowed keys of {name} are '
+                              f'{_fmt(allowed)}')
+    return cls(**value)
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """Turns ``["optim.lr=5e-4", "data.args.molecule=ethanol"]`` into a nested dictionary.
+    Values are parsed as YAML (numbers, booleans, ``null``, lists and mappings)."""
+    result: Dict[str, Any] = {}
+    for item in overrides:
+        if '=' not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value, e.g. "
+                              f"optim.lr=5e-4")
+        key, text = item.split('=', 1)
+        path = [part for part in key.strip().split('.')]
+        if not all(path):
+            raise ConfigError(f'override {item!r}: empty key')
+        value = _parse_scalar(text)
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f'override {item!r} conflicts with another override')
+        node[path[-1]] = value
+    return result
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return _fix_numbers(value)
+
+
+def merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """Recursive dictionary update (``update`` wins), returning a new dictionary."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
+                base: Optional[Dict[str, Any]] = None) -> TrainingConfig:
+    """Reads a YAML configuration, applies ``key=value`` overrides and validates it.
+
+    Args:
+        path (str, optional): YAML file; :obj:`None` starts from the defaults.
+            (default: :obj:`None`)
+        overrides (Sequence[str], optional): ``section.key=value`` strings.
+            (default: :obj:`()`)
+        base (dict, optional): Values applied before the file. (default: :obj:`None`)
+    """
+    values: Dict[str, Any] = dict(base or {})
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"configuration file '{path}' does not exist")
+        with open(path) as f:
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"'{path}' is not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"'{path}' must hold a mapping of sections, got "
+                              f"{type(loaded).__name__}")
+        values = merge(values, _fix_numbers(loaded))
+    values = merge(values, parse_overrides(overrides))
+    return TrainingConfig.from_dict(values)
+
+
+_SCIENTIFIC = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$')
+
+
+def _fix_numbers(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-4`` (no dot) as a string; turn such strings into floats."""
+    if isinstance(value, dict):
+        return {k: _fix_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_numbers(v) for v in value]
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)
+    return value
+
+
+def check_constructor_kwargs(what: str, cls, kwargs: Dict[str, Any],
+                             skip: Sequence[str] = ()) -> None:
+    """Raises :class:`ConfigError` if :obj:`kwargs` has a key that :obj:`cls` does not take,
+    listing the allowed ones."""
+    signature = inspect.signature(cls.__init__)
+    params = signature.parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed: List[str] = [n for n in params if n not in ('self', ) and n not in skip
+                          and params[n].kind not in (inspect.Parameter.VAR_POSITIONAL, )]
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(f'unknown key {what}.{key} for {cls.__name__}; allowed keys are '
+                              f'{_fmt(allowed)}')

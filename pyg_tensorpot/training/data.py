@@ -1,0 +1,209 @@
+r"""Datasets, splits and training-set statistics of an experiment (no Lightning needed)."""
+import logging
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.loader import DataLoader
+from torch_geometric.utils import scatter
+
+from pyg_tensorpot.training.builders import build_dataset
+from pyg_tensorpot.training.config import ConfigError, DataConfig
+
+logger = logging.getLogger('pyg_tensorpot.training')
+
+
+@dataclass
+class PreparedData:
+    r"""The datasets of an experiment.
+
+    Args:
+        dataset: The whole dataset that is split.
+        split (dict): ``idx_train``, ``idx_val``, ``idx_test`` index tensors.
+        train: Training subset.
+        val: Validation subset.
+        test (dict): Named test sets: ``"test"`` (the split's test part, if not empty) and,
+            with :obj:`data.test_dataset`, the external one under its class name.
+    """
+    dataset: Any
+    split: Dict[str, Tensor]
+    train: Any
+    val: Any
+    test: Dict[str, Any] = field(default_factory=dict)
+
+
+def make_split(dataset, config: DataConfig, seed: int,
+               path: Optional[str] = None) -> Dict[str, Tensor]:
+    r"""The train/val/test split of a configuration (see :class:`DataConfig`), saved to
+    :obj:`path` (``splits.npz``) if given; an existing file there must hold the same split.
+
+    Uses :func:`~pyg_tensorpot.datasets.load_split`,
+    :func:`~pyg_tensorpot.datasets.standard_split` or
+    :func:`~pyg_tensorpot.datasets.random_split`.
+    """
+    from pyg_tensorpot.datasets import load_split, random_split, save_split, standard_split
+    from pyg_tensorpot.datasets.splits import SPLIT_KEYS, load_split as _load
+    num = len(dataset)
+    try:
+        if config.splits_file is not None:
+            split = load_split(config.splits_file, num)
+            if path is not None:
+                if osp.exists(path):
+                    existing = _load(path, num)
+                    if not all(torch.equal(existing[k], split[k]) for k in SPLIT_KEYS):
+                        raise ConfigError(f"data.splits_file: '{path}' holds a different split;"
+                                          f' use another out_dir')
+                else:
+                    save_split(split, path)
+            return split
+        if config.uses_standard_split:
+            try:
+                return standard_split(dataset, seed=config.split_seed, path=path)
+            except ValueError as error:
+                if 'no standard split' not in str(error):
+                    raise
+                logger.info('%s has no standard split; using 80/10/10 %%, seed %d',
+                            type(dataset).__name__, seed)
+                return random_split(num, 0.8, 0.1, None,
+                                    seed if config.split_seed is None else config.split_seed,
+                                    path)
+        sizes = [config.train_size, config.val_size, config.test_size]
+        if sum(s is None for s in sizes) > 1:
+            raise ConfigError('data.train_size/val_size/test_size: set at least two of them '
+                              '(the unset one takes the rest), or none for the standard split')
+        return random_split(num, *sizes,
+                            seed=seed if config.split_seed is None else config.split_seed,
+                            path=path)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f'data split: {error}') from None
+
+
+def prepare_data(config: DataConfig, seed: int, splits_path: Optional[str] = None
+                 ) -> PreparedData:
+    r"""Loads the dataset(s) of a configuration and splits them.
+
+    Args:
+        config (DataConfig): The data section.
+        seed (int): The run's seed (the default split seed of non-standard splits).
+        splits_path (str, optional): Where to save ``splits.npz``. (default: :obj:`None`)
+    """
+    dataset = build_dataset(config.dataset, config.root, config.args)
+    if len(dataset) == 0:
+        raise ConfigError(f'data.dataset: {config.dataset} is empty')
+    split = make_split(dataset, config, seed, splits_path)
+    train, val, test = (dataset[split[k]] for k in ('idx_train', 'idx_val', 'idx_test'))
+    if len(train) == 0:
+        raise ConfigError('data: the training split is empty')
+    if len(val) == 0:
+        raise ConfigError('data: the validation split is empty (val_size must be > 0)')
+    tests: Dict[str, Any] = {}
+    if len(test) > 0:
+        tests['test'] = test
+    if config.test_dataset is not None:
+        external = build_dataset(config.test_dataset, config.test_root, config.test_args,
+                                 key='data.test_dataset')
+        tests[type(external).__name__] = external
+    return PreparedData(dataset, split, train, val, tests)
+
+
+def _num_graphs(batch) -> int:
+    return int(batch.num_graphs)
+
+
+@torch.no_grad()
+def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
+                            dataset=None, batch_size: int = 4096) -> Dict[str, Any]:
+    r"""Fits reference energies and the standardisation on the training split only and sets
+    them on :obj:`model`:
+
+    1. :obj:`reference_energies`: ``"fit"`` uses the model's own hierarchical initialisation
+       when it has one (HIP-NN's :meth:`fit_reference_energies`), else the least-squares fit
+       :func:`~pyg_tensorpot.datasets.fit_reference_energies` and :meth:`set_atomref`;
+       ``"dataset"`` the dataset's published :meth:`atomref`; a mapping is used as given.
+    2. :obj:`standardize`: the mean :math:`\mu` and standard deviation :math:`\sigma` of the
+       training energies minus the reference energies become :meth:`set_standardization`.
+
+    Returns:
+        dict: :obj:`reference_energies` (``{Z: eV}`` or :obj:`None`), :obj:`mean`, :obj:`std`.
+    """
+    from pyg_tensorpot.datasets import fit_reference_energies
+    key = config.energy_key
+    loader = DataLoader(train, batch_size=batch_size, shuffle=False)
+    first = next(iter(loader))
+    if getattr(first, key, None) is None:
+        if config.reference_energies != 'none' or config.standardize:
+            raise ConfigError(f"data: the training structures have no '{key}' (data.energy_key);"
+                              f' set data.reference_energies: none and data.standardize: false')
+        return {'reference_energies': None, 'mean': 0.0, 'std': 1.0}
+
+    choice = config.reference_energies
+    refs: Optional[Dict[int, float]] = None
+    if choice != 'none':
+        if isinstance(choice, dict):
+            refs = dict(choice)
+        elif choice == 'dataset':
+            source = dataset if dataset is not None else train
+            getter = getattr(source, 'atomref', None)
+            refs = getter() if callable(getter) else None
+            if not refs:
+                raise ConfigError(f"data.reference_energies: {type(source).__name__} publishes no "
+                                  f"reference energies; use 'fit' (least squares on the "
+                                  f'training split) or give {{Z: eV}}')
+        if choice == 'fit' and hasattr(model, 'fit_reference_energies'):
+            refs = model.fit_reference_energies(loader, energy_key=key)
+        else:
+            if choice == 'fit':
+                refs = fit_reference_energies(loader, None, key)
+            if not hasattr(model, 'set_atomref'):
+                raise ConfigError(f'data.reference_energies: {type(model).__name__} has no '
+                                  f"set_atomref(); use 'none'")
+            model.set_atomref(refs)
+    mean, std = 0.0, 1.0
+    if config.standardize:
+        if not hasattr(model, 'set_standardization'):
+            raise ConfigError(f'data.standardize: {type(model).__name__} has no '
+                              f'set_standardization(); use false')
+        ref_table = torch.zeros(256, dtype=torch.float64)
+        for number, value in (refs or {}).items():
+            ref_table[int(number)] = float(value)
+        residuals: List[Tensor] = []
+        for batch in loader:
+            energy = getattr(batch, key).detach().to(torch.float64).reshape(-1)
+            baseline = scatter(ref_table[batch.z.long()], batch.batch, 0,
+                               dim_size=_num_graphs(batch), reduce='sum')
+            residuals.append(energy - baseline)
+        values = torch.cat(residuals)
+        mean = float(values.mean())
+        std = float(values.std()) if values.numel() > 1 else 1.0
+        if not std > 0 or not torch.isfinite(torch.tensor(std)):
+            std = 1.0
+        model.set_standardization(mean, std)
+    return {'reference_energies': refs, 'mean': mean, 'std': std}
+
+
+def describe_statistics(stats: Dict[str, Any]) -> str:
+    """One line per fitted quantity, for the log."""
+    from pyg_tensorpot.utils.elements import symbol
+    lines = []
+    refs = stats.get('reference_energies')
+    if refs:
+        text = ', '.join(f'{symbol(int(z))} {e:.4f}' for z, e in sorted(refs.items()))
+        lines.append(f'reference energies (eV): {text}')
+    lines.append(f"standardisation: mean {stats['mean']:.6f} eV, std {stats['std']:.6f} eV")
+    return '\n'.join(lines)
+
+
+def dataset_summary(dataset) -> Tuple[int, str]:
+    """Number of structures and a short description (e.g. ``"9 atoms each"``)."""
+    n = len(dataset)
+    try:
+        counts = dataset.num_atoms
+        lo, hi = int(counts.min()), int(counts.max())
+        atoms = f'{lo} atoms each' if lo == hi else f'{lo}-{hi} atoms'
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        atoms = ''
+    return n, atoms

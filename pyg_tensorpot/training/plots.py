@@ -1,0 +1,122 @@
+r"""Learning curves and parity plots (PNG, with matplotlib)."""
+import csv
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("plots need matplotlib: pip install 'pyg-tensorpot[train]' (or pip "
+                          f"install matplotlib) ({error})") from None
+    return plt
+
+
+def read_metrics_csv(path: str) -> Dict[str, Dict[int, float]]:
+    r"""Reads Lightning's ``metrics.csv`` into ``{metric: {epoch: value}}``. When a run was
+    resumed, rows written after its last checkpoint appear twice; the later ones win."""
+    series: Dict[str, Dict[int, float]] = {}
+    with open(path, newline='') as f:
+        for row in csv.DictReader(f):
+            epoch = row.get('epoch')
+            if epoch in (None, ''):
+                continue
+            epoch_i = int(float(epoch))
+            for key, value in row.items():
+                if key in ('epoch', 'step') or value in (None, ''):
+                    continue
+                if key.endswith('_step'):
+                    continue
+                series.setdefault(key, {})[epoch_i] = float(value)
+    return series
+
+
+def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = None) -> str:
+    """Training and validation loss, validation MAEs and learning rate per epoch."""
+    plt = _pyplot()
+    series = read_metrics_csv(metrics_csv)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    def draw(ax, key: str, label: str, scale: float = 1.0) -> bool:
+        values = series.get(key)
+        if not values:
+            return False
+        epochs = sorted(values)
+        ax.plot(epochs, [values[e] * scale for e in epochs], label=label)
+        return True
+
+    ax = axes[0]
+    draw(ax, 'train_loss_epoch', 'training loss')
+    draw(ax, 'val_loss', 'validation loss')
+    ax.set_yscale('log')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('loss')
+    ax.legend()
+    ax = axes[1]
+    drawn = [draw(ax, 'val_energy_mae', 'energy MAE (meV)', 1e3),
+             draw(ax, 'val_energy_per_atom_mae', 'energy/atom MAE (meV)', 1e3),
+             draw(ax, 'val_forces_mae', 'force MAE (meV/Å)', 1e3)]
+    if any(drawn):
+        ax.set_yscale('log')
+        ax.legend()
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('validation error')
+    ax = axes[2]
+    if draw(ax, 'lr', 'learning rate'):
+        ax.set_yscale('log')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('learning rate (end of epoch)')
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_parity(predictions: Dict[str, np.ndarray], path: str,
+                title: Optional[str] = None, max_points: int = 20000) -> str:
+    r"""Predicted against reference energies (per atom, shifted by the reference mean) and
+    force components, with the MAE in the corner (data in eV and eV/Angstrom, plotted in meV)."""
+    plt = _pyplot()
+    panels: List[tuple] = []
+    if 'energy_pred' in predictions:
+        n = predictions['num_atoms'].astype(np.float64)
+        ref = predictions['energy_true'] / n
+        pred = predictions['energy_pred'] / n
+        shift = ref.mean()
+        panels.append(((ref - shift) * 1e3, (pred - shift) * 1e3,
+                       'energy per atom − mean (meV)'))
+    if 'forces_pred' in predictions:
+        ref = predictions['forces_true'].reshape(-1)
+        pred = predictions['forces_pred'].reshape(-1)
+        if ref.size > max_points:
+            pick = np.random.default_rng(0).choice(ref.size, max_points, replace=False)
+            ref, pred = ref[pick], pred[pick]
+        panels.append((ref * 1e3, pred * 1e3, 'force component (meV/Å)'))
+    if not panels:
+        raise ValueError('nothing to plot: no energies or forces were predicted')
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    for ax, (ref, pred, label) in zip(axes[0], panels):
+        lo = float(min(ref.min(), pred.min()))
+        hi = float(max(ref.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], color='0.6', lw=1)
+        ax.scatter(ref, pred, s=4, alpha=0.5)
+        mae = float(np.abs(pred - ref).mean())
+        ax.text(0.04, 0.94, f'MAE {mae:.2f}', transform=ax.transAxes, va='top')
+        ax.set_xlabel(f'reference {label}')
+        ax.set_ylabel(f'predicted {label}')
+        ax.set_aspect('equal', adjustable='box')
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

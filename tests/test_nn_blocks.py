@@ -146,3 +146,23 @@ def test_products():
     torch.testing.assert_close(so3, 2 * torch.einsum('nach,ncbh->nabh', y, m))
     assert not torch.allclose(ta.so3_product(m.transpose(1, 2), y.transpose(1, 2)),
                               so3.transpose(1, 2))
+
+
+def test_pack_tensor_and_packed_norms():
+    x = random_tensor(4, 3, 3, 5, seed=9)
+    packed = ta.pack_tensor(x)
+    torch.testing.assert_close(packed, ta.pack(*ta.decompose(x)))
+    scalar, antisym, sym = ta.decompose(x)
+    n_i, n_a, n_s = ta.packed_squared_norms(packed)
+    torch.testing.assert_close(n_i, 3 * scalar**2)
+    torch.testing.assert_close(n_a, ta.squared_norm(antisym))
+    torch.testing.assert_close(n_s, ta.squared_norm(sym))
+
+
+def test_mix_packed_equals_mixing_full_parts():
+    torch.manual_seed(0)
+    mixings = [torch.nn.Linear(5, 5, bias=False).double() for _ in range(3)]
+    x = random_tensor(4, 3, 3, 5, seed=10)
+    scalar, antisym, sym = ta.decompose(x)
+    full = ta.compose(mixings[0](scalar), mixings[1](antisym), mixings[2](sym))
+    torch.testing.assert_close(ta.unpack(ta.mix_packed(ta.pack_tensor(x), *mixings)), full)

@@ -30,9 +30,9 @@ from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL  # noqa: E402
 
 # A tiny TensorNet on 32 training / 16 validation / 16 test frames of the bundled real MD17
 # ethanol sample: 4 optimiser steps per epoch.
+TINY_TENSORNET = ['model.hidden_channels=8', 'model.num_layers=1', 'model.num_rbf=4']
 TINY = [
     'seed=7',
-    'model.hidden_channels=8', 'model.num_layers=1', 'model.num_rbf=4',
     'data.dataset=MD17EthanolSample', 'data.train_size=32', 'data.val_size=16',
     'data.test_size=16', 'data.batch_size=8', 'data.inference_batch_size=16',
     'optim.lr=2e-3', 'optim.warmup_steps=3', 'optim.lr_patience=0', 'optim.lr_factor=0.5',
@@ -41,8 +41,8 @@ TINY = [
 ]
 
 
-def tiny_config(out_dir, *extra):
-    return load_config(None, TINY + [f'out_dir={out_dir}'] + list(extra))
+def tiny_config(out_dir, *extra, model=TINY_TENSORNET):
+    return load_config(None, TINY + list(model) + [f'out_dir={out_dir}'] + list(extra))
 
 
 def state_dicts_equal(a, b):
@@ -230,7 +230,7 @@ def test_error_accumulator_and_table():
 def test_statistics_are_fitted_on_the_training_split_only():
     from pyg_tensorpot import TensorNet
     from pyg_tensorpot.training import fit_training_statistics, prepare_data
-    config = load_config(None, TINY + ['data.reference_energies=fit'])
+    config = load_config(None, TINY + TINY_TENSORNET + ['data.reference_energies=fit'])
     prepared = prepare_data(config.data, config.seed)
     model = TensorNet(hidden_channels=8, num_layers=0, num_rbf=4)
     stats = fit_training_statistics(model, prepared.train, config.data, prepared.dataset)
@@ -333,30 +333,39 @@ def _crash_after(step):
     return CrashAfter()
 
 
-@pytest.mark.parametrize('kill_step', [6, 8])
-def test_killed_run_resumes_to_identical_result(tmp_path, kill_step):
-    """A run killed after ``kill_step`` optimiser steps (mid-epoch: 6; right after the last
-    batch of an epoch, before its validation: 8) and resumed from ``last.ckpt`` ends with the
-    weights, plateau and early-stopping decisions and test errors of an uninterrupted run.
-    The energy-loss EMA and the weight average are on, and the plateau rule halves the rate."""
+def test_killed_run_resumes_to_identical_result(tmp_path):
+    """A run killed mid-epoch (after optimiser step 6 of 4 per epoch), resumed, killed again
+    right after the last batch of an epoch (step 8, before that epoch's validation) and resumed
+    again ends with the weights, weight average, optimiser, plateau and early-stopping state and
+    test errors of an uninterrupted run. The energy-loss EMA is on and the plateau rule halves
+    the rate after every epoch without improvement."""
     from pyg_tensorpot.training import train
-    extra = ['trainer.checkpoint_every_n_steps=2', 'loss.energy_loss_ema=0.5',
-             'trainer.max_epochs=4']
+    extra = ['trainer.checkpoint_every_n_steps=2', 'loss.energy_loss_ema=0.5']
     reference = train(tiny_config(tmp_path / 'a', *extra), verbose=False)
+    last_path = tmp_path / 'b' / 'checkpoints' / 'last.ckpt'
     with pytest.raises(_Crash):
         train(tiny_config(tmp_path / 'b', *extra), verbose=False,
-              extra_callbacks=[_crash_after(kill_step)])
-    last = torch.load(tmp_path / 'b' / 'checkpoints' / 'last.ckpt', weights_only=True)
-    assert last['global_step'] == 6  # no step checkpoint on the last batch of an epoch
+              extra_callbacks=[_crash_after(6)])
+    assert torch.load(last_path, weights_only=True)['global_step'] == 6
+    with pytest.raises(_Crash):
+        train(tiny_config(tmp_path / 'b', *extra), resume='auto', verbose=False,
+              extra_callbacks=[_crash_after(8)])
+    # no step checkpoint on the last batch of an epoch: its validation has not run yet
+    assert torch.load(last_path, weights_only=True)['global_step'] == 6
     resumed = train(tiny_config(tmp_path / 'b', *extra), resume='auto', verbose=False)
     a = torch.load(tmp_path / 'a' / 'checkpoints' / 'last.ckpt', weights_only=True)
-    b = torch.load(tmp_path / 'b' / 'checkpoints' / 'last.ckpt', weights_only=True)
-    assert a['global_step'] == b['global_step'] and a['epoch'] == b['epoch']
+    b = torch.load(last_path, weights_only=True)
+    assert a['global_step'] == b['global_step'] == 12 and a['epoch'] == b['epoch']
     tensors = [k for k in a['state_dict'] if isinstance(a['state_dict'][k], torch.Tensor)]
     assert all(torch.equal(a['state_dict'][k], b['state_dict'][k]) for k in tensors)
+    assert a['state_dict']['loss_fn._extra_state'] == b['state_dict']['loss_fn._extra_state']
+    adam_a, adam_b = (c['optimizer_states'][0]['state'] for c in (a, b))
+    assert adam_a.keys() == adam_b.keys() and all(
+        torch.equal(adam_a[p][k], adam_b[p][k]) for p in adam_a for k in adam_a[p])
     assert a['optimizer_states'][0]['param_groups'][0]['lr'] == \
-        b['optimizer_states'][0]['param_groups'][0]['lr']
+        b['optimizer_states'][0]['param_groups'][0]['lr'] < 2e-3
     assert a['plateau_scheduler'] == b['plateau_scheduler']
+    assert a['callbacks'].keys() == b['callbacks'].keys()
     assert reference.test_metrics == resumed.test_metrics
     ma = torch.load(reference.model_path, weights_only=True)['state_dict']
     mb = torch.load(resumed.model_path, weights_only=True)['state_dict']
@@ -366,10 +375,11 @@ def test_killed_run_resumes_to_identical_result(tmp_path, kill_step):
 def test_hipnn_ts_trains_with_hierarchicality_and_frozen_species_energies(tmp_path):
     from pyg_tensorpot.training import load_trained_model, train
     from pyg_tensorpot.training.plots import read_metrics_csv
-    config = tiny_config(tmp_path, 'model.name=HIPNN', 'model.max_order=2',
-                         'model.num_interactions=1', 'model.num_atom_layers=1',
-                         'model.num_sensitivities=4', 'model.soft_max=4.0', 'model.cutoff=4.5',
-                         'loss.type=rmse+mae', 'loss.l2_weight=1e-6', 'trainer.max_epochs=1')
+    hipnn_ts = ['model.name=HIPNN', 'model.max_order=2', 'model.hidden_channels=8',
+                'model.num_interactions=1', 'model.num_atom_layers=1',
+                'model.num_sensitivities=4', 'model.soft_max=4.0', 'model.cutoff=4.5']
+    config = tiny_config(tmp_path, 'loss.type=rmse+mae', 'loss.l2_weight=1e-6',
+                         'trainer.max_epochs=1', model=hipnn_ts)
     result = train(config, verbose=False)
     series = read_metrics_csv(osp.join(tmp_path, 'logs', 'metrics.csv'))
     assert series['train_hierarchicality_loss'][0] > 0
@@ -405,14 +415,15 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     from pyg_tensorpot.training import train
-    config = tiny_config(tmp_path / 'run', 'model.name=my_potential:PairPotential',
-                         'data.reference_energies=none', 'data.standardize=false',
-                         'trainer.max_epochs=1', 'loss.energy_weight=0')
+    user = ['model.name=my_potential:PairPotential', 'model.width=4']
+    config = tiny_config(tmp_path / 'run', 'data.reference_energies=none',
+                         'data.standardize=false', 'trainer.max_epochs=1',
+                         'loss.energy_weight=0', model=user)
     result = train(config, verbose=False)
     assert result.test_metrics['test']['forces_mae'] > 0
     with pytest.raises(ConfigError, match='set_standardization'):
-        train(tiny_config(tmp_path / 'run2', 'model.name=my_potential:PairPotential',
-                          'data.reference_energies=none'), verbose=False)
+        train(tiny_config(tmp_path / 'run2', 'data.reference_energies=none', model=user),
+              verbose=False)
 
 
 def test_lightning_is_optional_for_configs_and_evaluation():

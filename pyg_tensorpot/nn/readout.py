@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.nn.activations import activation_resolver
-from pyg_tensorpot.nn.tensor_algebra import decompose, squared_norm
+from pyg_tensorpot.nn.tensor_algebra import pack_tensor, packed_squared_norms
 
 
 class TensorInvariantReadout(torch.nn.Module):
@@ -41,9 +41,7 @@ class TensorInvariantReadout(torch.nn.Module):
         self.linear.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        scalar, antisymmetric, symmetric = decompose(x)
-        invariants = torch.cat(
-            [3.0 * scalar.square(), squared_norm(antisymmetric), squared_norm(symmetric)], dim=-1)
+        invariants = torch.cat(packed_squared_norms(pack_tensor(x)), dim=-1)
         return self.act(self.linear(self.norm(invariants)))
 
     def __repr__(self) -> str:

@@ -140,3 +140,43 @@ def traceless_outer(vector: Tensor) -> Tensor:
     x, y, z = vector.unbind(-1)
     third = (x * x + y * y + z * z) / 3.0
     return torch.stack((x * x - third, y * y - third, z * z - third, x * y, x * z, y * z), dim=-1)
+
+
+def pack_tensor(tensor: Tensor) -> Tensor:
+    r"""The 10 packed components :obj:`[..., 10, H]` of a full tensor :obj:`[..., 3, 3, H]`;
+    the same as :obj:`pack(*decompose(tensor))`."""
+    t = tensor
+    scalar = t.diagonal(dim1=-3, dim2=-2).mean(-1)
+    return torch.stack((
+        scalar,
+        0.5 * (t[..., 2, 1, :] - t[..., 1, 2, :]),
+        0.5 * (t[..., 0, 2, :] - t[..., 2, 0, :]),
+        0.5 * (t[..., 1, 0, :] - t[..., 0, 1, :]),
+        t[..., 0, 0, :] - scalar,
+        t[..., 1, 1, :] - scalar,
+        t[..., 2, 2, :] - scalar,
+        0.5 * (t[..., 0, 1, :] + t[..., 1, 0, :]),
+        0.5 * (t[..., 0, 2, :] + t[..., 2, 0, :]),
+        0.5 * (t[..., 1, 2, :] + t[..., 2, 1, :]),
+    ), dim=-2)
+
+
+def packed_squared_norms(components: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Squared Frobenius norms :math:`(\|I\mathbf{1}\|^2, \|\mathbf{A}\|^2, \|\mathbf{S}\|^2)`
+    per channel, each :obj:`[..., H]`, from packed components :obj:`[..., 10, H]`."""
+    c = components
+    scalar = 3.0 * c[..., 0, :].square()
+    antisymmetric = 2.0 * c[..., 1:4, :].square().sum(-2)
+    symmetric = c[..., 4:7, :].square().sum(-2) + 2.0 * c[..., 7:, :].square().sum(-2)
+    return scalar, antisymmetric, symmetric
+
+
+def mix_packed(components: Tensor, scalar_mixing: torch.nn.Module,
+               antisymmetric_mixing: torch.nn.Module,
+               symmetric_mixing: torch.nn.Module) -> Tensor:
+    r"""Applies a channel mixing per irreducible part to packed components :obj:`[..., 10, H]`:
+    the same as mixing :math:`I`, :math:`\mathbf{A}` and :math:`\mathbf{S}` as full tensors,
+    since a map on the channel axis commutes with packing."""
+    c = components
+    return torch.cat([scalar_mixing(c[..., 0:1, :]), antisymmetric_mixing(c[..., 1:4, :]),
+                      symmetric_mixing(c[..., 4:, :])], dim=-2)

@@ -8,10 +8,10 @@ from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import embedding_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
-    compose,
-    squared_norm,
+    mix_packed,
+    packed_squared_norms,
     traceless_outer,
-    unpack_parts,
+    unpack,
 )
 
 class TensorEmbedding(MessagePassing):
@@ -78,6 +78,9 @@ class TensorEmbedding(MessagePassing):
             torch.nn.Linear(2 * hidden_channels, 3 * hidden_channels),
             activation_resolver(activation),
         )
+        # The irreducible part (I, A, S) of each of the 10 packed components.
+        self.register_buffer('part_of_component', torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2, 2]),
+                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -122,14 +125,10 @@ class TensorEmbedding(MessagePassing):
         radial = self.radial_projection(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
         components = self.message_and_aggregate(edge_index, radial.unflatten(-1, (3, H)), pair,
                                                 edge_unit, z.size(0), radial_index)
-        scalar, antisymmetric, symmetric = unpack_parts(components)
-
-        gates = self.gate_mlp(self.norm(squared_norm(compose(scalar, antisymmetric, symmetric))))
-        gates = gates.unflatten(-1, (3, H))
-        scalar = self.mixing[0](scalar) * gates[:, 0]
-        antisymmetric = self.mixing[1](antisymmetric) * gates[:, 1, None, None]
-        symmetric = self.mixing[2](symmetric) * gates[:, 2, None, None]
-        return compose(scalar, antisymmetric, symmetric)
+        norm_i, norm_a, norm_s = packed_squared_norms(components)
+        gates = self.gate_mlp(self.norm(norm_i + norm_a + norm_s)).unflatten(-1, (3, H))
+        gates = gates.index_select(1, self.part_of_component)
+        return unpack(mix_packed(components, *self.mixing) * gates)
 
     def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
         # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with

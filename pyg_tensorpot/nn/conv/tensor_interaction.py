@@ -8,11 +8,10 @@ from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import filtered_gather_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
-    compose,
-    decompose,
     matmul,
+    mix_packed,
     o3_product,
-    pack,
+    pack_tensor,
     so3_product,
     squared_norm,
     unpack,
@@ -115,14 +114,9 @@ class TensorInteraction(MessagePassing):
         filters = filters.unflatten(-1, (3, self.hidden_channels))
 
         x = x / (squared_norm(x) + 1.0).unsqueeze(-2).unsqueeze(-2)
-        scalar, antisymmetric, symmetric = decompose(x)
-        scalar = self.mixing_in[0](scalar)
-        antisymmetric = self.mixing_in[1](antisymmetric)
-        symmetric = self.mixing_in[2](symmetric)
-        y = compose(scalar, antisymmetric, symmetric)
-
-        message = unpack(self.message_and_aggregate(
-            edge_index, pack(scalar, antisymmetric, symmetric), filters, radial_index))
+        y = mix_packed(pack_tensor(x), *self.mixing_in)
+        message = unpack(self.message_and_aggregate(edge_index, y, filters, radial_index))
+        y = unpack(y)
 
         charge_factor = None
         if charge is not None:
@@ -134,12 +128,9 @@ class TensorInteraction(MessagePassing):
         else:
             product = so3_product(message, y)
 
-        scalar, antisymmetric, symmetric = decompose(product)
         inverse_norm = 1.0 / (squared_norm(product) + 1.0)
-        scalar = self.mixing_out[0](scalar * inverse_norm)
-        antisymmetric = self.mixing_out[1](antisymmetric * inverse_norm[:, None, None])
-        symmetric = self.mixing_out[2](symmetric * inverse_norm[:, None, None])
-        dx = compose(scalar, antisymmetric, symmetric)
+        dx = unpack(mix_packed(pack_tensor(product) * inverse_norm.unsqueeze(-2),
+                               *self.mixing_out))
         square = matmul(dx, dx)
         if charge_factor is not None:
             square = charge_factor * square

@@ -10,8 +10,9 @@ batch), neighbour list included, on this machine's CPU threads:
 * energy+forces throughput on batches of 64 S66x8 conformers (COMP6 v1) with 15-20 atoms;
 * one training step (energy+force MSE loss, backward, AdamW step) on the same batch;
 * energy+forces on single water boxes (liquid density) of ~100, ~1,000 and ~5,000 atoms,
-  with the peak resident memory of the call (each measurement runs in its own process; the
-  kernel's high-water mark is reset just before the call: peak RSS minus RSS before it).
+  with the peak resident memory of the first call (each measurement runs in its own process;
+  the kernel's high-water mark is reset just before the call: peak RSS minus RSS before it)
+  and the median time of three calls.
 
 torchmd-net is timed on its default code path (Warp kernels when warp-lang is installed, as
 here) and on its pure-PyTorch path (the Warp ops swapped for its own PyTorch functions).
@@ -73,6 +74,11 @@ def torchmdnet_path(pure_pytorch):
 
 def build_models(max_num_neighbors=128):
     """Our TensorNet and torchmd-net's warp and pure-PyTorch models, with the same weights."""
+    try:  # Warp (torchmd-net's kernels) logs every module it loads unless told not to.
+        import warp
+        warp.config.quiet = True
+    except ImportError:
+        pass
     from torchmdnet.models.model import create_model
     torch.manual_seed(0)
     reference = create_model(torchmdnet_args(max_num_neighbors))
@@ -152,15 +158,19 @@ def water_box(num_atoms, seed=0):
     return z, pos
 
 
-def timed(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
+def timed_round_robin(functions, repeats, warmup=2):
+    """Median wall time of each function, the implementations taking turns, so that load
+    from other processes on a shared machine falls on all of them alike."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def check_agreement(models, z, pos, batch):
@@ -191,8 +201,15 @@ def memory_worker(name, num_atoms):
     rss_before = _status_mib('VmRSS')
     start = time.perf_counter()
     energy_and_forces(name, model, z, pos, batch)
-    seconds = time.perf_counter() - start
-    print(json.dumps({'peak_mib': _status_mib('VmHWM') - rss_before, 'seconds': seconds,
+    first = time.perf_counter() - start
+    peak = _status_mib('VmHWM') - rss_before
+    # The time of repeated calls (as in molecular dynamics): median of two more.
+    repeats = [first]
+    for _ in range(2):
+        start = time.perf_counter()
+        energy_and_forces(name, model, z, pos, batch)
+        repeats.append(time.perf_counter() - start)
+    print(json.dumps({'peak_mib': peak, 'seconds': statistics.median(repeats),
                       'atoms': len(z)}))
 
 
@@ -208,7 +225,9 @@ def run_memory(name, num_atoms):
     out = subprocess.run([sys.executable, __file__, '--memory-worker', name, str(num_atoms)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr else 'failed'}
+        reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else (
+            f'exit code {out.returncode}')
+        return {'error': reason}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -244,17 +263,19 @@ def main():
           f'energies/forces between implementations on the batch: {agreement:.1e}\n')
 
     n_atoms = z.numel()
-    throughput = {}
-    step_time = {}
+    inference = {
+        name: (lambda name=name, model=model: energy_and_forces(name, model, z, pos, batch))
+        for name, model in models.items()
+    }
+    steps = {}
     for name, model in models.items():
-        seconds = timed(lambda: energy_and_forces(name, model, z, pos, batch), args.repeats)
-        throughput[name] = 64 / seconds
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
         e_ref, f_ref = energy_and_forces(name, model, z, pos, batch)
-        step_time[name] = timed(
-            lambda: training_step(name, model, optimizer, z, pos, batch, e_ref, f_ref),
-            args.repeats)
-        model.eval()
+        steps[name] = (lambda name=name, model=model, optimizer=optimizer, e_ref=e_ref, f_ref=
+                       f_ref: training_step(name, model, optimizer, z, pos, batch, e_ref, f_ref))
+    inference_time = timed_round_robin(inference, args.repeats)
+    step_time = timed_round_robin(steps, args.repeats)
+    throughput = {name: 64 / seconds for name, seconds in inference_time.items()}
 
     ours = IMPLEMENTATIONS[0]
     print(f'## Batch of 64 S66x8 conformers ({n_atoms} atoms)\n')

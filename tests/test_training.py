@@ -448,3 +448,14 @@ def test_batch_of_mixed_sizes_per_atom_metrics():
     energy, forces, atoms = batch_targets(batch, 'energy', 'forces', torch.float64)
     assert energy.dtype == torch.float64 and forces is None
     assert atoms.tolist() == [2, 3]
+
+
+def test_quickstart_configuration_is_the_rmd17_protocol_on_the_bundled_frames(tmp_path):
+    from pyg_tensorpot.training import prepare_data
+    from pyg_tensorpot.training.quickstart import quickstart_config
+    config = quickstart_config(str(tmp_path), max_epochs=2)
+    assert config.trainer.max_epochs == 2 and config.trainer.max_time is None  # deterministic
+    prepared = prepare_data(config.data, config.seed)
+    assert (len(prepared.train), len(prepared.val), len(prepared.test['test'])) == \
+        (950, 50, 1000)
+    assert type(prepared.dataset).__name__ == 'MD17EthanolSample'

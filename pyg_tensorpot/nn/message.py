@@ -18,7 +18,7 @@ from torch import Tensor
 # Packed components per filter: I -> [0], A -> [1, 2, 3], S -> [4..9].
 _GROUPS = ((0, 1), (1, 4), (4, 10))
 #: Number of float elements of one per-edge temporary; sets the chunk length.
-CHUNK_ELEMENTS = 2**22
+CHUNK_ELEMENTS = 2**24
 
 
 def _chunks(num_edges: int, width: int) -> Iterator[slice]:

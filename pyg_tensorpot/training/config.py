@@ -99,6 +99,9 @@ class DataConfig:
         standardize (bool, optional): Scale the per-atom outputs by the standard deviation of
             the training energies (after reference energies) and shift the molecular energies
             by their mean. (default: :obj:`True`)
+        energy_std (float, optional): A fixed :math:`\sigma` in eV instead of the fitted one
+            (with :obj:`standardize: false` the mean stays 0), e.g. 0.0433641 = 1 kcal/mol,
+            the output unit of hippynn's ANI-1x networks. (default: :obj:`None`)
     """
     dataset: str = 'MD17EthanolSample'
     root: Optional[str] = None
@@ -118,6 +121,7 @@ class DataConfig:
     forces_key: str = 'forces'
     reference_energies: Union[str, Dict[int, float]] = 'fit'
     standardize: bool = True
+    energy_std: Optional[float] = None
 
     def validate(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -149,6 +153,8 @@ class DataConfig:
         if not isinstance(self.standardize, bool):
             raise ConfigError(f'data.standardize: expected true or false, got '
                               f'{self.standardize!r}')
+        _check_number('data.energy_std', self.energy_std, 0, allow_none=True,
+                      strict_minimum=True)
 
     @property
     def uses_standard_split(self) -> bool:

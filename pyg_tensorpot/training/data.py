@@ -44,14 +44,14 @@ def make_split(dataset, config: DataConfig, seed: int,
     :func:`~pyg_tensorpot.datasets.random_split`.
     """
     from pyg_tensorpot.datasets import load_split, random_split, save_split, standard_split
-    from pyg_tensorpot.datasets.splits import SPLIT_KEYS, load_split as _load
+    from pyg_tensorpot.datasets.splits import SPLIT_KEYS
     num = len(dataset)
     try:
         if config.splits_file is not None:
             split = load_split(config.splits_file, num)
             if path is not None:
                 if osp.exists(path):
-                    existing = _load(path, num)
+                    existing = load_split(path, num)
                     if not all(torch.equal(existing[k], split[k]) for k in SPLIT_KEYS):
                         raise ConfigError(f"data.splits_file: '{path}' holds a different split;"
                                           f' use another out_dir')
@@ -125,7 +125,9 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
        :func:`~pyg_tensorpot.datasets.fit_reference_energies` and :meth:`set_atomref`;
        ``"dataset"`` the dataset's published :meth:`atomref`; a mapping is used as given.
     2. :obj:`standardize`: the mean :math:`\mu` and standard deviation :math:`\sigma` of the
-       training energies minus the reference energies become :meth:`set_standardization`.
+       training energies minus the reference energies become :meth:`set_standardization`
+       (:obj:`energy_std`, if given, replaces the fitted :math:`\sigma`; without
+       :obj:`standardize` it is used with :math:`\mu = 0`).
 
     Returns:
         dict: :obj:`reference_energies` (``{Z: eV}`` or :obj:`None`), :obj:`mean`, :obj:`std`.
@@ -163,10 +165,13 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
                                   f"set_atomref(); use 'none'")
             model.set_atomref(refs)
     mean, std = 0.0, 1.0
-    if config.standardize:
+    if config.standardize or config.energy_std is not None:
         if not hasattr(model, 'set_standardization'):
-            raise ConfigError(f'data.standardize: {type(model).__name__} has no '
-                              f'set_standardization(); use false')
+            option = 'standardize' if config.standardize else 'energy_std'
+            raise ConfigError(f'data.{option}: {type(model).__name__} has no '
+                              f'set_standardization(); use data.standardize: false and '
+                              f'data.energy_std: null')
+    if config.standardize:
         ref_table = torch.zeros(256, dtype=torch.float64)
         for number, value in (refs or {}).items():
             ref_table[int(number)] = float(value)
@@ -181,6 +186,9 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
         std = float(values.std()) if values.numel() > 1 else 1.0
         if not std > 0 or not torch.isfinite(torch.tensor(std)):
             std = 1.0
+    if config.energy_std is not None:
+        std = float(config.energy_std)
+    if config.standardize or config.energy_std is not None:
         model.set_standardization(mean, std)
     return {'reference_energies': refs, 'mean': mean, 'std': std}
 

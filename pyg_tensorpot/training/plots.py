@@ -37,7 +37,8 @@ def read_metrics_csv(path: str) -> Dict[str, Dict[int, float]]:
 
 
 def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = None) -> str:
-    """Training and validation loss, validation MAEs and learning rate per epoch."""
+    """Training and validation loss, validation MAEs and learning rate per epoch (counted
+    from 1)."""
     plt = _pyplot()
     series = read_metrics_csv(metrics_csv)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -47,7 +48,7 @@ def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = Non
         if not values:
             return False
         epochs = sorted(values)
-        ax.plot(epochs, [values[e] * scale for e in epochs], label=label)
+        ax.plot([e + 1 for e in epochs], [values[e] * scale for e in epochs], label=label)
         return True
 
     ax = axes[0]
@@ -71,6 +72,9 @@ def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = Non
         ax.set_yscale('log')
     ax.set_xlabel('epoch')
     ax.set_ylabel('learning rate (end of epoch)')
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -39,7 +39,7 @@ QUICKSTART_CONFIG: Dict[str, Any] = {
         'ema_decay': 0.99,
     },
     'trainer': {
-        'max_epochs': 40,
+        'max_epochs': 30,
         'early_stopping_patience': 0,
         'accelerator': 'cpu',
         'log_every_n_steps': 10,

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import os.path as osp
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -40,6 +41,8 @@ class TrainResult:
         test_metrics (dict): Test errors by test-set name (eV, eV/Angstrom).
         statistics (dict): Fitted reference energies and standardisation.
         interrupted (bool): Training was interrupted (resume it with ``--resume``).
+        epochs (int): Epochs run (the last one possibly cut short by a step or time limit).
+        steps (int): Optimiser steps run.
     """
     out_dir: str
     best_checkpoint: Optional[str]
@@ -47,6 +50,8 @@ class TrainResult:
     test_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     statistics: Dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    epochs: int = 0
+    steps: int = 0
 
 
 def _echo(message: str, verbose: bool = True) -> None:
@@ -230,6 +235,15 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
         if not osp.isfile(resume):
             raise FileNotFoundError(f"checkpoint '{resume}' does not exist")
         ckpt_path = resume
+    elif rank_zero and osp.isdir(checkpoint_dir(out_dir)):
+        _echo(f'note: {out_dir} holds an earlier run; training starts from scratch and replaces '
+              f'its checkpoints and logs (pass --resume to continue it instead)', verbose)
+        for stale in ('checkpoints', osp.join('logs', 'metrics.csv')):
+            path = osp.join(out_dir, stale)
+            if osp.isdir(path):
+                shutil.rmtree(path)
+            elif osp.isfile(path):
+                os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
     if rank_zero:
         config.save(osp.join(out_dir, 'config.yaml'))
@@ -288,7 +302,9 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
     with quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = callbacks['best'].best_model_path or None
-    result = TrainResult(out_dir, best, None, {}, statistics, trainer.interrupted)
+    result = TrainResult(out_dir, best, None, {}, statistics, trainer.interrupted,
+                         epochs=int(trainer.current_epoch),
+                         steps=int(trainer.global_step))
     if trainer.interrupted:
         _echo(f'training interrupted; resume with: pyg-tensorpot train '
               f'{osp.join(out_dir, "config.yaml")} --resume', verbose)

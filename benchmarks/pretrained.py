@@ -1,0 +1,182 @@
+"""The pretrained potentials against DFT on COMP6 S66x8 (wB97X/6-31G(d), the ANI-1x level).
+
+66 dimers x 8 intermolecular separations = 528 conformations. Reported, side by side for the
+registered pretrained models and the ANI-1x 8-model ensemble itself:
+
+* the MAE of conformational energies: within each dimer, the mean over its 8 conformations is
+  subtracted from predictions and from references (so per-element offsets cancel and what is
+  measured is the shape of the dissociation curve), in kcal/mol and eV;
+* the MAE of the force components, in kcal/mol/Angstrom and eV/Angstrom.
+
+The dataset is read with :class:`pyg_tensorpot.datasets.COMP6` (``forces`` of the file is the
+gradient; the class negates it). The ensemble column needs torchani 2.2.4 (see
+``examples/pretrain_ani1x_distillation.py`` for installing it beside the environment); without
+it that column is skipped.
+
+    python benchmarks/pretrained.py [--json out.json] [--markdown]
+"""
+import argparse
+import importlib.util
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from pyg_tensorpot.datasets import COMP6
+from pyg_tensorpot.hub import PRETRAINED_MODELS, from_pretrained
+from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+S66X8 = osp.join(REPO, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')
+
+
+def load_s66x8(path: str = S66X8):
+    """The 528 conformations as (list of Data, molecule index per conformation)."""
+    root = tempfile.mkdtemp(prefix='s66x8_')
+    os.makedirs(osp.join(root, 'raw'))
+    shutil.copy(path, osp.join(root, 'raw', osp.basename(path)))
+    dataset = COMP6(root, subset='s66x8', log=False)
+    data = [dataset[i] for i in range(len(dataset))]
+    shutil.rmtree(root)
+    return data
+
+
+def errors(pred_e: np.ndarray, pred_f: np.ndarray, data) -> Dict[str, float]:
+    """Conformational-energy MAE (relative to each dimer's mean) and force MAE."""
+    molecule = np.array([int(d.molecule) for d in data])
+    ref_e = np.array([float(d.energy) for d in data])
+    ref_f = np.concatenate([d.forces.numpy() for d in data]).astype(np.float64)
+    rel_pred, rel_ref = pred_e.copy(), ref_e.copy()
+    for m in np.unique(molecule):
+        sel = molecule == m
+        rel_pred[sel] -= pred_e[sel].mean()
+        rel_ref[sel] -= ref_e[sel].mean()
+    e_mae = float(np.abs(rel_pred - rel_ref).mean())
+    f_mae = float(np.abs(pred_f - ref_f).mean())
+    return {'energy_mae_ev': e_mae, 'energy_mae_kcal_mol': e_mae * EV_TO_KCAL_PER_MOL,
+            'forces_mae_ev_per_angstrom': f_mae,
+            'forces_mae_kcal_mol_per_angstrom': f_mae * EV_TO_KCAL_PER_MOL}
+
+
+def predict_model(model, data, batch_size: int = 32):
+    from torch_geometric.loader import DataLoader
+    dtype = model.atomref.dtype
+    energies, forces = [], []
+    for batch in DataLoader(data, batch_size=batch_size):
+        e, f = model.energy_and_forces(batch.z, batch.pos.to(dtype), batch.batch)
+        energies.append(e.double().numpy())
+        forces.append(f.double().numpy())
+    return np.concatenate(energies), np.concatenate(forces)
+
+
+def predict_ensemble(data, model_dir: str):
+    """Energies (eV) and forces (eV/A) of the ANI-1x ensemble, through the recipe's reader."""
+    spec = importlib.util.spec_from_file_location(
+        'pretrain_ani1x_distillation', osp.join(REPO, 'examples',
+                                                'pretrain_ani1x_distillation.py'))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    teacher = recipe.Teacher(model_dir)
+    energies, forces = [], []
+    for d in data:
+        species = teacher.species(d.z.numpy())[None]
+        e, f = teacher(species, d.pos.double()[None])
+        energies.append(float(e[0]))
+        forces.append(f[0].numpy())
+    return np.array(energies), np.concatenate(forces)
+
+
+def table(results: Dict[str, Dict[str, float]]) -> str:
+    lines = ['| model | energy MAE (kcal/mol) | energy MAE (eV) | force MAE (kcal/mol/A) | '
+             'force MAE (eV/A) |', '|---|---|---|---|---|']
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['energy_mae_kcal_mol']:.3f} | {r['energy_mae_ev']:.4f} | "
+                     f"{r['forces_mae_kcal_mol_per_angstrom']:.3f} | "
+                     f"{r['forces_mae_ev_per_angstrom']:.4f} |")
+    return '\n'.join(lines)
+
+
+def write_cards(results: Dict[str, Dict[str, float]], names) -> None:
+    """Adds the S66x8 table to ``config.json`` (``metrics``) and ``README.md`` of the
+    package-shipped registered models."""
+    from pyg_tensorpot.hub import CONFIG_NAME, MODEL_CARD_NAME, render_model_card
+    ens = results.get('ANI-1x ensemble (8 models)')
+    for name in names:
+        if name not in PRETRAINED_MODELS:
+            continue
+        folder = PRETRAINED_MODELS[name].package_dir
+        with open(osp.join(folder, CONFIG_NAME)) as f:
+            config = json.load(f)
+        note = ('Energies: MAE of conformational energies, i.e. predictions and references '
+                'minus their mean over the 8 separations of each dimer; forces: MAE over all '
+                'force components. Measured by benchmarks/pretrained.py.')
+        if ens:
+            note += (f" {name}: {results[name]['energy_mae_ev'] / ens['energy_mae_ev']:.2f}x "
+                     f"the ensemble's energy error and "
+                     f"{results[name]['forces_mae_ev_per_angstrom'] / ens['forces_mae_ev_per_angstrom']:.2f}x"
+                     f" its force error.")
+        config['metrics']['COMP6 S66x8 (528 conformations, wB97X/6-31G(d))'] = {
+            'table': table(results), 'note': note, 'results': results}
+        with open(osp.join(folder, CONFIG_NAME), 'w') as f:
+            json.dump(config, f, indent=2)
+            f.write('\n')
+        with open(osp.join(folder, MODEL_CARD_NAME), 'w') as f:
+            f.write(render_model_card(config))
+        print(f'updated {folder}')
+
+
+def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--models', default=','.join(PRETRAINED_MODELS),
+                        help='registered names or folders, comma-separated')
+    parser.add_argument('--ensemble-dir', default=osp.join(osp.dirname(REPO), 'shared', 'data',
+                                                           'ani1x_model', 'ani-1x_8x'))
+    parser.add_argument('--no-ensemble', action='store_true')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--json', default=None, help='write the results here')
+    parser.add_argument('--write-cards', action='store_true',
+                        help='store the table in the shipped models\' config.json metrics and '
+                             'README.md model cards')
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_s66x8()
+    print(f'COMP6 S66x8: {len(data)} conformations, '
+          f'{len({int(d.molecule) for d in data})} dimers', flush=True)
+    results = {}
+    for name in args.models.split(','):
+        t0 = time.time()
+        model = from_pretrained(name)
+        results[name] = errors(*predict_model(model, data), data)
+        print(f'{name}: {time.time() - t0:.1f} s', flush=True)
+    if not args.no_ensemble:
+        try:
+            t0 = time.time()
+            results['ANI-1x ensemble (8 models)'] = errors(
+                *predict_ensemble(data, args.ensemble_dir), data)
+            print(f'ANI-1x ensemble: {time.time() - t0:.1f} s', flush=True)
+        except ImportError as error:
+            print(f'ANI-1x ensemble skipped: {error} (needs torchani==2.2.4)', file=sys.stderr)
+    print(table(results))
+    ens = results.get('ANI-1x ensemble (8 models)')
+    if ens:
+        for name in args.models.split(','):
+            print(f"{name}: energy {results[name]['energy_mae_ev'] / ens['energy_mae_ev']:.2f}x, "
+                  f"forces {results[name]['forces_mae_ev_per_angstrom'] / ens['forces_mae_ev_per_angstrom']:.2f}x"
+                  f' the ensemble error')
+    if args.write_cards:
+        write_cards(results, args.models.split(','))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,545 @@
+"""Recipe of the pretrained ``tensornet-ani1x`` and ``hipnn-ts-ani1x`` models.
+
+The ANI-1x DFT release (wB97X/6-31G(d), about 5 M conformations) is the natural training set
+of an ANI-1x-level potential. Where it is not available, this recipe trains by
+*distillation*: the published ANI-1x 8-model ensemble (NeuroChem format, read by torchani's
+``neurochem`` module) is used both as the MD potential that samples off-equilibrium
+conformations of real H/C/N/O molecules and as the teacher that labels them with energies and
+forces. The student models are then trained on those labels and saved with
+:func:`pyg_tensorpot.hub.save_pretrained`.
+
+Three steps, each resumable from its output file::
+
+    # 1. sample and label (needs torchani==2.2.4 and pkg_resources, see below; recipe only)
+    python examples/pretrain_ani1x_distillation.py label --out distill/ani1x_distill.npz
+    # 2. train a student (no torchani needed)
+    python examples/pretrain_ani1x_distillation.py train --model tensornet \
+        --data distill/ani1x_distill.npz --out pyg_tensorpot/pretrained/tensornet-ani1x
+    python examples/pretrain_ani1x_distillation.py train --model hipnn-ts \
+        --data distill/ani1x_distill.npz --out pyg_tensorpot/pretrained/hipnn-ts-ani1x
+    # (with the real release instead of distillation labels)
+    python examples/pretrain_ani1x_distillation.py train --model tensornet \
+        --ani1x-root /data/ani1x --out my-tensornet-ani1x
+
+Molecules (``label``): the first 500 QM9 molecules of schnetpack's test database and the 10
+QM9 xyz files (those with F dropped), the 5 formula groups of the ANI-1x release sample, the
+neutral H/C/N/O molecules of the SPICE sample, and -- unless ``--no-s66-monomers`` -- the
+monomers of COMP6 S66x8 (split off its 1.00x equilibrium dimers; **no S66x8 dimer conformation
+is used**). Sampling: Langevin MD with the ensemble (0.5 fs, friction 0.02/fs) at 300, 600 and
+1000 K (cycled over the molecules; 60 steps = 30 fs from the equilibrium geometry with
+velocities at twice the target temperature), one snapshot every ``--stride`` steps after a
+10-step burn-in; plus intermolecular pairs
+of sampled monomers (random orientation, closest contact 1.6-5 Angstrom) labelled by the
+ensemble. Labels are the ensemble mean energy (Hartree -> eV) and forces (-dE/dR, eV/A).
+
+torchani is used only here, never by the library. torchani 2.2.4 imports ``pkg_resources``
+(setuptools<70) and ``importlib_metadata``; with torch 2.13 (which requires setuptools>=77)
+install them beside the environment rather than into it::
+
+    pip install --no-deps torchani==2.2.4 lark-parser==0.12.0
+    pip install --no-deps --target /tmp/pkgres "setuptools<70" importlib_metadata==6.11.0 \
+        zipp==3.20.2
+    PYTHONPATH=/tmp/pkgres python examples/pretrain_ani1x_distillation.py label ...
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SHARED = osp.join(osp.dirname(REPO), 'shared', 'data')
+HARTREE_TO_EV = 27.211386246
+KB_EV = 8.617333262e-5  # eV/K
+#: ANI-1x linear-fit self energies (``sae_linfit.dat``), Hartree.
+ANI1X_SAE_HARTREE = {1: -0.600952980, 6: -38.08316124, 7: -54.70775770, 8: -75.19446356}
+MASSES = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
+COVALENT = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
+ELEMENTS = (1, 6, 7, 8)
+SYMBOLS = {'H': 1, 'C': 6, 'N': 7, 'O': 8}
+
+
+# ----------------------------------------------------------------------------------------------
+# molecules
+# ----------------------------------------------------------------------------------------------
+def _first_existing(*paths: str) -> Optional[str]:
+    for path in paths:
+        if osp.exists(path):
+            return path
+    return None
+
+
+def _hcno(z: np.ndarray) -> bool:
+    return bool(np.isin(z, ELEMENTS).all())
+
+
+def components(z: np.ndarray, pos: np.ndarray) -> List[np.ndarray]:
+    """Covalently bonded fragments (bond: distance < 1.25 x sum of covalent radii)."""
+    radii = np.array([COVALENT[int(v)] for v in z])
+    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    bonded = dist < 1.25 * (radii[:, None] + radii[None])
+    label = -np.ones(len(z), dtype=int)
+    for start in range(len(z)):
+        if label[start] >= 0:
+            continue
+        stack, label[start] = [start], start
+        while stack:
+            i = stack.pop()
+            for j in np.nonzero(bonded[i] & (label < 0))[0]:
+                label[j] = start
+                stack.append(j)
+    return [np.nonzero(label == k)[0] for k in np.unique(label)]
+
+
+def load_molecules(s66_monomers: bool = True) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """Equilibrium (or near-equilibrium) geometries ``(name, z, pos)`` of real H/C/N/O
+    molecules from the data available to this project."""
+    import h5py
+    molecules = []
+    db_path = _first_existing(osp.join(SHARED, 'qm9', 'schnetpack_qm9_500mol_U0.db'))
+    if db_path:
+        from ase.db import connect
+        for row in connect(db_path).select():
+            if _hcno(row.numbers):
+                molecules.append((f'qm9-db-{row.id}', row.numbers.astype(np.int64),
+                                  row.positions.astype(np.float64)))
+    for path in sorted(glob.glob(osp.join(REPO, 'tests', 'data', 'qm9', '*.xyz'))):
+        with open(path) as f:
+            lines = f.read().replace('*^', 'e').splitlines()
+        n = int(lines[0])
+        rows = [line.split() for line in lines[2:2 + n]]
+        z = np.array([SYMBOLS.get(r[0], 0) for r in rows])
+        if _hcno(z):
+            molecules.append((osp.basename(path), z, np.array([[float(v) for v in r[1:4]]
+                                                             for r in rows])))
+    ani_path = _first_existing(osp.join(REPO, 'tests', 'data', 'ani1x',
+                                        'modelforge_ani1x_release_n5.hdf5'))
+    if ani_path:
+        with h5py.File(ani_path, 'r') as f:
+            for name, group in f.items():
+                z = group['atomic_numbers'][()].astype(np.int64)
+                coords = group['coordinates'][()]
+                for k in range(min(2, len(coords))):
+                    if np.isfinite(coords[k]).all():
+                        molecules.append((f'ani1x-{name}-{k}', z, coords[k].astype(np.float64)))
+    spice_path = _first_existing(osp.join(REPO, 'tests', 'data', 'spice',
+                                          'modelforge_SPICE-1.1.4_n2.hdf5'))
+    if spice_path:
+        with h5py.File(spice_path, 'r') as f:
+            for name, group in f.items():
+                z = group['atomic_numbers'][()].astype(np.int64)
+                smiles = group['smiles'][0]
+                smiles = smiles.decode() if isinstance(smiles, bytes) else str(smiles)
+                if _hcno(z) and '+' not in smiles and '-' not in smiles.replace('-]', ''):
+                    pos = group['conformations'][0] * 0.529177210903
+                    molecules.append((f'spice-{name}', z, pos.astype(np.float64)))
+    if s66_monomers:
+        s66_path = osp.join(REPO, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')
+        seen = set()
+        with h5py.File(s66_path, 'r') as f:
+            for name, group in f['s66x8'].items():
+                z = np.array([SYMBOLS[s.decode()] for s in group['species'][()]])
+                pos = group['coordinates'][2].astype(np.float64)  # the 1.00x dimer
+                for part in components(z, pos):
+                    key = (tuple(sorted(z[part].tolist())), round(float(
+                        np.linalg.norm(pos[part] - pos[part].mean(0), axis=1).sum()), 1))
+                    if key not in seen:
+                        seen.add(key)
+                        molecules.append((f's66-monomer-{name}', z[part], pos[part]))
+    return molecules
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher
+# ----------------------------------------------------------------------------------------------
+class Teacher:
+    """The ANI-1x 8-model ensemble, on padded batches (species index -1 = padding).
+
+    Args:
+        model_dir (str): Folder with ``rHCNO-5.2R_16-3.5A_a4-8.params``, ``sae_linfit.dat``
+            and ``train0..7``.
+    """
+    def __init__(self, model_dir: str):
+        import warnings
+        warnings.filterwarnings('ignore', message='cuaev not installed')
+        import torchani
+        from torchani import neurochem
+        consts = neurochem.Constants(osp.join(model_dir, 'rHCNO-5.2R_16-3.5A_a4-8.params'))
+        sae = neurochem.load_sae(osp.join(model_dir, 'sae_linfit.dat'))
+        ensemble = neurochem.load_model_ensemble(consts.species, osp.join(model_dir, 'train'),
+                                                 8)
+        # the networks run in float32; the large self energies are added in float64
+        self.model = torchani.nn.Sequential(torchani.AEVComputer(**consts),
+                                            ensemble).float().eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.sae = sae.self_energies.double()
+        self.index = {z: i for i, z in enumerate((1, 6, 7, 8))}
+
+    def species(self, z: np.ndarray) -> torch.Tensor:
+        return torch.tensor([self.index.get(int(v), -1) if v > 0 else -1 for v in z])
+
+    def __call__(self, species: torch.Tensor, pos: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Energies (eV) ``[B]`` and forces (eV/A) ``[B, N, 3]`` of a padded batch."""
+        pos = pos.detach().float().requires_grad_(True)
+        energy = self.model((species, pos)).energies
+        (grad, ) = torch.autograd.grad(energy.sum(), pos)
+        sae = torch.where(species >= 0, self.sae[species.clamp(min=0)], 0.0).sum(-1)
+        return ((energy.detach().double() + sae) * HARTREE_TO_EV,
+                -grad.double() * HARTREE_TO_EV)
+
+
+def pad(items: List[Tuple[np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
+    n = max(len(z) for z, _ in items)
+    z_pad = np.zeros((len(items), n), dtype=np.int64)
+    pos_pad = np.zeros((len(items), n, 3))
+    for k, (z, pos) in enumerate(items):
+        z_pad[k, :len(z)] = z
+        pos_pad[k, :len(z)] = pos
+    return z_pad, pos_pad
+
+
+def run_md(teacher: Teacher, molecules, temperatures: List[float], steps: int, stride: int,
+           burn_in: int, batch_size: int, seed: int, log) -> List[Dict]:
+    """Langevin MD (BAOAB, 0.5 fs, friction 0.02/fs) of every molecule, started from its
+    equilibrium geometry with velocities at twice the target temperature (temperatures cycled
+    over the molecules), with the ensemble as the potential; returns the labelled snapshots
+    (every ``stride`` steps after ``burn_in`` steps)."""
+    rng = np.random.default_rng(seed)
+    replicas = [(name, z, pos, temperatures[k % len(temperatures)])
+                for k, (name, z, pos) in enumerate(molecules)]
+    out = []
+    dt, gamma = 0.5, 0.02  # fs, 1/fs
+    # units: eV, A, amu -> time unit sqrt(amu A^2 / eV) = 10.1805 fs
+    time_unit = 10.180505
+    h = dt / time_unit
+    c1 = math.exp(-gamma * dt)
+    for start in range(0, len(replicas), batch_size):
+        chunk = replicas[start:start + batch_size]
+        z_pad, pos_np = pad([(z, pos) for _, z, pos, _ in chunk])
+        species = torch.stack([teacher.species(z) for z in z_pad])
+        mask = torch.from_numpy(z_pad > 0)
+        mass = torch.tensor(np.vectorize(lambda v: MASSES.get(int(v), 1.0))(z_pad))[..., None]
+        temp = torch.tensor([t for *_, t in chunk], dtype=torch.float64)[:, None, None]
+        kT = KB_EV * temp
+        pos = torch.from_numpy(pos_np)
+        # start at twice the target kinetic energy: equipartition brings it to T in ~20 fs
+        vel = torch.from_numpy(rng.standard_normal(pos.shape)) * torch.sqrt(2 * kT / mass)
+        vel = vel * mask[..., None]
+        energy, forces = teacher(species, pos)
+        t0 = time.time()
+        for step in range(1, steps + 1):
+            vel = vel + 0.5 * h * forces / mass
+            pos = pos + 0.5 * h * vel
+            noise = torch.from_numpy(rng.standard_normal(pos.shape))
+            vel = c1 * vel + math.sqrt(1 - c1 * c1) * torch.sqrt(kT / mass) * noise
+            vel = vel * mask[..., None]
+            pos = pos + 0.5 * h * vel
+            energy, forces = teacher(species, pos)
+            vel = vel + 0.5 * h * forces / mass
+            if step > burn_in and step % stride == 0:
+                for k, (name, z, _, t) in enumerate(chunk):
+                    n = len(z)
+                    out.append(dict(name=name, temperature=t, z=z,
+                                    pos=pos[k, :n].numpy().copy(),
+                                    energy=float(energy[k]),
+                                    forces=forces[k, :n].numpy().copy()))
+        log(f'  MD replicas {start + len(chunk)}/{len(replicas)}: {steps} steps in '
+            f'{time.time() - t0:.0f} s, {len(out)} snapshots so far')
+    return out
+
+
+def random_rotation(rng) -> np.ndarray:
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    a, b, c, d = q
+    return np.array([[a*a + b*b - c*c - d*d, 2*(b*c - a*d), 2*(b*d + a*c)],
+                     [2*(b*c + a*d), a*a - b*b + c*c - d*d, 2*(c*d - a*b)],
+                     [2*(b*d - a*c), 2*(c*d + a*b), a*a - b*b - c*c + d*d]])
+
+
+def make_pairs(snapshots: List[Dict], count: int, max_atoms: int, seed: int
+               ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Intermolecular pairs of two sampled monomers: random orientations, the closest
+    contact drawn uniformly in 1.6-5.0 Angstrom (H-bonds, stacking, dispersion contacts)."""
+    rng = np.random.default_rng(seed)
+    pool = [s for s in snapshots if len(s['z']) <= max_atoms // 2 + 4]
+    pairs = []
+    while len(pairs) < count:
+        a, b = (pool[i] for i in rng.integers(len(pool), size=2))
+        if len(a['z']) + len(b['z']) > max_atoms:
+            continue
+        pa = a['pos'] - a['pos'].mean(0)
+        pb = (b['pos'] - b['pos'].mean(0)) @ random_rotation(rng).T
+        direction = rng.standard_normal(3)
+        direction /= np.linalg.norm(direction)
+        target = rng.uniform(1.6, 5.0)
+        # place b along the direction so that the closest contact equals the target
+        lo, hi = 0.0, 30.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            dmin = np.linalg.norm(pa[:, None] - (pb + mid * direction)[None], axis=-1).min()
+            lo, hi = (mid, hi) if dmin < target else (lo, mid)
+        pairs.append((np.concatenate([a['z'], b['z']]), np.concatenate([pa, pb + hi * direction])))
+    return pairs
+
+
+def label(args) -> None:
+    """Step 1: sample conformations with the ensemble and label them."""
+    t_start = time.time()
+    log = lambda msg: print(f'[{time.time() - t_start:7.0f} s] {msg}', flush=True)  # noqa
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    teacher = Teacher(args.model_dir)
+    # sanity check of the teacher against DFT: S66x8 water dimer (wB97X/6-31G(d))
+    import h5py
+    with h5py.File(osp.join(REPO, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')) as f:
+        g = f['s66x8/mol00']
+        z = np.array([SYMBOLS[s.decode()] for s in g['species'][()]])
+        e_ref = g['energies'][()] * HARTREE_TO_EV
+        species = teacher.species(z)[None].repeat(8, 1)
+        e, _ = teacher(species, torch.from_numpy(g['coordinates'][()].astype(np.float64)))
+    log(f'teacher check on S66x8 mol00 (water dimer): |E_ens - E_DFT| max '
+        f'{np.abs(e.numpy() - e_ref).max() * 1000:.1f} meV')
+
+    molecules = load_molecules(not args.no_s66_monomers)
+    log(f'{len(molecules)} molecules, {sum(len(z) for _, z, _ in molecules)} atoms')
+    temps = [float(t) for t in args.temperatures.split(',')]
+    snapshots = run_md(teacher, molecules, temps, args.steps, args.stride, args.burn_in,
+                       args.md_batch, args.seed, log)
+    pairs = make_pairs(snapshots, args.pairs, args.pair_max_atoms, args.seed + 1)
+    for start in range(0, len(pairs), 256):
+        chunk = pairs[start:start + 256]
+        z_pad, pos_pad = pad(chunk)
+        species = torch.stack([teacher.species(z) for z in z_pad])
+        energy, forces = teacher(species, torch.from_numpy(pos_pad))
+        for k, (z, pos) in enumerate(chunk):
+            snapshots.append(dict(name='pair', temperature=0.0, z=z, pos=pos,
+                                  energy=float(energy[k]),
+                                  forces=forces[k, :len(z)].numpy().copy()))
+    log(f'{len(pairs)} intermolecular pairs labelled')
+    # drop the rare unphysical snapshot (bond broken at 1000 K, huge forces)
+    keep = [s for s in snapshots if np.abs(s['forces']).max() < args.max_force
+            and len(components(s['z'], s['pos'])) == (2 if s['name'] == 'pair' else 1)]
+    log(f'kept {len(keep)} of {len(snapshots)} conformations (max |F| < {args.max_force} '
+        f'eV/A, no broken molecule)')
+    natoms = np.array([len(s['z']) for s in keep])
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    np.savez_compressed(
+        args.out, natoms=natoms, z=np.concatenate([s['z'] for s in keep]).astype(np.int8),
+        pos=np.concatenate([s['pos'] for s in keep]).astype(np.float32),
+        energy=np.array([s['energy'] for s in keep]),
+        forces=np.concatenate([s['forces'] for s in keep]).astype(np.float32),
+        temperature=np.array([s['temperature'] for s in keep], dtype=np.float32),
+        source=np.array([s['name'] for s in keep]),
+        info=json.dumps(dict(molecules=len(molecules), temperatures=temps, steps=args.steps,
+                             stride=args.stride, burn_in=args.burn_in, pairs=args.pairs,
+                             s66_monomers=not args.no_s66_monomers, seed=args.seed,
+                             wall_s=time.time() - t_start)))
+    log(f'wrote {args.out}')
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+def load_distillation(path: str):
+    """The labelled conformations as a list of PyG ``Data`` (eV, eV/A) and the recipe info."""
+    from torch_geometric.data import Data
+    f = dict(np.load(path))  # decompress every array once
+    offsets = np.concatenate([[0], np.cumsum(f['natoms'])])
+    data = []
+    for k in range(len(f['natoms'])):
+        a, b = offsets[k], offsets[k + 1]
+        data.append(Data(z=torch.from_numpy(f['z'][a:b].astype(np.int64)),
+                         pos=torch.from_numpy(f['pos'][a:b]),
+                         energy=torch.tensor([f['energy'][k]], dtype=torch.float64),
+                         forces=torch.from_numpy(f['forces'][a:b])))
+    return data, json.loads(str(f['info'])), f['source']
+
+
+def build_model(kind: str, cutoff: float, hidden: int):
+    from pyg_tensorpot import HIPNN, TensorNet
+    if kind == 'tensornet':
+        return TensorNet(hidden_channels=hidden, num_layers=2, num_rbf=32, cutoff=cutoff,
+                         max_z=10, equivariance='O(3)')
+    if kind == 'hipnn-ts':
+        return HIPNN(hidden_channels=hidden, num_interactions=2, num_atom_layers=3,
+                     num_sensitivities=20, soft_min=0.75, soft_max=min(cutoff - 0.5, 5.5),
+                     cutoff=cutoff, elements=ELEMENTS, max_order=2)
+    raise ValueError(f"unknown model '{kind}'; choose 'tensornet' or 'hipnn-ts'")
+
+
+def evaluate(model, data, batch_size: int = 64) -> Dict[str, float]:
+    from torch_geometric.loader import DataLoader
+    model.eval()
+    e_err, f_err, n_atoms, n_mol = 0.0, 0.0, 0, 0
+    for batch in DataLoader(data, batch_size=batch_size):
+        energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
+        e_err += (energy.double() - batch.energy).abs().sum().item()
+        f_err += (forces - batch.forces).abs().sum().item()
+        n_mol += batch.num_graphs
+        n_atoms += batch.z.numel()
+    return dict(energy_mae_ev=e_err / n_mol, forces_mae_ev_per_a=f_err / (3 * n_atoms))
+
+
+def train(args) -> None:
+    """Step 2: train a student on the labels (or on the real ANI-1x release)."""
+    from torch_geometric.loader import DataLoader
+    from pyg_tensorpot.hub import save_pretrained
+    t_start = time.time()
+    log = lambda msg: print(f'[{time.time() - t_start:7.0f} s] {msg}', flush=True)  # noqa
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    sae_ev = {z: e * HARTREE_TO_EV for z, e in ANI1X_SAE_HARTREE.items()}
+    if args.ani1x_root:
+        from pyg_tensorpot.datasets import ANI1x
+        dataset = ANI1x(args.ani1x_root, level='wb97x_dz', forces=True)
+        data = [dataset[i] for i in range(len(dataset))]
+        training_data = dict(name='ANI-1x release', level_of_theory='wB97X/6-31G(d)',
+                             conformations=len(data), source=args.ani1x_root)
+    else:
+        data, info, source = load_distillation(args.data)
+        training_data = dict(
+            name='ANI-1x ensemble distillation',
+            level_of_theory='ANI-1x 8-model ensemble (trained on wB97X/6-31G(d))',
+            conformations=len(data), recipe='examples/pretrain_ani1x_distillation.py',
+            sampling=info,
+            sources={k: int(v) for k, v in zip(*np.unique(
+                [s.split('-')[0] if not s.startswith('s66') else 's66-monomer'
+                 for s in source], return_counts=True))})
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(data))
+    n_val = max(1, int(round(args.val_fraction * len(data))))
+    val = [data[i] for i in perm[:n_val]]
+    train_set = [data[i] for i in perm[n_val:]]
+    log(f'{len(train_set)} training / {len(val)} validation conformations')
+
+    model = build_model(args.model, args.cutoff, args.hidden)
+    model.set_atomref(sae_ev)
+    # scale of the per-atom residual energies after the self energies
+    resid = np.array([(d.energy.item() - sum(sae_ev[int(v)] for v in d.z)) / d.z.numel()
+                      for d in train_set[:5000]])
+    fscale = float(np.sqrt(np.mean(np.concatenate([d.forces.numpy().ravel()
+                                                   for d in train_set[:5000]]) ** 2)))
+    model.set_standardization(0.0, fscale)
+    # fold the mean residual per atom into the reference energies
+    model.set_atomref({z: e + float(resid.mean()) for z, e in sae_ev.items()})
+    log(f'{sum(p.numel() for p in model.parameters())} parameters; residual energy/atom '
+        f'{resid.mean():.3f} +- {resid.std():.3f} eV, force RMS {fscale:.3f} eV/A')
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
+    budget = args.time_budget_min * 60
+    step, epoch, best = 0, 0, math.inf
+    total_steps_est = None
+    done = False
+    while not done and not (args.max_epochs and epoch >= args.max_epochs):
+        epoch += 1
+        model.train()
+        t_epoch = time.time()
+        for batch in loader:
+            elapsed = time.time() - t_start
+            if elapsed > budget:
+                done = True
+                break
+            # cosine decay over the wall-time budget
+            lr = args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(
+                math.pi * min(1.0, elapsed / budget)))
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
+            natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(energy.dtype)
+            e_loss = (((energy - batch.energy.to(energy.dtype)) / natoms) ** 2).mean()
+            f_loss = ((forces - batch.forces) ** 2).mean()
+            loss = args.energy_weight * e_loss + args.force_weight * f_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            ema.update_parameters(model)
+            step += 1
+            if step % 200 == 0:
+                log(f'epoch {epoch} step {step} lr {lr:.2e} loss {loss.item():.4f} '
+                    f'(E/atom RMSE {e_loss.sqrt().item() * 1000:.1f} meV, F RMSE '
+                    f'{f_loss.sqrt().item() * 1000:.0f} meV/A)')
+        if step > 0:
+            metrics = evaluate(ema.module, val[:500])
+            log(f'epoch {epoch} done ({time.time() - t_epoch:.0f} s): EMA validation '
+                f'E MAE {metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
+                f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A')
+    final = ema.module
+    metrics = evaluate(final, val)
+    log(f'final EMA model on {len(val)} validation conformations: E MAE '
+        f'{metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
+        f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A')
+    training = dict(epochs=epoch, steps=step, batch_size=args.batch_size, lr=args.lr,
+                    lr_min=args.lr_min, schedule='cosine over the wall-time budget',
+                    optimizer='AdamW', ema_decay=args.ema_decay, energy_weight=args.energy_weight,
+                    force_weight=args.force_weight, loss='MSE of energy per atom + MSE of '
+                    'force components', seed=args.seed, threads=args.threads,
+                    wall_time_min=round((time.time() - t_start) / 60, 1), dtype='float32')
+    save_pretrained(final, args.out, name=osp.basename(osp.normpath(args.out)),
+                    training_data=training_data,
+                    metrics={'validation (held-out distillation conformations)': {
+                        'conformations': len(val),
+                        'energy_mae_ev': metrics['energy_mae_ev'],
+                        'forces_mae_ev_per_angstrom': metrics['forces_mae_ev_per_a']}},
+                    training=training,
+                    description=args.description)
+    log(f'saved to {args.out}')
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('label', help='sample and label conformations with the ensemble')
+    p.add_argument('--model-dir', default=osp.join(SHARED, 'ani1x_model', 'ani-1x_8x'))
+    p.add_argument('--out', default='distill/ani1x_distill.npz')
+    p.add_argument('--temperatures', default='300,600,1000')
+    p.add_argument('--steps', type=int, default=60)
+    p.add_argument('--stride', type=int, default=1)
+    p.add_argument('--burn-in', type=int, default=10)
+    p.add_argument('--md-batch', type=int, default=600)
+    p.add_argument('--pairs', type=int, default=9000)
+    p.add_argument('--pair-max-atoms', type=int, default=34)
+    p.add_argument('--max-force', type=float, default=20.0)
+    p.add_argument('--no-s66-monomers', action='store_true')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--seed', type=int, default=0)
+    p = sub.add_parser('train', help='train a student model and save it')
+    p.add_argument('--model', choices=['tensornet', 'hipnn-ts'], required=True)
+    p.add_argument('--data', default='distill/ani1x_distill.npz')
+    p.add_argument('--ani1x-root', default=None,
+                   help='train on the real ANI-1x release (root/raw/ani1x-release.h5) instead')
+    p.add_argument('--out', required=True)
+    p.add_argument('--cutoff', type=float, default=5.0)
+    p.add_argument('--hidden', type=int, default=64)
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--lr-min', type=float, default=2e-5)
+    p.add_argument('--energy-weight', type=float, default=20.0)
+    p.add_argument('--force-weight', type=float, default=1.0)
+    p.add_argument('--val-fraction', type=float, default=0.05)
+    p.add_argument('--time-budget-min', type=float, default=22.0)
+    p.add_argument('--max-epochs', type=int, default=0)
+    p.add_argument('--ema-decay', type=float, default=0.99)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--description', default='')
+    args = parser.parse_args(argv)
+    {'label': label, 'train': train}[args.command](args)
+
+
+if __name__ == '__main__':
+    main()

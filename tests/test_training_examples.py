@@ -1,0 +1,116 @@
+"""Every configuration in examples/ is valid, builds its model at the paper's size and, shrunk,
+trains and tests through the engine on the real data samples of tests/data (rMD17, QM9, ANI-1x
+with COMP6 S66x8 as external test set, SPICE)."""
+import glob
+import os
+import os.path as osp
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip('lightning')
+pytest.importorskip('yaml')
+h5py = pytest.importorskip('h5py')
+
+from pyg_tensorpot.training import load_config  # noqa: E402
+from pyg_tensorpot.training.builders import build_model, dataset_class  # noqa: E402
+
+HERE = osp.dirname(osp.abspath(__file__))
+EXAMPLES = sorted(glob.glob(osp.join(osp.dirname(HERE), 'examples', '*.yaml')))
+DATA = osp.join(HERE, 'data')
+
+#: Trainable parameters of the papers' configurations (TENSORNET.md 1.8 and HIPNN.md 1.8).
+PARAMETERS = {
+    'TensorNet-rMD17.yaml': 766_337,
+    'TensorNet-ANI1x.yaml': 769_921,
+    'TensorNet-QM9.yaml': 3_974_401,
+    'TensorNet-SPICE.yaml': 790_401,
+    'HIPNN-ANI1x.yaml': 587_094,
+    'HIPNN-TS-ANI1x.yaml': 587_606,
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(osp.basename(p) for p in EXAMPLES) == sorted(PARAMETERS)
+
+
+@pytest.mark.parametrize('path', EXAMPLES, ids=osp.basename)
+def test_example_builds_the_papers_model(path):
+    config = load_config(path)
+    model = build_model(config.model)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count == PARAMETERS[osp.basename(path)]
+    dataset_class(config.data.dataset)
+    if config.data.test_dataset:
+        dataset_class(config.data.test_dataset)
+
+
+def _place(src, root, name):
+    os.makedirs(osp.join(root, 'raw', osp.dirname(name)), exist_ok=True)
+    shutil.copy(src, osp.join(root, 'raw', name))
+
+
+def _roots(tmp_path, name):
+    """Dataset roots with the real samples in the raw layout of the full releases."""
+    overrides = []
+    if name == 'TensorNet-rMD17.yaml':
+        _place(osp.join(DATA, 'rmd17', 'rmd17fmt_ethanol_pbe_def2svp_pyscf_20.npz'),
+               tmp_path / 'rmd17', 'rmd17/npz_data/rmd17_ethanol.npz')
+        overrides += [f'data.root={tmp_path / "rmd17"}', 'data.args.molecule=ethanol',
+                      'data.args.verify_checksums=false', 'data.train_size=12',
+                      'data.val_size=4']
+    elif name == 'TensorNet-QM9.yaml':
+        qm9 = pytest.importorskip('test_datasets_qm9')  # writes PyG's raw QM9 files
+        os.makedirs(tmp_path / 'qm9' / 'raw')
+        qm9.write_pyg_raw(str(tmp_path / 'qm9' / 'raw'))
+        overrides += [f'data.root={tmp_path / "qm9"}', 'data.args.verify_checksums=false',
+                      'data.train_size=5', 'data.val_size=2']
+    elif 'ANI1x' in name:
+        _place(osp.join(DATA, 'ani1x', 'modelforge_ani1x_release_n5.hdf5'),
+               tmp_path / 'ani1x', 'ani1x-release.h5')
+        overrides += [f'data.root={tmp_path / "ani1x"}', 'data.args.verify_checksums=false',
+                      'data.train_size=4', 'data.val_size=2']
+        if name == 'TensorNet-ANI1x.yaml':
+            # the first three S66x8 dimers (24 conformations), in the file's own layout
+            os.makedirs(tmp_path / 'comp6' / 'raw')
+            with h5py.File(osp.join(DATA, 'comp6', 's66x8_wb97x6-31gd.h5'), 'r') as src, \
+                    h5py.File(tmp_path / 'comp6' / 'raw' / 's66x8_wb97x6-31gd.h5', 'w') as dst:
+                top = dst.create_group('s66x8')
+                for k in range(3):
+                    src.copy(src[f's66x8/mol{k:02d}'], top, name=f'mol{k:02d}')
+            overrides += [f'data.test_root={tmp_path / "comp6"}', 'data.test_args.subset=s66x8',
+                          'data.test_args.verify_checksums=false']
+    elif name == 'TensorNet-SPICE.yaml':
+        _place(osp.join(DATA, 'spice', 'modelforge_SPICE-1.1.4_n2.hdf5'), tmp_path / 'spice',
+               'SPICE-1.1.4.hdf5')
+        overrides += [f'data.root={tmp_path / "spice"}', 'data.args.verify_checksums=false',
+                      'data.train_size=20', 'data.val_size=5', 'data.test_size=5',
+                      'model.cutoff=5.0']
+    return overrides
+
+
+SHRINK = {
+    'TensorNet': ['model.hidden_channels=4', 'model.num_layers=1', 'model.num_rbf=4'],
+    'HIPNN': ['model.hidden_channels=4', 'model.num_interactions=1',
+              'model.num_atom_layers=1', 'model.num_sensitivities=4'],
+}
+
+
+@pytest.mark.parametrize('path', EXAMPLES, ids=osp.basename)
+def test_example_trains_on_real_sample(path, tmp_path):
+    from pyg_tensorpot.training import train
+    name = osp.basename(path)
+    config = load_config(path)
+    overrides = _roots(tmp_path, name) + SHRINK[config.model['name']] + [
+        f'out_dir={tmp_path / "run"}', 'trainer.max_epochs=1', 'trainer.progress_bar=false',
+        'data.batch_size=4', 'data.inference_batch_size=8', 'optim.warmup_steps=1']
+    config = load_config(path, overrides)
+    result = train(config, verbose=False)
+    assert result.test_metrics, 'no test set was evaluated'
+    for name_, metrics in result.test_metrics.items():
+        assert metrics['num_structures'] > 0
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+        assert ('forces_mae' in metrics) == (config.loss.force_weight > 0)
+    if config.data.test_dataset:
+        assert 'COMP6' in result.test_metrics and 'test' in result.test_metrics

@@ -3,8 +3,11 @@
 Needs hippynn==0.1.3 and h5py (numba optional: hippynn's numba kernels are timed when it is
 installed). Run from the repository root::
 
-    python benchmarks/hipnn_speed.py            # full table (about 10 minutes on 2 cores)
-    python benchmarks/hipnn_speed.py --quick    # small systems only
+    python benchmarks/hipnn_speed.py            # full table (about 30 minutes on 2 cores)
+    python benchmarks/hipnn_speed.py --quick    # batches and the 99-atom system only
+
+hippynn's pure-PyTorch kernels (``set_custom_kernels("pytorch")``, what it uses without numba)
+are its envsum/sensesum/featsum functions compiled with ``torch.compile``.
 
 What is measured, on the CPU, in float32, for the ANI-1x size of hippynn's examples (width 128,
 20 sensitivities, soft 0.75-5.5 A, cutoff 6.5 A, 2 blocks x 3 on-site layers, species HCNO),
@@ -19,14 +22,22 @@ libraries (hippynn's are converted with ``load_hippynn``; the energies are compa
 * ``E+F N atoms``: one open-boundary water cluster of N = 99, 999 and 5001 atoms at liquid
   density (S66x8's water, randomly rotated on a 3.1 A lattice), energy and forces.
 
-Timings are the fastest of several repeats after warm-up (other processes share the machine;
-the minimum is the least disturbed), neighbour search included (vesin cell lists here,
-hippynn's default dense ``OpenPairIndexer``). Peak memory is the increase of the process's peak
-resident set size (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs``)
-during one call over the resident size just before it, so it counts everything the call
-allocates (tensors, autograd buffers, allocator slack). Every library/model pair runs in its own
-subprocess with a memory ceiling (``--memory-limit-gb``); a case that needs more is reported as
-out of memory rather than allowed to exhaust the machine.
+Each model runs in its own worker process that holds both libraries (hippynn's kernels are
+switched with ``set_custom_kernels``). Timings are interleaved (one call of each library in
+turn, repeated), so that load from other jobs on the machine hits all libraries alike, and the
+table shows the fastest repeat after warm-up (the median is printed while running). Neighbour
+search is included (vesin cell lists here, hippynn's default dense ``OpenPairIndexer``).
+``OMP_WAIT_POLICY=PASSIVE`` is set for the workers unless given: on a shared machine, spinning
+OpenMP threads slow every library down several times.
+
+Peak memory is measured after the timings, each library alone: the increase of the peak
+resident set size (``VmHWM`` in ``/proc/self/status``, reset through
+``/proc/self/clear_refs``) during one call over the resident size just before it, with glibc's
+``M_MMAP_THRESHOLD`` set to 64 KiB (and ``malloc_trim`` before) so that every tensor is mapped
+and returned to the system on its own. It counts everything the call allocates: inputs it
+copies, activations kept for the gradient, temporaries, allocator slack. A worker gets an
+allocation ceiling (``RLIMIT_DATA``, ``--memory-limit-gb`` above its size after set-up); a
+library that needs more is reported as out of memory instead of exhausting the machine.
 """
 import argparse
 import json
@@ -263,6 +274,9 @@ def run_worker(spec):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(spec['threads']),
                OMP_NUM_THREADS=str(spec['threads']), HIPPYNN_USE_CUSTOM_KERNELS='False',
                HIPPYNN_PROGRESS='0')
+    # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs,
+    # spinning threads that wait for a descheduled partner slow every library down 2-4x.
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     env['PYTHONPATH'] = os.pathsep.join([os.getcwd(), env.get('PYTHONPATH', '')])
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--worker',
                              json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -360,7 +374,8 @@ def main():
     sizes = args.sizes if args.sizes is not None else \
         (WATER_SIZES[:1] if args.quick else WATER_SIZES)
     print(f'torch {torch.__version__}, {args.threads} threads, float32, allocation ceiling '
-          f'{args.memory_limit_gb:g} GB per worker')
+          f'{args.memory_limit_gb:g} GB per worker, OMP_WAIT_POLICY='
+          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
 
     results = {}
     for model in models:

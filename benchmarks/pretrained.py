@@ -103,6 +103,10 @@ def table(results: Dict[str, Dict[str, float]]) -> str:
     return '\n'.join(lines)
 
 
+def _ratio(results: Dict[str, Dict[str, float]], name: str, key: str) -> float:
+    return results[name][key] / results['ANI-1x ensemble (8 models)'][key]
+
+
 def write_cards(results: Dict[str, Dict[str, float]], names) -> None:
     """Adds the S66x8 table to ``config.json`` (``metrics``) and ``README.md`` of the
     package-shipped registered models."""
@@ -120,8 +124,12 @@ def write_cards(results: Dict[str, Dict[str, float]], names) -> None:
         if ens:
             note += (f" {name}: {results[name]['energy_mae_ev'] / ens['energy_mae_ev']:.2f}x "
                      f"the ensemble's energy error and "
-                     f"{results[name]['forces_mae_ev_per_angstrom'] / ens['forces_mae_ev_per_angstrom']:.2f}x"
-                     f" its force error.")
+                     f"{_ratio(results, name, 'forces_mae_ev_per_angstrom'):.2f}x"
+                     f" its force error; the issue's bar (within 1.5x of the ensemble) is "
+                     + ('met' if max(results[name]['energy_mae_ev'] / ens['energy_mae_ev'],
+                                     results[name]['forces_mae_ev_per_angstrom']
+                                     / ens['forces_mae_ev_per_angstrom']) <= 1.5
+                        else 'NOT met') + '.')
         config['metrics']['COMP6 S66x8 (528 conformations, wB97X/6-31G(d))'] = {
             'table': table(results), 'note': note, 'results': results}
         with open(osp.join(folder, CONFIG_NAME), 'w') as f:
@@ -139,7 +147,8 @@ def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
     parser.add_argument('--ensemble-dir', default=osp.join(osp.dirname(REPO), 'shared', 'data',
                                                            'ani1x_model', 'ani-1x_8x'))
     parser.add_argument('--no-ensemble', action='store_true')
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (on a shared machine, more can be much slower)')
     parser.add_argument('--json', default=None, help='write the results here')
     parser.add_argument('--write-cards', action='store_true',
                         help='store the table in the shipped models\' config.json metrics and '
@@ -168,7 +177,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
     if ens:
         for name in args.models.split(','):
             print(f"{name}: energy {results[name]['energy_mae_ev'] / ens['energy_mae_ev']:.2f}x, "
-                  f"forces {results[name]['forces_mae_ev_per_angstrom'] / ens['forces_mae_ev_per_angstrom']:.2f}x"
+                  f"forces {_ratio(results, name, 'forces_mae_ev_per_angstrom'):.2f}x"
                   f' the ensemble error')
     if args.write_cards:
         write_cards(results, args.models.split(','))

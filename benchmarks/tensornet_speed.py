@@ -17,18 +17,24 @@ batch), neighbour list included, on this machine's CPU threads:
 torchmd-net is timed on its default code path (Warp kernels when warp-lang is installed, as
 here) and on its pure-PyTorch path (the Warp ops swapped for its own PyTorch functions).
 """
-import argparse
-import contextlib
-import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
 
-import numpy as np
-import torch
+# On a shared machine, OpenMP threads that spin while waiting for a busy core make every
+# library several times slower and the timings erratic; let them sleep (all implementations
+# run under the same setting). Must be set before torch starts its thread pool.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -39,7 +45,7 @@ from pyg_tensorpot.io import load_torchmdnet  # noqa: E402
 CONFIG = dict(hidden_channels=128, num_layers=2, num_rbf=32, cutoff=4.5, max_z=128)
 IMPLEMENTATIONS = ('pyg-tensorpot', 'torchmd-net (warp)', 'torchmd-net (pure PyTorch)')
 DEFAULT_S66X8 = [
-    os.path.join(os.path.dirname(HERE), 'pyg_tensorpot', 'data', 's66x8_wb97x6-31gd.h5'),
+    os.path.join(os.path.dirname(HERE), 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5'),
     os.path.join(os.path.dirname(HERE), '..', 'shared', 'data', 'comp6', 's66x8_wb97x6-31gd.h5'),
 ]
 
@@ -76,6 +82,7 @@ def build_models(max_num_neighbors=128):
     """Our TensorNet and torchmd-net's warp and pure-PyTorch models, with the same weights."""
     try:  # Warp (torchmd-net's kernels) logs every module it loads unless told not to.
         import warp
+        warp.config.log_level = warp.LOG_WARNING
         warp.config.quiet = True
     except ImportError:
         pass
@@ -91,7 +98,9 @@ def build_models(max_num_neighbors=128):
     for module in pure.modules():
         if hasattr(module, 'opt'):
             module.opt = False
-    return {IMPLEMENTATIONS[0]: ours, IMPLEMENTATIONS[1]: reference, IMPLEMENTATIONS[2]: pure}
+    # Inference mode for all: torchmd-net keeps the graph of the forces only when training.
+    return {IMPLEMENTATIONS[0]: ours.eval(), IMPLEMENTATIONS[1]: reference.eval(),
+            IMPLEMENTATIONS[2]: pure.eval()}
 
 
 def energy_and_forces(name, model, z, pos, batch):
@@ -224,10 +233,11 @@ def _status_mib(field):
 def run_memory(name, num_atoms):
     out = subprocess.run([sys.executable, __file__, '--memory-worker', name, str(num_atoms)],
                          capture_output=True, text=True, check=False)
+    if out.returncode < 0:
+        return {'error': f'killed by signal {-out.returncode} (out of memory?)'}
     if out.returncode != 0:
-        reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else (
-            f'exit code {out.returncode}')
-        return {'error': reason}
+        lines = [line for line in out.stderr.splitlines() if 'Error' in line]
+        return {'error': lines[-1] if lines else f'exit code {out.returncode}'}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -365,6 +365,17 @@ def load_distillation(path: str):
     return data, json.loads(str(f['info'])), f['source']
 
 
+def _source_group(name: str) -> str:
+    """``qm9-db``, ``qm9-xyz``, ``ani1x``, ``spice``, ``s66-monomer`` or ``pair``."""
+    if name.startswith('dsgdb9nsd'):
+        return 'qm9-xyz'
+    if name.startswith('qm9-db'):
+        return 'qm9-db'
+    if name.startswith('s66'):
+        return 's66-monomer'
+    return name.split('-')[0]
+
+
 def build_model(kind: str, cutoff: float, hidden: int):
     from pyg_tensorpot import HIPNN, TensorNet
     if kind == 'tensornet':
@@ -413,8 +424,7 @@ def train(args) -> None:
             conformations=len(data), recipe='examples/pretrain_ani1x_distillation.py',
             sampling=info,
             sources={k: int(v) for k, v in zip(*np.unique(
-                [s.split('-')[0] if not s.startswith('s66') else 's66-monomer'
-                 for s in source], return_counts=True))})
+                [_source_group(s) for s in source], return_counts=True))})
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(data))
     n_val = max(1, int(round(args.val_fraction * len(data))))
@@ -490,6 +500,7 @@ def train(args) -> None:
                     'force components', seed=args.seed, threads=args.threads,
                     wall_time_min=round((time.time() - t_start) / 60, 1), dtype='float32')
     save_pretrained(final, args.out, name=osp.basename(osp.normpath(args.out)),
+                    supported_elements=list(ELEMENTS),
                     training_data=training_data,
                     metrics={'validation (held-out distillation conformations)': {
                         'conformations': len(val),

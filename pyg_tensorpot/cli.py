@@ -25,7 +25,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     quick.add_argument('--out', default='quickstart', help='output folder (default: '
                        'quickstart)')
     quick.add_argument('--epochs', type=int, default=None,
-                       help='number of epochs (default: 30)')
+                       help='number of epochs (default: 25)')
 
     train = sub.add_parser('train', help='train a model from a YAML configuration')
     train.add_argument('config', help='YAML configuration (see examples/)')

@@ -27,7 +27,6 @@ import inspect
 import json
 import os
 import os.path as osp
-import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Type, Union
@@ -249,6 +248,9 @@ def save_pretrained(
     weights_path = osp.join(directory, WEIGHTS_NAME)
     save_file(tensors, weights_path, metadata={'format': 'pt', 'library': FORMAT_NAME,
                                                'model_class': config['model_class']})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; share like other files
     config['weights'] = {'file': WEIGHTS_NAME, 'sha256': _sha256(weights_path)}
     with open(osp.join(directory, CONFIG_NAME), 'w') as f:
         json.dump(config, f, indent=2)
@@ -262,7 +264,7 @@ def _format_metrics(metrics: Mapping[str, Any]) -> str:
     lines = []
     for key, value in metrics.items():
         if isinstance(value, Mapping) and 'table' in value:
-            lines += [f'**{key}**', '', str(value['table']), '']
+            lines += ['', f'**{key}**', '', str(value['table']), '']
             if value.get('note'):
                 lines += [str(value['note']), '']
         elif isinstance(value, Mapping):
@@ -306,7 +308,8 @@ def render_model_card(config: Mapping[str, Any]) -> str:
         '',
         '## Model',
         '',
-        f"- Architecture: {config['architecture']} (`pyg_tensorpot.models.{config['model_class']}`),"
+        f"- Architecture: {config['architecture']} "
+        f"(`pyg_tensorpot.models.{config['model_class']}`),"
         f" {config.get('num_parameters', '?')} parameters, {config.get('dtype')}",
         f"- Hyperparameters: `{json.dumps(config['model_kwargs'])}`",
         f"- Cutoff: {config['cutoff']} Angstrom",

@@ -37,7 +37,7 @@ TINY = [
     'data.test_size=16', 'data.batch_size=8', 'data.inference_batch_size=16',
     'optim.lr=2e-3', 'optim.warmup_steps=3', 'optim.lr_patience=0', 'optim.lr_factor=0.5',
     'optim.ema_decay=0.9', 'trainer.max_epochs=3', 'trainer.progress_bar=false',
-    'trainer.accelerator=cpu', 'trainer.early_stopping_patience=2',
+    'trainer.accelerator=cpu', 'trainer.early_stopping_patience=2', 'trainer.num_threads=1',
 ]
 
 
@@ -292,11 +292,11 @@ def test_exported_model_and_evaluate_reproduce_test_metrics(tensornet_run, capsy
     printed = capsys.readouterr().out
     assert 'energy / atom' in printed and 'kcal/mol' in printed
     with open(osp.join(out, 'evaluation.json')) as f:
-        metrics = json.load(f)['test']
+        metrics = json.load(f)['MD17EthanolSample (test)']
     expected = tensornet_run.test_metrics['test']
     for key in ('energy_mae', 'energy_rmse', 'forces_mae', 'forces_rmse'):
         assert metrics[key] == pytest.approx(expected[key], rel=1e-5)
-    assert osp.isfile(osp.join(out, 'parity_test.png'))
+    assert osp.isfile(osp.join(out, 'parity_md17ethanolsample_test.png'))
     assert osp.isfile(osp.join(out, 'learning_curves.png'))
     # another dataset, whole (here: the validation frames through --split)
     assert main(['evaluate', tensornet_run.model_path, '--dataset', 'MD17EthanolSample',
@@ -372,6 +372,23 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
     assert state_dicts_equal(ma, mb)
 
 
+def test_run_stopped_by_step_limit_resumes_to_identical_result(tmp_path):
+    """A run stopped by ``trainer.max_steps`` in the middle of an epoch (step 6 of 12) and
+    resumed without the limit ends exactly as an uninterrupted run: the cut-short epoch is not
+    checkpointed as if it were complete."""
+    from pyg_tensorpot.training import train
+    reference = train(tiny_config(tmp_path / 'a'), verbose=False)
+    stopped = train(tiny_config(tmp_path / 'b', 'trainer.max_steps=6'), verbose=False)
+    assert stopped.steps == 6
+    assert torch.load(tmp_path / 'b' / 'checkpoints' / 'last.ckpt',
+                      weights_only=True)['global_step'] == 4
+    resumed = train(tiny_config(tmp_path / 'b'), resume='auto', verbose=False)
+    assert resumed.steps == reference.steps == 12
+    assert reference.test_metrics == resumed.test_metrics
+    assert state_dicts_equal(torch.load(reference.model_path, weights_only=True)['state_dict'],
+                             torch.load(resumed.model_path, weights_only=True)['state_dict'])
+
+
 def test_hipnn_ts_trains_with_hierarchicality_and_frozen_species_energies(tmp_path):
     from pyg_tensorpot.training import load_trained_model, train
     from pyg_tensorpot.training.plots import read_metrics_csv
@@ -379,7 +396,8 @@ def test_hipnn_ts_trains_with_hierarchicality_and_frozen_species_energies(tmp_pa
                 'model.num_interactions=1', 'model.num_atom_layers=1',
                 'model.num_sensitivities=4', 'model.soft_max=4.0', 'model.cutoff=4.5']
     config = tiny_config(tmp_path, 'loss.type=rmse+mae', 'loss.l2_weight=1e-6',
-                         'trainer.max_epochs=1', model=hipnn_ts)
+                         'loss.hierarchicality_weight=1', 'trainer.max_epochs=1',
+                         model=hipnn_ts)
     result = train(config, verbose=False)
     series = read_metrics_csv(osp.join(tmp_path, 'logs', 'metrics.csv'))
     assert series['train_hierarchicality_loss'][0] > 0
@@ -430,6 +448,7 @@ def test_lightning_is_optional_for_configs_and_evaluation():
     """Importing the package, configurations and evaluation must not need Lightning."""
     code = ('import sys; sys.modules["lightning"] = None; sys.modules["lightning.pytorch"] = '
             'None\nimport pyg_tensorpot.training as t\nt.load_config(None, ["seed=1"])\n'
+            'from pyg_tensorpot.training.run import evaluate, load_trained_model\n'
             'try:\n    t.PotentialModule\nexcept ImportError as e:\n    print(e)\n')
     import subprocess
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

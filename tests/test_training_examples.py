@@ -104,7 +104,8 @@ def test_example_trains_on_real_sample(path, tmp_path):
     config = load_config(path)
     overrides = _roots(tmp_path, name) + SHRINK[config.model['name']] + [
         f'out_dir={tmp_path / "run"}', 'trainer.max_epochs=1', 'trainer.progress_bar=false',
-        'data.batch_size=4', 'data.inference_batch_size=8', 'optim.warmup_steps=1']
+        'data.batch_size=4', 'data.inference_batch_size=8', 'optim.warmup_steps=1',
+        'trainer.num_threads=1']
     config = load_config(path, overrides)
     result = train(config, verbose=False)
     assert result.test_metrics, 'no test set was evaluated'

@@ -24,7 +24,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import yaml
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise ImportError("reading and writing configuration files needs PyYAML: pip install "
+                          "'pyg-tensorpot[train]' (or pip install pyyaml)") from None
+    return yaml
 
 
 class ConfigError(ValueError):
@@ -181,7 +188,10 @@ class LossConfig:
             switches it off. (default: :obj:`1.0`)
         hierarchicality_weight (float, optional): :math:`w_H`, the weight of the
             hierarchicality regulariser of models that have one (HIP-NN); ignored for others.
-            (default: :obj:`1.0`)
+            hippynn uses 1 next to RMSE + MAE losses in kcal/mol (:obj:`type: rmse+mae`,
+            energy and force weights 23.06, see ``examples/HIPNN-ANI1x.yaml``); next to an MSE
+            in eV² a weight of 1 would outweigh the energy error and shift the energies.
+            (default: :obj:`0.0`)
         l2_weight (float, optional): Weight of the model's :obj:`l2_penalty()` (HIP-NN's
             ``l2reg``); ignored for models without one. (default: :obj:`0.0`)
     """
@@ -190,7 +200,7 @@ class LossConfig:
     type: str = 'mse'
     per_atom_energy: bool = False
     energy_loss_ema: float = 1.0
-    hierarchicality_weight: float = 1.0
+    hierarchicality_weight: float = 0.0
     l2_weight: float = 0.0
 
     def validate(self) -> None:
@@ -407,7 +417,7 @@ class TrainingConfig:
         """Writes the configuration as YAML."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, 'w') as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            _yaml().safe_dump(self.to_dict(), f, sort_keys=False)
 
 
 def _build_section(name: str, cls, value: Any):
@@ -446,6 +456,7 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
 
 
 def _parse_scalar(text: str) -> Any:
+    yaml = _yaml()
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -479,6 +490,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"configuration file '{path}' does not exist")
+        yaml = _yaml()
         with open(path) as f:
             try:
                 loaded = yaml.safe_load(f)

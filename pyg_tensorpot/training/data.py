@@ -2,7 +2,7 @@ r"""Datasets, splits and training-set statistics of an experiment (no Lightning 
 import logging
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -204,14 +204,3 @@ def describe_statistics(stats: Dict[str, Any]) -> str:
     lines.append(f"standardisation: mean {stats['mean']:.6f} eV, std {stats['std']:.6f} eV")
     return '\n'.join(lines)
 
-
-def dataset_summary(dataset) -> Tuple[int, str]:
-    """Number of structures and a short description (e.g. ``"9 atoms each"``)."""
-    n = len(dataset)
-    try:
-        counts = dataset.num_atoms
-        lo, hi = int(counts.min()), int(counts.max())
-        atoms = f'{lo} atoms each' if lo == hi else f'{lo}-{hi} atoms'
-    except (AttributeError, RuntimeError, TypeError, ValueError):
-        atoms = ''
-    return n, atoms

@@ -46,12 +46,12 @@ class EnergyForceLoss(torch.nn.Module):
         per_atom_energy (bool, optional): Energy errors per atom. (default: :obj:`False`)
         energy_loss_ema (float, optional): :math:`\alpha`; 1 disables the smoothing.
             (default: :obj:`1.0`)
-        hierarchicality_weight (float, optional): :math:`w_H`. (default: :obj:`1.0`)
+        hierarchicality_weight (float, optional): :math:`w_H`. (default: :obj:`0.0`)
         l2_weight (float, optional): :math:`w_2`. (default: :obj:`0.0`)
     """
     def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0,
                  loss_type: str = 'mse', per_atom_energy: bool = False,
-                 energy_loss_ema: float = 1.0, hierarchicality_weight: float = 1.0,
+                 energy_loss_ema: float = 1.0, hierarchicality_weight: float = 0.0,
                  l2_weight: float = 0.0):
         super().__init__()
         if loss_type not in LOSS_TYPES:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import os.path as osp
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -180,10 +181,6 @@ def _build_callbacks(pl, config: TrainingConfig, ckpt_dir: str) -> Dict[str, Any
     return callbacks
 
 
-def _make_trainer(pl, **kwargs):
-    return pl.Trainer(**kwargs)
-
-
 def _check_monitor(config: TrainingConfig, prepared) -> None:
     monitor = config.trainer.monitor
     sample = prepared.val[0]
@@ -214,6 +211,17 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
         report (bool, optional): Print the test error table at the end (when
             :obj:`verbose`). (default: :obj:`True`)
     """
+    threads = torch.get_num_threads()
+    if config.trainer.num_threads is not None:
+        torch.set_num_threads(config.trainer.num_threads)
+    try:
+        return _train(config, resume, verbose, extra_callbacks, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
+           extra_callbacks: Sequence[Any], report: bool) -> TrainResult:
     from pyg_tensorpot.training._lightning import require_lightning
     pl = require_lightning()
     from lightning.pytorch.loggers import CSVLogger
@@ -224,8 +232,6 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
     out_dir = config.out_dir
     rank_zero = _is_rank_zero()
     verbose = verbose and rank_zero
-    if config.trainer.num_threads is not None:
-        torch.set_num_threads(config.trainer.num_threads)
     ckpt_path = None
     if resume == 'auto':
         ckpt_path = find_resume_checkpoint(out_dir)
@@ -277,27 +283,26 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
         strategy = DDPStrategy(find_unused_parameters=False)
     csv_logger = CSVLogger(out_dir, name='', version='logs')
     with quiet_lightning():
-        trainer = _make_trainer(
-        pl,
-        accelerator=trainer_cfg.accelerator if trainer_cfg.accelerator != 'cuda' else 'gpu',
-        devices=trainer_cfg.devices,
-        num_nodes=trainer_cfg.num_nodes,
-        strategy=strategy,
-        max_epochs=trainer_cfg.max_epochs,
-        max_steps=trainer_cfg.max_steps,
-        max_time=max_time,
-        gradient_clip_val=config.optim.gradient_clip or None,
-        gradient_clip_algorithm='norm',
-        callbacks=list(callbacks.values()) + extra,
-        logger=csv_logger,
-        enable_progress_bar=trainer_cfg.progress_bar and verbose,
-        enable_model_summary=False,
-        log_every_n_steps=trainer_cfg.log_every_n_steps,
-        check_val_every_n_epoch=trainer_cfg.check_val_every_n_epoch,
-        num_sanity_val_steps=0,
-        inference_mode=False,
-        use_distributed_sampler=False,
-        default_root_dir=out_dir,
+        trainer = pl.Trainer(
+            accelerator=trainer_cfg.accelerator if trainer_cfg.accelerator != 'cuda' else 'gpu',
+            devices=trainer_cfg.devices,
+            num_nodes=trainer_cfg.num_nodes,
+            strategy=strategy,
+            max_epochs=trainer_cfg.max_epochs,
+            max_steps=trainer_cfg.max_steps,
+            max_time=max_time,
+            gradient_clip_val=config.optim.gradient_clip or None,
+            gradient_clip_algorithm='norm',
+            callbacks=list(callbacks.values()) + extra,
+            logger=csv_logger,
+            enable_progress_bar=trainer_cfg.progress_bar and verbose,
+            enable_model_summary=False,
+            log_every_n_steps=trainer_cfg.log_every_n_steps,
+            check_val_every_n_epoch=trainer_cfg.check_val_every_n_epoch,
+            num_sanity_val_steps=0,
+            inference_mode=False,
+            use_distributed_sampler=False,
+            default_root_dir=out_dir,
         )
     with quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -371,7 +376,8 @@ def evaluation_sets(config: TrainingConfig, dataset: Optional[str] = None,
             if not prepared.test:
                 raise ConfigError('the training configuration has no test set; pass '
                                   '--split val or --dataset')
-            return dict(prepared.test)
+            return {(f'{type(prepared.dataset).__name__} (test)' if name == 'test' else name): ds
+                    for name, ds in prepared.test.items()}
         ds = build_dataset(data.dataset, data.root, data.args)
         name = type(ds).__name__
     else:
@@ -420,12 +426,12 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
                                               config.data.energy_key, config.data.forces_key,
                                               keep_predictions=plots)
         results[name] = metrics
-        title = (f'{type(model).__name__} on {int(metrics["num_structures"]):,} structures '
-                 f'of {name}')
+        title = (f'Errors of {type(model).__name__} on {int(metrics["num_structures"]):,} '
+                 f'structures of {name}')
         _echo(format_error_table(metrics, title), verbose)
         if plots and predictions:
             from pyg_tensorpot.training.plots import plot_parity
-            slug = ''.join(c if c.isalnum() else '_' for c in name).strip('_').lower()
+            slug = re.sub('[^0-9a-z]+', '_', name.lower()).strip('_')
             path = plot_parity(predictions, osp.join(out_dir, f'parity_{slug}.png'), title)
             _echo(f'parity plot: {path}', verbose)
     if plots:

@@ -15,8 +15,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-# Packed components per filter: I -> [0], A -> [1, 2, 3], S -> [4..9].
-_GROUPS = ((0, 1), (1, 4), (4, 10))
+from pyg_tensorpot.nn.tensor_algebra import PART_SLICES, scale_parts
+
 #: Number of float elements of one per-edge temporary; sets the chunk length.
 CHUNK_ELEMENTS = 2**24
 
@@ -47,16 +47,15 @@ def _scale(values: Tensor, filters: Tensor) -> Tensor:
     unless a double backward was asked for), which saves passes over [E, 10, H].
     """
     if torch.is_grad_enabled():
-        return torch.cat([values[:, start:stop] * filters[:, c:c + 1]
-                          for c, (start, stop) in enumerate(_GROUPS)], dim=1)
-    for c, (start, stop) in enumerate(_GROUPS):
-        values[:, start:stop].mul_(filters[:, c:c + 1])
+        return scale_parts(values, filters)
+    for c, part in enumerate(PART_SLICES):
+        values[:, part].mul_(filters[:, c:c + 1])
     return values
 
 
 def _reduce(products: Tensor) -> Tensor:
     # [E, 10, H] -> [E, 3, H], summing the components of each filter.
-    return torch.stack([products[:, start:stop].sum(1) for start, stop in _GROUPS], dim=1)
+    return torch.stack([products[:, part].sum(1) for part in PART_SLICES], dim=1)
 
 
 class _FilteredGatherScatter(torch.autograd.Function):
@@ -123,9 +122,9 @@ class _EmbeddingScatter(torch.autograd.Function):
             for edges in _chunks(target.numel(), geometry.size(1) * H):
                 filters = _rows(radial, radial_index, edges).mul_(pair[edges].unsqueeze(1))
                 messages = filters.new_empty((filters.size(0), geometry.size(1), H))
-                for c, (start, stop) in enumerate(_GROUPS):
-                    torch.mul(filters[:, c:c + 1], geometry[edges, start:stop, None],
-                              out=messages[:, start:stop])
+                for c, part in enumerate(PART_SLICES):
+                    torch.mul(filters[:, c:c + 1], geometry[edges, part, None],
+                              out=messages[:, part])
                 out.index_add_(0, target[edges], messages)
         return out
 
@@ -143,8 +142,8 @@ class _EmbeddingScatter(torch.autograd.Function):
             edge_geometry = geometry[edges]
             if need_radial or need_pair:
                 grad_filters = torch.stack([
-                    torch.einsum('ek,ekh->eh', edge_geometry[:, start:stop],
-                                 grad_at_target[:, start:stop]) for start, stop in _GROUPS
+                    torch.einsum('ek,ekh->eh', edge_geometry[:, part], grad_at_target[:, part])
+                    for part in PART_SLICES
                 ], dim=1)
                 if need_radial:
                     _accumulate_rows(grad_radial, radial_index, edges, grad_filters * edge_pair)
@@ -153,8 +152,8 @@ class _EmbeddingScatter(torch.autograd.Function):
             if need_geometry:
                 filters = edge_radial * edge_pair
                 grad_geometry[edges] = torch.cat([
-                    torch.einsum('ekh,eh->ek', grad_at_target[:, start:stop], filters[:, c])
-                    for c, (start, stop) in enumerate(_GROUPS)
+                    torch.einsum('ekh,eh->ek', grad_at_target[:, part], filters[:, c])
+                    for c, part in enumerate(PART_SLICES)
                 ], dim=1)
         return grad_radial, None, grad_pair, grad_geometry, None, None
 

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 NUM_COMPONENTS = 10
+#: The packed components of each irreducible part: I -> [0], A -> [1, 4), S -> [4, 10).
+PART_SLICES = (slice(0, 1), slice(1, 4), slice(4, 10))
 
 
 def skew(vector: Tensor) -> Tensor:
@@ -118,11 +120,7 @@ def pack(scalar: Tensor, antisymmetric: Tensor, symmetric: Tensor) -> Tensor:
 
 def unpack(components: Tensor) -> Tensor:
     r"""The full tensor :obj:`[..., 3, 3, H]` from the 10 components :obj:`[..., 10, H]`."""
-    c = components
-    scalar = c[..., 0, :]
-    xx, yy, zz, xy, xz, yz = c[..., 4:, :].unbind(-2)
-    symmetric = torch.stack((xx, xy, xz, xy, yy, yz, xz, yz, zz), dim=-2).unflatten(-2, (3, 3))
-    return scalar_to_tensor(scalar) + skew(c[..., 1:4, :]) + symmetric
+    return compose(*unpack_parts(components))
 
 
 def unpack_parts(components: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -177,6 +175,13 @@ def mix_packed(components: Tensor, scalar_mixing: torch.nn.Module,
     r"""Applies a channel mixing per irreducible part to packed components :obj:`[..., 10, H]`:
     the same as mixing :math:`I`, :math:`\mathbf{A}` and :math:`\mathbf{S}` as full tensors,
     since a map on the channel axis commutes with packing."""
-    c = components
-    return torch.cat([scalar_mixing(c[..., 0:1, :]), antisymmetric_mixing(c[..., 1:4, :]),
-                      symmetric_mixing(c[..., 4:, :])], dim=-2)
+    mixings = (scalar_mixing, antisymmetric_mixing, symmetric_mixing)
+    return torch.cat([mix(components[..., part, :]) for mix, part in zip(mixings, PART_SLICES)],
+                     dim=-2)
+
+
+def scale_parts(components: Tensor, factors: Tensor) -> Tensor:
+    r"""Multiplies the components :obj:`[..., 10, H]` of each irreducible part by that part's
+    factor, :obj:`factors` :obj:`[..., 3, H]` in the order :math:`(I, \mathbf{A}, \mathbf{S})`."""
+    return torch.cat([components[..., part, :] * factors[..., k:k + 1, :]
+                      for k, part in enumerate(PART_SLICES)], dim=-2)

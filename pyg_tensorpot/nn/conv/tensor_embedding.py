@@ -10,6 +10,7 @@ from pyg_tensorpot.nn.message import embedding_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
     mix_packed,
     packed_squared_norms,
+    scale_parts,
     traceless_outer,
     unpack,
 )
@@ -78,9 +79,6 @@ class TensorEmbedding(MessagePassing):
             torch.nn.Linear(2 * hidden_channels, 3 * hidden_channels),
             activation_resolver(activation),
         )
-        # The irreducible part (I, A, S) of each of the 10 packed components.
-        self.register_buffer('part_of_component', torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2, 2]),
-                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -127,8 +125,7 @@ class TensorEmbedding(MessagePassing):
                                                 edge_unit, z.size(0), radial_index)
         norm_i, norm_a, norm_s = packed_squared_norms(components)
         gates = self.gate_mlp(self.norm(norm_i + norm_a + norm_s)).unflatten(-1, (3, H))
-        gates = gates.index_select(1, self.part_of_component)
-        return unpack(mix_packed(components, *self.mixing) * gates)
+        return unpack(scale_parts(mix_packed(components, *self.mixing), gates))
 
     def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
         # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with

@@ -12,6 +12,7 @@ from pyg_tensorpot.nn.tensor_algebra import (
     mix_packed,
     o3_product,
     pack_tensor,
+    scale_parts,
     so3_product,
     squared_norm,
     unpack,
@@ -138,8 +139,7 @@ class TensorInteraction(MessagePassing):
 
     def message(self, y_j: Tensor, filters: Tensor) -> Tensor:
         # The per-edge message [E, 10, H]; forward() uses the fused equivalent below.
-        return torch.cat([filters[:, 0:1] * y_j[:, 0:1], filters[:, 1:2] * y_j[:, 1:4],
-                          filters[:, 2:3] * y_j[:, 4:]], dim=1)
+        return scale_parts(y_j, filters)
 
     def message_and_aggregate(self, edge_index: Tensor, y: Tensor, filters: Tensor,
                               radial_index: Optional[Tensor] = None) -> Tensor:

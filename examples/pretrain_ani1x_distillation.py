@@ -8,18 +8,31 @@ conformations of real H/C/N/O molecules and as the teacher that labels them with
 forces. The student models are then trained on those labels and saved with
 :func:`pyg_tensorpot.hub.save_pretrained`.
 
-Three steps, each resumable from its output file::
+Four steps, each resumable from its output file::
 
-    # 1. sample and label (needs torchani==2.2.4 and pkg_resources, see below; recipe only)
+    # 1a. sample and label (needs torchani==2.2.4 and pkg_resources, see below; recipe only)
     python examples/pretrain_ani1x_distillation.py label --out distill/ani1x_distill.npz
-    # 2. train a student (no torchani needed)
+    # 1b. dissociation scans of dimers, labelled the same way
+    python examples/pretrain_ani1x_distillation.py label-dimers --scans 8000 \
+        --out distill/ani1x_dimer_scans.npz
+    # 2. train a student from scratch on 1a (no torchani needed)
+    python examples/pretrain_ani1x_distillation.py train --model tensornet --hidden 32 \
+        --batch-size 16 --data distill/ani1x_distill.npz --out stage1/tensornet-ani1x
+    python examples/pretrain_ani1x_distillation.py train --model hipnn-ts --hidden 64 \
+        --data distill/ani1x_distill.npz --out stage1/hipnn-ts-ani1x
+    # 3. fine-tune it on 1a + 1b, with the loss on scan-relative energies
     python examples/pretrain_ani1x_distillation.py train --model tensornet \
-        --data distill/ani1x_distill.npz --out pyg_tensorpot/pretrained/tensornet-ani1x
-    python examples/pretrain_ani1x_distillation.py train --model hipnn-ts \
-        --data distill/ani1x_distill.npz --out pyg_tensorpot/pretrained/hipnn-ts-ani1x
+        --init stage1/tensornet-ani1x --data distill/ani1x_distill.npz,distill/ani1x_dimer_scans.npz \
+        --batch-size 16 --lr 3e-4 --lr-min 1e-5 --energy-weight 100 \
+        --relative-energy-weight 10 --ema-decay 0.995 --val-fraction 0.02 \
+        --time-budget-min 120 --out pyg_tensorpot/pretrained/tensornet-ani1x
+    # (hipnn-ts: the same with --batch-size 32 --lr 5e-4)
     # (with the real release instead of distillation labels)
     python examples/pretrain_ani1x_distillation.py train --model tensornet \
         --ani1x-root /data/ani1x --out my-tensornet-ani1x
+
+The exact commands and settings of the shipped models are in their ``config.json``
+(``training.stages``) and model cards.
 
 Molecules (``label``): the first 500 QM9 molecules of schnetpack's test database and the 10
 QM9 xyz files (those with F dropped), the 5 formula groups of the ANI-1x release sample, the
@@ -31,6 +44,13 @@ velocities at twice the target temperature), one snapshot every ``--stride`` ste
 10-step burn-in; plus intermolecular pairs
 of sampled monomers (random orientation, closest contact 1.6-5 Angstrom) labelled by the
 ensemble. Labels are the ensemble mean energy (Hartree -> eV) and forces (-dE/dR, eV/A).
+
+Dimer scans (``label-dimers``): pairs of the same molecules (up to 20 atoms each; the S66x8
+monomers weighted to about 30 % of the pool), kept rigid and moved apart along a line so that
+their contact is scaled by 0.90 ... 2.00 as in S66x8; half are N-H/O-H...N/O hydrogen bonds
+(H...X 1.8-2.1 A at factor 1), half random orientations (closest contact 2.2-3.0 A). Intermolecular
+energies are small next to the energy of a molecule, so ``train`` also fits the energies
+relative to each scan's mean (``--relative-energy-weight``), the quantity S66x8 measures.
 
 torchani is used only here, never by the library. torchani 2.2.4 imports ``pkg_resources``
 (setuptools<70) and ``importlib_metadata``; with torch 2.13 (which requires setuptools>=77)
@@ -292,6 +312,184 @@ def make_pairs(snapshots: List[Dict], count: int, max_atoms: int, seed: int
     return pairs
 
 
+#: Scale factors of the intermolecular distance in a dissociation scan (those of S66x8).
+SCAN_FACTORS = (0.90, 0.95, 1.00, 1.05, 1.10, 1.25, 1.50, 2.00)
+
+
+def _neighbours(z: np.ndarray, pos: np.ndarray, i: int) -> np.ndarray:
+    radii = np.array([COVALENT[int(v)] for v in z])
+    dist = np.linalg.norm(pos - pos[i], axis=1)
+    bonded = dist < 1.25 * (radii + radii[i])
+    bonded[i] = False
+    return np.nonzero(bonded)[0]
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation matrix taking the unit vector ``a`` onto the unit vector ``b`` (Rodrigues)."""
+    v, c = np.cross(a, b), float(np.dot(a, b))
+    if c < -1 + 1e-9:  # antiparallel: half turn about any axis normal to a
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2 * np.outer(axis, axis) - np.eye(3)
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k / (1 + c)
+
+
+def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def _tilted(direction: np.ndarray, max_angle_deg: float, rng) -> np.ndarray:
+    """``direction`` turned by a random angle up to ``max_angle_deg`` about a random normal."""
+    normal = np.cross(direction, rng.standard_normal(3))
+    normal /= np.linalg.norm(normal)
+    return _axis_rotation(normal, math.radians(rng.uniform(0, max_angle_deg))) @ direction
+
+
+def _hydrogen_bond_geometry(za, pa, zb, pb, rng):
+    """Places monomer b as the acceptor of a hydrogen bond from a polar H of monomer a.
+
+    Returns ``(pb_placed, direction, contact)``: b's coordinates at the equilibrium-like
+    H...X distance, the unit vector along which the scan moves b, and that distance; or
+    ``None`` when a has no N-H/O-H or b no N/O."""
+    donors = [i for i in np.nonzero(za == 1)[0]
+              if any(za[j] in (7, 8) for j in _neighbours(za, pa, i))]
+    acceptors = np.nonzero(np.isin(zb, (7, 8)))[0]
+    if not donors or len(acceptors) == 0:
+        return None
+    h = int(rng.choice(donors))
+    x = int(rng.choice(acceptors))
+    heavy = _neighbours(za, pa, h)[0]
+    bond = (pa[h] - pa[heavy]) / np.linalg.norm(pa[h] - pa[heavy])
+    direction = _tilted(bond, 25.0, rng)
+    # the acceptor's lone-pair side points back at the H (within 40 degrees)
+    lone_pair = sum((pb[x] - pb[j]) / np.linalg.norm(pb[x] - pb[j])
+                    for j in _neighbours(zb, pb, x)) if len(_neighbours(zb, pb, x)) else None
+    if lone_pair is None or np.linalg.norm(lone_pair) < 1e-3:
+        lone_pair = rng.standard_normal(3)
+    lone_pair /= np.linalg.norm(lone_pair)
+    rotation = _rotation_between(lone_pair, _tilted(-direction, 40.0, rng))
+    spin = _axis_rotation(-direction, rng.uniform(0, 2 * math.pi))
+    pb = (pb - pb[x]) @ (spin @ rotation).T
+    contact = rng.uniform(1.8, 2.1)  # H...X, Angstrom
+    return pb + pa[h] + contact * direction, direction, contact
+
+
+def _closest_contact(pa: np.ndarray, pb: np.ndarray) -> float:
+    return float(np.linalg.norm(pa[:, None] - pb[None], axis=-1).min())
+
+
+def make_dimer_scans(monomers: List[Tuple[str, np.ndarray, np.ndarray]], count: int,
+                     hbond_fraction: float, noise: float, seed: int
+                     ) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """Dissociation scans of molecular dimers, built like S66x8 but from random pairs.
+
+    Each scan keeps both monomers rigid and moves one of them along a line so that the
+    intermolecular contact is scaled by :data:`SCAN_FACTORS`. A fraction ``hbond_fraction``
+    of the scans places b as a hydrogen-bond acceptor of a polar H of a (H...N/O 1.8-2.1 A at
+    factor 1); the others use a random orientation and direction with the closest contact at
+    2.2-3.0 A. Scans whose factor-0.9 geometry has a contact under 1.4 A (or, for hydrogen
+    bonds, another heavy-atom contact under 2.6 A) are redrawn. Monomer geometries get
+    Gaussian noise of ``noise`` A in half of the scans. Returns ``(kind, z, pos)`` in scan
+    order, ``len(SCAN_FACTORS)`` entries per scan."""
+    rng = np.random.default_rng(seed)
+    out = []
+    want_hbond = None  # kept until a pair that can form the wanted scan is drawn
+    while len(out) < count * len(SCAN_FACTORS):
+        if want_hbond is None:
+            want_hbond = rng.random() < hbond_fraction
+        (_, za, pa), (_, zb, pb) = (monomers[i] for i in rng.integers(len(monomers), size=2))
+        pa = pa - pa.mean(0)
+        pb = pb - pb.mean(0)
+        if rng.random() < 0.5:
+            pa = pa + noise * rng.standard_normal(pa.shape)
+            pb = pb + noise * rng.standard_normal(pb.shape)
+        if want_hbond:
+            placed = _hydrogen_bond_geometry(za, pa, zb, pb, rng)
+            if placed is None:
+                continue
+            pb, direction, contact = placed
+            kind = 'dimer-hbond'
+            # distance of b's move that scales the H...X contact by the factor
+            shifts = [(f - 1.0) * contact for f in SCAN_FACTORS]
+            geometries = [pb + s * direction for s in shifts]
+            heavy_a, heavy_b = pa[za > 1], geometries[0][zb > 1]
+            if _closest_contact(heavy_a, heavy_b) < 2.6:
+                continue
+        else:
+            kind = 'dimer-random'
+            pb = pb @ random_rotation(rng).T
+            direction = rng.standard_normal(3)
+            direction /= np.linalg.norm(direction)
+            contact = rng.uniform(2.2, 3.0)
+            geometries = []
+            for f in SCAN_FACTORS:  # bisection on the shift giving the scaled contact
+                lo, hi = 0.0, 40.0
+                for _ in range(40):
+                    mid = 0.5 * (lo + hi)
+                    lo, hi = ((mid, hi) if _closest_contact(pa, pb + mid * direction)
+                              < f * contact else (lo, mid))
+                geometries.append(pb + hi * direction)
+        if _closest_contact(pa, geometries[0]) < 1.4:
+            continue
+        want_hbond = None
+        for geometry in geometries:
+            out.append((kind, np.concatenate([za, zb]), np.concatenate([pa, geometry])))
+    return out
+
+
+def label_dimers(args) -> None:
+    """Step 1b: dissociation scans of dimers (rigid monomers), labelled by the ensemble."""
+    t_start = time.time()
+    log = lambda msg: print(f'[{time.time() - t_start:7.0f} s] {msg}', flush=True)  # noqa
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    teacher = Teacher(args.model_dir)
+    molecules = [m for m in load_molecules(not args.no_s66_monomers)
+                 if len(m[1]) <= args.max_monomer_atoms]
+    s66 = [m for m in molecules if m[0].startswith('s66')]
+    others = [m for m in molecules if not m[0].startswith('s66')]
+    # the S66x8 monomers are few; without weighting they would be in 1 scan of 30
+    pool = others + s66 * max(1, int(round(args.s66_weight * len(others)
+                                           / max(1, len(s66)))))
+    log(f'{len(others)} QM9 monomers and {len(s66)} S66x8 monomers (up to '
+        f'{args.max_monomer_atoms} atoms); pool of {len(pool)}')
+    scans = make_dimer_scans(pool, args.scans, args.hbond_fraction, args.noise, args.seed)
+    energies, forces = [], []
+    for start in range(0, len(scans), 256):
+        z_pad, pos_pad = pad([(z, pos) for _, z, pos in scans[start:start + 256]])
+        species = torch.stack([teacher.species(z) for z in z_pad])
+        e, f = teacher(species, torch.from_numpy(pos_pad))
+        energies.append(e.numpy())
+        forces.extend(f[k, :len(z)].numpy() for k, (_, z, _) in
+                      enumerate(scans[start:start + 256]))
+    energies = np.concatenate(energies)
+    log(f'{len(scans)} dimer conformations ({args.scans} scans) labelled')
+    n_points = len(SCAN_FACTORS)
+    group = np.repeat(np.arange(args.scans), n_points)
+    # a scan is kept whole or dropped whole (its energies are compared with each other)
+    bad = np.array([np.abs(f).max() >= args.max_force for f in forces]).reshape(-1, n_points)
+    keep = np.repeat(~bad.any(1), n_points)
+    log(f'kept {keep.sum() // n_points} of {args.scans} scans (max |F| < {args.max_force} eV/A)')
+    idx = np.nonzero(keep)[0]
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    np.savez_compressed(
+        args.out, natoms=np.array([len(scans[i][1]) for i in idx]),
+        z=np.concatenate([scans[i][1] for i in idx]).astype(np.int8),
+        pos=np.concatenate([scans[i][2] for i in idx]).astype(np.float32),
+        energy=energies[idx], forces=np.concatenate([forces[i] for i in idx]).astype(np.float32),
+        temperature=np.zeros(len(idx), dtype=np.float32),
+        source=np.array([scans[i][0] for i in idx]), group=group[idx],
+        info=json.dumps(dict(scans=args.scans, kept_scans=int(keep.sum() // n_points),
+                             scan_factors=list(SCAN_FACTORS), hbond_fraction=args.hbond_fraction,
+                             noise=args.noise, s66_weight=args.s66_weight,
+                             max_monomer_atoms=args.max_monomer_atoms,
+                             s66_monomers=not args.no_s66_monomers, seed=args.seed,
+                             wall_s=time.time() - t_start)))
+    log(f'wrote {args.out}')
+
+
 def label(args) -> None:
     """Step 1: sample conformations with the ensemble and label them."""
     t_start = time.time()
@@ -350,19 +548,65 @@ def label(args) -> None:
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
-def load_distillation(path: str):
-    """The labelled conformations as a list of PyG ``Data`` (eV, eV/A) and the recipe info."""
+def load_distillation(paths: List[str]):
+    """The labelled conformations of one or more label files as a list of PyG ``Data`` (eV,
+    eV/A; ``group`` is the dissociation scan of a dimer conformation, -1 for none), the
+    recipe info of each file and the source name of every conformation."""
     from torch_geometric.data import Data
-    f = dict(np.load(path))  # decompress every array once
-    offsets = np.concatenate([[0], np.cumsum(f['natoms'])])
-    data = []
-    for k in range(len(f['natoms'])):
-        a, b = offsets[k], offsets[k + 1]
-        data.append(Data(z=torch.from_numpy(f['z'][a:b].astype(np.int64)),
-                         pos=torch.from_numpy(f['pos'][a:b]),
-                         energy=torch.tensor([f['energy'][k]], dtype=torch.float64),
-                         forces=torch.from_numpy(f['forces'][a:b])))
-    return data, json.loads(str(f['info'])), f['source']
+    data, infos, sources = [], [], []
+    next_group = 0
+    for path in paths:
+        f = dict(np.load(path))  # decompress every array once
+        offsets = np.concatenate([[0], np.cumsum(f['natoms'])])
+        group = f.get('group', np.full(len(f['natoms']), -1))
+        group = np.where(group >= 0, group + next_group, -1)
+        next_group = max(next_group, int(group.max()) + 1)
+        for k in range(len(f['natoms'])):
+            a, b = offsets[k], offsets[k + 1]
+            data.append(Data(z=torch.from_numpy(f['z'][a:b].astype(np.int64)),
+                             pos=torch.from_numpy(f['pos'][a:b]),
+                             energy=torch.tensor([f['energy'][k]], dtype=torch.float64),
+                             forces=torch.from_numpy(f['forces'][a:b]),
+                             group=torch.tensor([int(group[k])])))
+        infos.append(dict(file=osp.basename(path), **json.loads(str(f['info']))))
+        sources.extend(f['source'].tolist())
+    return data, infos, np.array(sources)
+
+
+def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
+    """Shuffled batches of about ``batch_size`` conformations in which every dissociation
+    scan is whole (so its energies can be compared with each other in the loss)."""
+    units: Dict[int, List[int]] = {}
+    singles = []
+    for i, g in enumerate(groups):
+        if g >= 0:
+            units.setdefault(int(g), []).append(i)
+        else:
+            singles.append(i)
+    all_units = list(units.values()) + [[i] for i in singles]
+    batches, current = [], []
+    for k in rng.permutation(len(all_units)):
+        current.extend(all_units[k])
+        if len(current) >= batch_size:
+            batches.append(current)
+            current = []
+    if current:
+        batches.append(current)
+    return batches
+
+
+def relative_energy_mse(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
+                        ) -> torch.Tensor:
+    """MSE (eV^2) of energies relative to the mean of their dissociation scan, over the
+    conformations that belong to a scan (the S66x8-style conformational energy)."""
+    member = group >= 0
+    if not bool(member.any()):
+        return energy.new_zeros(())
+    _, index = torch.unique(group[member], return_inverse=True)
+    diff = energy[member] - target[member]
+    count = torch.bincount(index).to(diff.dtype)
+    mean = torch.zeros_like(count).index_add_(0, index, diff) / count
+    return ((diff - mean[index]) ** 2).mean()
 
 
 def _source_group(name: str) -> str:
@@ -389,22 +633,51 @@ def build_model(kind: str, cutoff: float, hidden: int):
 
 
 def evaluate(model, data, batch_size: int = 64) -> Dict[str, float]:
-    from torch_geometric.loader import DataLoader
+    """Energy and force MAE, and the MAE of energies relative to their dissociation scan's
+    mean over the conformations that belong to a scan (whole scans are kept together)."""
+    from torch_geometric.data import Batch
     model.eval()
     e_err, f_err, n_atoms, n_mol = 0.0, 0.0, 0, 0
-    for batch in DataLoader(data, batch_size=batch_size):
+    rel_err, n_rel = 0.0, 0
+    batches = unit_batches(np.array([int(d.group) for d in data]), batch_size,
+                           np.random.default_rng(0))
+    for indices in batches:
+        batch = Batch.from_data_list([data[i] for i in indices])
         energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
         e_err += (energy.double() - batch.energy).abs().sum().item()
         f_err += (forces - batch.forces).abs().sum().item()
         n_mol += batch.num_graphs
         n_atoms += batch.z.numel()
-    return dict(energy_mae_ev=e_err / n_mol, forces_mae_ev_per_a=f_err / (3 * n_atoms))
+        member = batch.group >= 0
+        if bool(member.any()):
+            diff = (energy.double() - batch.energy)[member]
+            _, index = torch.unique(batch.group[member], return_inverse=True)
+            count = torch.bincount(index).double()
+            mean = torch.zeros_like(count).index_add_(0, index, diff) / count
+            rel_err += (diff - mean[index]).abs().sum().item()
+            n_rel += int(member.sum())
+    metrics = dict(conformations=n_mol, energy_mae_ev=e_err / n_mol,
+                   forces_mae_ev_per_a=f_err / (3 * n_atoms))
+    if n_rel:
+        metrics['scan_relative_energy_mae_ev'] = rel_err / n_rel
+    return metrics
+
+
+def _split_units(data, val_fraction: float, rng):
+    """Training and validation conformations, with every dissociation scan on one side."""
+    groups = np.array([int(d.group) for d in data])
+    units = unit_batches(groups, 1, rng)  # one unit (a scan or a conformation) per entry
+    n_val = max(1, int(round(val_fraction * len(units))))
+    val = [data[i] for unit in units[:n_val] for i in unit]
+    train_set = [data[i] for unit in units[n_val:] for i in unit]
+    return train_set, val
 
 
 def train(args) -> None:
-    """Step 2: train a student on the labels (or on the real ANI-1x release)."""
-    from torch_geometric.loader import DataLoader
-    from pyg_tensorpot.hub import save_pretrained
+    """Step 2: train a student on the labels (or on the real ANI-1x release); with ``--init``,
+    continue from a saved model (step 3: fine-tuning on the dimer scans)."""
+    from torch_geometric.data import Batch
+    from pyg_tensorpot.hub import CONFIG_NAME, load_from_directory, save_pretrained
     t_start = time.time()
     log = lambda msg: print(f'[{time.time() - t_start:7.0f} s] {msg}', flush=True)  # noqa
     torch.manual_seed(args.seed)
@@ -414,55 +687,93 @@ def train(args) -> None:
         from pyg_tensorpot.datasets import ANI1x
         dataset = ANI1x(args.ani1x_root, level='wb97x_dz', forces=True)
         data = [dataset[i] for i in range(len(dataset))]
+        for d in data:
+            d.group = torch.tensor([-1])
         training_data = dict(name='ANI-1x release', level_of_theory='wB97X/6-31G(d)',
                              conformations=len(data), source=args.ani1x_root)
     else:
-        data, info, source = load_distillation(args.data)
+        data, infos, source = load_distillation(args.data.split(','))
         training_data = dict(
             name='ANI-1x ensemble distillation',
             level_of_theory='ANI-1x 8-model ensemble (trained on wB97X/6-31G(d))',
             conformations=len(data), recipe='examples/pretrain_ani1x_distillation.py',
-            sampling=info,
+            sampling=infos,
             sources={k: int(v) for k, v in zip(*np.unique(
                 [_source_group(s) for s in source], return_counts=True))})
     rng = np.random.default_rng(args.seed)
-    perm = rng.permutation(len(data))
-    n_val = max(1, int(round(args.val_fraction * len(data))))
-    val = [data[i] for i in perm[:n_val]]
-    train_set = [data[i] for i in perm[n_val:]]
+    train_set, val = _split_units(data, args.val_fraction, rng)
     log(f'{len(train_set)} training / {len(val)} validation conformations')
 
-    model = build_model(args.model, args.cutoff, args.hidden)
-    model.set_atomref(sae_ev)
-    # scale of the per-atom residual energies after the self energies
-    resid = np.array([(d.energy.item() - sum(sae_ev[int(v)] for v in d.z)) / d.z.numel()
-                      for d in train_set[:5000]])
-    fscale = float(np.sqrt(np.mean(np.concatenate([d.forces.numpy().ravel()
-                                                   for d in train_set[:5000]]) ** 2)))
-    model.set_standardization(0.0, fscale)
-    # fold the mean residual per atom into the reference energies
-    model.set_atomref({z: e + float(resid.mean()) for z, e in sae_ev.items()})
-    log(f'{sum(p.numel() for p in model.parameters())} parameters; residual energy/atom '
-        f'{resid.mean():.3f} +- {resid.std():.3f} eV, force RMS {fscale:.3f} eV/A')
+    stages = []
+    if args.init:
+        model = load_from_directory(args.init)
+        with open(osp.join(args.init, CONFIG_NAME)) as f:
+            init_config = json.load(f)
+        stages = list(init_config['training'].get('stages', [init_config['training']]))
+        if type(model).__name__ != {'tensornet': 'TensorNet', 'hipnn-ts': 'HIPNN'}[args.model]:
+            raise ValueError(f'--init {args.init} holds a {type(model).__name__}, not a '
+                             f'{args.model} model')
+        model = model.float()
+        log(f'initialised from {args.init} ({len(stages)} earlier training stage(s))')
+    else:
+        model = build_model(args.model, args.cutoff, args.hidden)
+        model.set_atomref(sae_ev)
+        # scale of the per-atom residual energies after the self energies
+        resid = np.array([(d.energy.item() - sum(sae_ev[int(v)] for v in d.z)) / d.z.numel()
+                          for d in train_set[:5000]])
+        fscale = float(np.sqrt(np.mean(np.concatenate([d.forces.numpy().ravel()
+                                                       for d in train_set[:5000]]) ** 2)))
+        model.set_standardization(0.0, fscale)
+        # fold the mean residual per atom into the reference energies
+        model.set_atomref({z: e + float(resid.mean()) for z, e in sae_ev.items()})
+        log(f'residual energy/atom {resid.mean():.3f} +- {resid.std():.3f} eV, force RMS '
+            f'{fscale:.3f} eV/A')
+    log(f'{sum(p.numel() for p in model.parameters())} parameters')
+
+    def save(final, metrics, epoch: int, step: int) -> None:
+        data_files = ([osp.basename(path) for path in args.data.split(',')]
+                      if not args.ani1x_root else [args.ani1x_root])
+        stage = dict(epochs=epoch, steps=step, data=data_files,
+                     initialised_from=args.init and osp.normpath(args.init),
+                     batch_size=args.batch_size,
+                     lr=args.lr, lr_min=args.lr_min, schedule='cosine over the wall-time budget',
+                     optimizer='AdamW', ema_decay=args.ema_decay, energy_weight=args.energy_weight,
+                     force_weight=args.force_weight,
+                     relative_energy_weight=args.relative_energy_weight,
+                     loss='energy_weight x MSE of energy per atom + force_weight x MSE of force '
+                          'components + relative_energy_weight x MSE of energies relative to '
+                          'their dissociation scan mean (eV^2)',
+                     seed=args.seed, threads=args.threads,
+                     wall_time_min=round((time.time() - t_start) / 60, 1), dtype='float32')
+        validation = {'conformations': metrics['conformations'], 'energy_mae_ev': metrics['energy_mae_ev'],
+                      'forces_mae_ev_per_angstrom': metrics['forces_mae_ev_per_a']}
+        if 'scan_relative_energy_mae_ev' in metrics:
+            validation['scan_relative_energy_mae_ev'] = metrics['scan_relative_energy_mae_ev']
+        save_pretrained(final, args.out, name=osp.basename(osp.normpath(args.out)),
+                        supported_elements=list(ELEMENTS),
+                        training_data=training_data,
+                        metrics={'validation (held-out distillation conformations)': validation},
+                        training=dict(stages=stages + [stage]),
+                        description=args.description)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(args.seed))
+    groups = np.array([int(d.group) for d in train_set])
+    batch_rng = np.random.default_rng(args.seed + 1)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
     budget = args.time_budget_min * 60
-    step, epoch, best = 0, 0, math.inf
-    total_steps_est = None
+    step, epoch = 0, 0
     done = False
     while not done and not (args.max_epochs and epoch >= args.max_epochs):
         epoch += 1
         model.train()
         t_epoch = time.time()
-        for batch in loader:
+        for indices in unit_batches(groups, args.batch_size, batch_rng):
             elapsed = time.time() - t_start
             if elapsed > budget:
                 done = True
                 break
+            batch = Batch.from_data_list([train_set[i] for i in indices])
             # cosine decay over the wall-time budget
             lr = args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(
                 math.pi * min(1.0, elapsed / budget)))
@@ -470,9 +781,12 @@ def train(args) -> None:
                 group['lr'] = lr
             energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
             natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(energy.dtype)
-            e_loss = (((energy - batch.energy.to(energy.dtype)) / natoms) ** 2).mean()
+            target = batch.energy.to(energy.dtype)
+            e_loss = (((energy - target) / natoms) ** 2).mean()
             f_loss = ((forces - batch.forces) ** 2).mean()
-            loss = args.energy_weight * e_loss + args.force_weight * f_loss
+            rel_loss = relative_energy_mse(energy, target, batch.group)
+            loss = (args.energy_weight * e_loss + args.force_weight * f_loss
+                    + args.relative_energy_weight * rel_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -482,32 +796,23 @@ def train(args) -> None:
             if step % 200 == 0:
                 log(f'epoch {epoch} step {step} lr {lr:.2e} loss {loss.item():.4f} '
                     f'(E/atom RMSE {e_loss.sqrt().item() * 1000:.1f} meV, F RMSE '
-                    f'{f_loss.sqrt().item() * 1000:.0f} meV/A)')
+                    f'{f_loss.sqrt().item() * 1000:.0f} meV/A, scan-relative E RMSE '
+                    f'{rel_loss.sqrt().item() * 1000:.1f} meV)')
         if step > 0:
-            metrics = evaluate(ema.module, val[:500])
+            metrics = evaluate(ema.module, val[:800])
             log(f'epoch {epoch} done ({time.time() - t_epoch:.0f} s): EMA validation '
                 f'E MAE {metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
-                f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A')
+                f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A, scan-relative E MAE '
+                f'{metrics.get("scan_relative_energy_mae_ev", math.nan) * 1000:.1f} meV')
+            if args.save_every_epoch:  # a stopped run leaves its latest EMA model
+                save(ema.module, metrics, epoch, step)
     final = ema.module
     metrics = evaluate(final, val)
     log(f'final EMA model on {len(val)} validation conformations: E MAE '
         f'{metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
-        f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A')
-    training = dict(epochs=epoch, steps=step, batch_size=args.batch_size, lr=args.lr,
-                    lr_min=args.lr_min, schedule='cosine over the wall-time budget',
-                    optimizer='AdamW', ema_decay=args.ema_decay, energy_weight=args.energy_weight,
-                    force_weight=args.force_weight, loss='MSE of energy per atom + MSE of '
-                    'force components', seed=args.seed, threads=args.threads,
-                    wall_time_min=round((time.time() - t_start) / 60, 1), dtype='float32')
-    save_pretrained(final, args.out, name=osp.basename(osp.normpath(args.out)),
-                    supported_elements=list(ELEMENTS),
-                    training_data=training_data,
-                    metrics={'validation (held-out distillation conformations)': {
-                        'conformations': len(val),
-                        'energy_mae_ev': metrics['energy_mae_ev'],
-                        'forces_mae_ev_per_angstrom': metrics['forces_mae_ev_per_a']}},
-                    training=training,
-                    description=args.description)
+        f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A, scan-relative E MAE '
+        f'{metrics.get("scan_relative_energy_mae_ev", math.nan) * 1000:.1f} meV')
+    save(final, metrics, epoch, step)
     log(f'saved to {args.out}')
 
 
@@ -528,9 +833,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--no-s66-monomers', action='store_true')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=0)
+    p = sub.add_parser('label-dimers', help='dissociation scans of dimers, labelled by the '
+                       'ensemble')
+    p.add_argument('--model-dir', default=osp.join(SHARED, 'ani1x_model', 'ani-1x_8x'))
+    p.add_argument('--out', default='distill/ani1x_dimer_scans.npz')
+    p.add_argument('--scans', type=int, default=4000)
+    p.add_argument('--hbond-fraction', type=float, default=0.5)
+    p.add_argument('--noise', type=float, default=0.02,
+                   help='Gaussian noise (A) on the monomer atoms in half of the scans')
+    p.add_argument('--s66-weight', type=float, default=0.4,
+                   help='share of S66x8 monomers in the monomer pool')
+    p.add_argument('--max-monomer-atoms', type=int, default=20)
+    p.add_argument('--max-force', type=float, default=20.0)
+    p.add_argument('--no-s66-monomers', action='store_true')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--seed', type=int, default=1)
     p = sub.add_parser('train', help='train a student model and save it')
     p.add_argument('--model', choices=['tensornet', 'hipnn-ts'], required=True)
-    p.add_argument('--data', default='distill/ani1x_distill.npz')
+    p.add_argument('--data', default='distill/ani1x_distill.npz',
+                   help='label file(s), comma-separated')
+    p.add_argument('--init', default=None,
+                   help='continue from this saved model folder (fine-tuning)')
     p.add_argument('--ani1x-root', default=None,
                    help='train on the real ANI-1x release (root/raw/ani1x-release.h5) instead')
     p.add_argument('--out', required=True)
@@ -541,15 +864,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--lr-min', type=float, default=2e-5)
     p.add_argument('--energy-weight', type=float, default=20.0)
     p.add_argument('--force-weight', type=float, default=1.0)
+    p.add_argument('--relative-energy-weight', type=float, default=0.0,
+                   help='weight of the MSE (eV^2) of energies relative to their dissociation '
+                        'scan mean')
     p.add_argument('--val-fraction', type=float, default=0.05)
     p.add_argument('--time-budget-min', type=float, default=22.0)
     p.add_argument('--max-epochs', type=int, default=0)
     p.add_argument('--ema-decay', type=float, default=0.99)
+    p.add_argument('--save-every-epoch', action='store_true',
+                   help='also save the EMA model (validated on a subset) after every epoch')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--description', default='')
     args = parser.parse_args(argv)
-    {'label': label, 'train': train}[args.command](args)
+    {'label': label, 'label-dimers': label_dimers, 'train': train}[args.command](args)
 
 
 if __name__ == '__main__':

@@ -327,9 +327,14 @@ def render_model_card(config: Mapping[str, Any]) -> str:
                   for key, value in data.items()]
     else:
         lines += ['Not recorded.']
-    if config.get('training'):
+    training = dict(config.get('training') or {})
+    if training:
         lines += ['', '## Training', '']
-        lines += [f'- {key}: {value}' for key, value in config['training'].items()]
+        stages = training.pop('stages', None) or []
+        lines += [f'- {key}: {value}' for key, value in training.items()]
+        for number, stage in enumerate(stages, 1):
+            lines += ['', f'Stage {number} of {len(stages)}:', '']
+            lines += [f'- {key}: {value}' for key, value in stage.items()]
     lines += ['', '## Evaluation', '']
     lines += [_format_metrics(config['metrics'])] if config.get('metrics') else ['Not recorded.']
     lines += ['', f"Saved with pyg-tensorpot {config.get('library', {}).get('version', '?')}.", '']

@@ -573,9 +573,9 @@ def load_distillation(paths: List[str]):
     return data, infos, np.array(sources)
 
 
-def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
-    """Shuffled batches of about ``batch_size`` conformations in which every dissociation
-    scan is whole (so its energies can be compared with each other in the loss)."""
+def scan_units(groups: np.ndarray) -> List[List[int]]:
+    """Indices grouped into units: each dissociation scan (``group >= 0``) is one unit, every
+    other conformation a unit of its own."""
     units: Dict[int, List[int]] = {}
     singles = []
     for i, g in enumerate(groups):
@@ -583,10 +583,16 @@ def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
             units.setdefault(int(g), []).append(i)
         else:
             singles.append(i)
-    all_units = list(units.values()) + [[i] for i in singles]
+    return list(units.values()) + [[i] for i in singles]
+
+
+def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
+    """Shuffled batches of about ``batch_size`` conformations in which every dissociation
+    scan is whole (so its energies can be compared with each other in the loss)."""
+    units = scan_units(groups)
     batches, current = [], []
-    for k in rng.permutation(len(all_units)):
-        current.extend(all_units[k])
+    for k in rng.permutation(len(units)):
+        current.extend(units[k])
         if len(current) >= batch_size:
             batches.append(current)
             current = []
@@ -595,18 +601,23 @@ def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
     return batches
 
 
-def relative_energy_mse(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
-                        ) -> torch.Tensor:
-    """MSE (eV^2) of energies relative to the mean of their dissociation scan, over the
-    conformations that belong to a scan (the S66x8-style conformational energy)."""
+def scan_relative_errors(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
+                         ) -> torch.Tensor:
+    """Errors of the energies relative to the mean of their dissociation scan (the
+    S66x8-style conformational energy), for the conformations that belong to a scan."""
     member = group >= 0
-    if not bool(member.any()):
-        return energy.new_zeros(())
     _, index = torch.unique(group[member], return_inverse=True)
     diff = energy[member] - target[member]
     count = torch.bincount(index).to(diff.dtype)
     mean = torch.zeros_like(count).index_add_(0, index, diff) / count
-    return ((diff - mean[index]) ** 2).mean()
+    return diff - mean[index]
+
+
+def relative_energy_mse(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
+                        ) -> torch.Tensor:
+    """MSE (eV^2) of :func:`scan_relative_errors`; zero when no conformation is in a scan."""
+    errors = scan_relative_errors(energy, target, group)
+    return (errors ** 2).mean() if errors.numel() else energy.new_zeros(())
 
 
 def _source_group(name: str) -> str:
@@ -648,14 +659,9 @@ def evaluate(model, data, batch_size: int = 64) -> Dict[str, float]:
         f_err += (forces - batch.forces).abs().sum().item()
         n_mol += batch.num_graphs
         n_atoms += batch.z.numel()
-        member = batch.group >= 0
-        if bool(member.any()):
-            diff = (energy.double() - batch.energy)[member]
-            _, index = torch.unique(batch.group[member], return_inverse=True)
-            count = torch.bincount(index).double()
-            mean = torch.zeros_like(count).index_add_(0, index, diff) / count
-            rel_err += (diff - mean[index]).abs().sum().item()
-            n_rel += int(member.sum())
+        relative = scan_relative_errors(energy.double(), batch.energy, batch.group)
+        rel_err += relative.abs().sum().item()
+        n_rel += relative.numel()
     metrics = dict(conformations=n_mol, energy_mae_ev=e_err / n_mol,
                    forces_mae_ev_per_a=f_err / (3 * n_atoms))
     if n_rel:
@@ -665,8 +671,8 @@ def evaluate(model, data, batch_size: int = 64) -> Dict[str, float]:
 
 def _split_units(data, val_fraction: float, rng):
     """Training and validation conformations, with every dissociation scan on one side."""
-    groups = np.array([int(d.group) for d in data])
-    units = unit_batches(groups, 1, rng)  # one unit (a scan or a conformation) per entry
+    units = scan_units(np.array([int(d.group) for d in data]))
+    units = [units[k] for k in rng.permutation(len(units))]
     n_val = max(1, int(round(val_fraction * len(units))))
     val = [data[i] for unit in units[:n_val] for i in unit]
     train_set = [data[i] for unit in units[n_val:] for i in unit]

@@ -2,13 +2,14 @@
 
 A small TensorNet-style potential with one interaction layer, written out by hand from the
 embedding, interaction and readout layers, plus a dipole head on the same features. It runs on
-ethanol and checks that the energy is invariant and the dipole equivariant under a rotation.
+ethanol and checks that the energy is invariant and the forces and dipole equivariant under a
+rotation, then computes the stress of the same molecule in a periodic box.
 
     python examples/custom_tensor_model.py
 """
 import torch
-from torch_geometric.utils import scatter
 
+from pyg_tensorpot import AtomisticModel, compute_properties
 from pyg_tensorpot.nn import (
     DipoleHead,
     ExpNormalSmearing,
@@ -16,15 +17,20 @@ from pyg_tensorpot.nn import (
     TensorEmbedding,
     TensorInteraction,
     TensorInvariantReadout,
-    edge_vectors,
-    radius_graph,
 )
 
 
-class TinyTensorPotential(torch.nn.Module):
+class TinyTensorPotential(AtomisticModel):
+    """One embedding, one interaction, an energy head and a dipole head.
+
+    Subclassing :class:`~pyg_tensorpot.AtomisticModel` and writing :meth:`atomic_terms` is all
+    a model needs: the base class builds the graph (``graph``), validates the input, sums the
+    energies in float64 and gives every property of ``compute_properties`` (forces, stress,
+    per-atom energies, Hessian) with the package's one calling convention.
+    """
     def __init__(self, hidden: int = 32, num_rbf: int = 16, cutoff: float = 5.0):
-        super().__init__()
-        self.cutoff = cutoff
+        # TensorNet sums over neighbours and each atom itself: keep the self-loops.
+        super().__init__(cutoff=cutoff, max_z=128, self_loops=True)
         self.rbf = ExpNormalSmearing(cutoff_upper=cutoff, num_rbf=num_rbf)
         self.embedding = TensorEmbedding(hidden, num_rbf, cutoff)
         self.interaction = TensorInteraction(hidden, num_rbf, cutoff, equivariance='O(3)')
@@ -32,19 +38,23 @@ class TinyTensorPotential(torch.nn.Module):
         self.energy_head = ScalarHead(hidden)
         self.dipole_head = DipoleHead(hidden)
 
-    def forward(self, z, pos, batch):
-        # TensorNet sums over neighbours and each atom itself: keep the self-loops.
-        edge_index, _ = radius_graph(pos, self.cutoff, batch, loop=True)
-        vec, dist = edge_vectors(pos, edge_index)
-        unit = vec / dist.clamp(min=1e-9).unsqueeze(-1)  # zero on self-loops
-        rbf = self.rbf(dist)
-        tensors = self.embedding(z, edge_index, dist, unit, rbf)
-        tensors = self.interaction(tensors, edge_index, dist, rbf)
-        scalars = self.readout(tensors)
-        num_graphs = int(batch.max()) + 1
-        energy = scatter(self.energy_head(scalars), batch, 0, dim_size=num_graphs)
-        dipole = self.dipole_head(scalars, tensors, z, pos, batch, num_graphs)
-        return energy, dipole
+    def features(self, z, graph):
+        # Radial functions once per pair: graph.pair_index maps every edge to its pair.
+        rbf = self.rbf(graph.pair_weight)
+        tensors = self.embedding(z, graph.edge_index, graph.pair_weight, graph.edge_unit, rbf,
+                                 graph.pair_index)
+        tensors = self.interaction(tensors, graph.edge_index, graph.pair_weight, rbf, None,
+                                   graph.pair_index)
+        return self.readout(tensors), tensors
+
+    def atomic_terms(self, z, pos, graph, total_charge=None):
+        scalars, _ = self.features(z, graph)
+        return self.energy_head(scalars)
+
+    def dipole(self, z, pos, batch=None):
+        graph = self.graph(z, pos, batch)
+        scalars, tensors = self.features(z, graph)
+        return self.dipole_head(scalars, tensors, z, pos, graph.batch, graph.num_graphs)
 
 
 def main():
@@ -54,21 +64,26 @@ def main():
                         [-0.0281, 1.2020, 0.8817], [-0.0281, 1.2020, -0.8817],
                         [2.1450, 0.2016, 0.0], [1.1847, -1.0007, 0.8845],
                         [1.1847, -1.0007, -0.8845], [-1.9534, 0.3414, 0.0]])
-    batch = torch.zeros_like(z)
-    model = TinyTensorPotential()
+    model = TinyTensorPotential().eval()  # eval: results without an autograd graph
 
-    pos.requires_grad_(True)
-    energy, dipole = model(z, pos, batch)
-    forces = -torch.autograd.grad(energy.sum(), pos)[0]
-
+    out = compute_properties(model, z, pos)
+    dipole = model.dipole(z, pos)
     rotation, _ = torch.linalg.qr(torch.randn(3, 3))
-    energy_rot, dipole_rot = model(z, pos.detach() @ rotation.T, batch)
-    print(f'energy {energy.item():+.6f}, rotated {energy_rot.item():+.6f}')
+    out_rot = compute_properties(model, z, pos @ rotation.T)
+    dipole_rot = model.dipole(z, pos @ rotation.T)
+    print(f'energy {out["energy"].item():+.6f}, rotated {out_rot["energy"].item():+.6f}')
     print(f'dipole {dipole.detach().numpy().round(5)}, rotated back '
           f'{(dipole_rot.detach() @ rotation).numpy().round(5)}')
-    print(f'max |force| {forces.norm(dim=-1).max():.4f}')
-    assert torch.allclose(energy, energy_rot, atol=1e-5)
+    print(f'max |force| {out["forces"].norm(dim=-1).max():.4f}')
+    assert torch.allclose(out['energy'], out_rot['energy'], atol=1e-5)
+    assert torch.allclose(out_rot['forces'] @ rotation, out['forces'], atol=1e-5)
     assert torch.allclose(dipole_rot @ rotation, dipole, atol=1e-5)
+
+    # The same model in a periodic box: stress from the strain derivative.
+    cell = torch.eye(3) * 6.0
+    stress = compute_properties(model, z, pos + 3.0, cell=cell,
+                                properties=['energy', 'stress'])['stress']
+    print(f'stress in a 6 A box (eV/A^3) diagonal {stress[0].diagonal().numpy().round(6)}')
 
 
 if __name__ == '__main__':

@@ -273,7 +273,7 @@ def test_hierarchical_energy_and_hierarchicality():
     model = small_model(1)
     z, pos, batch = two_molecules()
     energy, hier = model(z, pos, batch, return_hierarchicality=True)
-    terms, _ = model.energy_terms(z, pos, batch)
+    terms = model.energy_terms(z, pos, model.graph(z, pos, batch))
     torch.testing.assert_close(energy, torch.zeros(2, dtype=torch.float64).index_add(
         0, batch, terms.sum(-1)))
     torch.testing.assert_close(hier, hierarchicality(terms, batch))
@@ -283,7 +283,7 @@ def test_hierarchical_energy_and_hierarchicality():
 def test_standardization_and_atomref_leave_species_head_unscaled():
     model = small_model(0)
     z, pos, batch = two_molecules()
-    terms, _ = model.energy_terms(z, pos, batch)
+    terms = model.energy_terms(z, pos, model.graph(z, pos, batch))
     model.set_standardization(mean=1.5, std=2.0)
     model.set_atomref({1: -0.5, 8: -75.0})
     per_atom = terms[:, 0] + 2.0 * terms[:, 1:].sum(-1) + model.atomref[z]

@@ -143,7 +143,8 @@ def test_float32_and_float64_agree():
     e64, f64 = model.energy_and_forces(z, pos, batch)
     model32 = model.float()
     e32, f32 = model32.energy_and_forces(z, pos.float(), batch)
-    assert e32.dtype == torch.float32 and f32.dtype == torch.float32
+    # Energies are summed in float64 whatever the model's dtype; forces keep the model's.
+    assert e32.dtype == torch.float64 and f32.dtype == torch.float32
     torch.testing.assert_close(e32.double(), e64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f32.double(), f64, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match='float64 but the model is torch.float32'):
@@ -154,7 +155,7 @@ def test_standardisation_and_atomref():
     model = make_model()
     z, pos, batch = two_molecules()
     base = model(z, pos, batch)
-    atomic = model.head(model.representation(z, pos, batch)[0])
+    atomic = model.atomic_energies(z, pos, batch)  # mean 0, std 1, no atomref yet
     model.set_standardization(mean=-2.0, std=3.0)
     model.set_atomref({1: -0.5, 6: -37.8, 8: -75.0})
     ref = {1: -0.5, 6: -37.8, 8: -75.0}
@@ -193,9 +194,8 @@ def test_periodic_cell_matches_explicit_images():
     shifts = shifts.reshape(-1, 3).to(torch.float64) @ cell
     big_pos = (pos.unsqueeze(0) + shifts.unsqueeze(1)).reshape(-1, 3)
     big_z = z.repeat(len(shifts))
-    x, _, _ = model.representation(big_z, big_pos)
     centre = int((shifts.abs().sum(-1) == 0).nonzero())
-    atomic = model.head(x).reshape(len(shifts), 3)[centre]
+    atomic = model.atomic_energies(big_z, big_pos).reshape(len(shifts), 3)[centre]
     torch.testing.assert_close(periodic, atomic.sum().reshape(1), rtol=1e-11, atol=1e-11)
 
 

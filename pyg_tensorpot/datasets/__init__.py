@@ -5,6 +5,7 @@ from pyg_tensorpot.datasets.comp6 import COMP6
 from pyg_tensorpot.datasets.md17 import MD17, RMD17, MD17EthanolSample
 from pyg_tensorpot.datasets.qm9 import QM9
 from pyg_tensorpot.datasets.spice import SPICE
+from pyg_tensorpot.datasets.ase_files import ASEDatabaseDataset, ExtXYZDataset
 from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
 from pyg_tensorpot.datasets.splits import (
     load_split,
@@ -33,4 +34,6 @@ __all__ = [
     'save_split',
     'load_split',
     'split_datasets',
+    'ExtXYZDataset',
+    'ASEDatabaseDataset',
 ]

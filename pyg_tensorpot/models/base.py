@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
-from pyg_tensorpot.utils.validation import check_atoms, check_min_distance
+from pyg_tensorpot.models.properties import compute_properties
+from pyg_tensorpot.nn.graph import AtomGraph, atom_graph
+from pyg_tensorpot.utils.validation import check_atoms, check_total_charge
 
 
 class AtomisticModel(torch.nn.Module):
@@ -43,8 +44,8 @@ class AtomisticModel(torch.nn.Module):
         self.max_num_neighbors = max_num_neighbors
         self.supported_elements = (None if supported_elements is None else
                                    [int(v) for v in supported_elements])
-        self.register_buffer('atomref', torch.zeros(self.max_z))
-        self.register_buffer('mean', torch.tensor(0.0))
+        self.register_buffer('atomref', torch.zeros(self.max_z, dtype=torch.float64))
+        self.register_buffer('mean', torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer('std', torch.tensor(1.0))
 
     def set_atomref(self, atomref: Union[Tensor, dict]) -> None:
@@ -70,7 +71,24 @@ class AtomisticModel(torch.nn.Module):
         self.mean.fill_(float(mean))
         self.std.fill_(float(std))
 
-    def build_graph(
+    def _apply(self, fn, recurse=True):
+        # The reference energies and the mean stay float64 whatever the model's dtype
+        # (model.float(), model.to(...)): they are large (about -2,046 eV per oxygen) and are
+        # summed over every atom, where float32 would be wrong by tens of eV at 5,000 atoms.
+        kept = {name: self._buffers[name] for name in ('atomref', 'mean')}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float64:
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float64)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the network (of :obj:`std` and the weights)."""
+        return self.std.dtype
+
+    def graph(
         self,
         z: Tensor,
         pos: Tensor,
@@ -78,53 +96,88 @@ class AtomisticModel(torch.nn.Module):
         edge_index: Optional[Tensor] = None,
         cell: Optional[Tensor] = None,
         pbc: Optional[Union[bool, Tensor]] = None,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        r"""Validates the input and returns ``(batch, edge_index, edge_vec, edge_weight)``.
-
-        A caller-supplied :obj:`edge_index` (e.g. from :obj:`torch_cluster.radius_graph`, row 0
-        the neighbour and row 1 the receiver) is used as given, except that self-loops are made
-        to match the model (added or removed). Pairs beyond the cutoff contribute nothing.
-        """
+        total_charge: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+    ) -> AtomGraph:
+        r"""Validates the input and builds the :class:`~pyg_tensorpot.nn.graph.AtomGraph` with
+        the model's cutoff (once per call; every layer receives it)."""
         check_atoms(z, pos, batch, self.max_z, self.supported_elements)
-        if pos.dtype != self.atomref.dtype:
-            raise TypeError(f'pos is {pos.dtype} but the model is {self.atomref.dtype}; '
+        if pos.dtype != self.dtype:
+            raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '
                             f'convert one of them (e.g. model.to(pos.dtype))')
-        if batch is None:
-            batch = torch.zeros_like(z)
-        shifts = None
-        if edge_index is None:
-            edge_index, shifts = radius_graph(pos, self.cutoff, batch, loop=self.self_loops,
-                                              max_num_neighbors=self.max_num_neighbors,
-                                              cell=cell, pbc=pbc)
-        else:
-            if cell is not None:
-                raise ValueError('pass either edge_index or cell, not both: periodic images '
-                                 'need the shifts that radius_graph computes')
-            edge_index = self._match_self_loops(edge_index, z.size(0))
-        edge_vec, edge_weight = edge_vectors(pos, edge_index, shifts)
-        check_min_distance(edge_index, edge_weight.detach())
-        return batch, edge_index, edge_vec, edge_weight
+        graph = atom_graph(z, pos, self.cutoff, batch, edge_index, cell, pbc, self.self_loops,
+                           self.max_num_neighbors, num_graphs)
+        check_total_charge(total_charge, graph.num_graphs)
+        return graph
 
-    def _match_self_loops(self, edge_index: Tensor, num_atoms: int) -> Tensor:
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f'edge_index must have shape [2, num_edges], got '
-                             f'{list(edge_index.shape)}')
-        if edge_index.numel() > 0 and (int(edge_index.min()) < 0
-                                       or int(edge_index.max()) >= num_atoms):
-            raise ValueError(f'edge_index refers to atoms outside 0..{num_atoms - 1}')
-        edge_index = edge_index[:, edge_index[0] != edge_index[1]]
-        if self.self_loops:
-            loops = torch.arange(num_atoms, device=edge_index.device).repeat(2, 1)
-            edge_index = torch.cat([edge_index, loops], dim=1)
-        return edge_index
+    def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                     total_charge: Optional[Tensor] = None) -> Tensor:
+        r"""Per-atom energies before the reference energies and the mean,
+        :math:`\sigma\,\varepsilon_i`, shape :obj:`[num_atoms]`. Implemented by every model."""
+        raise NotImplementedError(f'{self.__class__.__name__} must implement atomic_terms()')
 
-    def reduce_energy(self, atomic_energy: Tensor, z: Tensor, batch: Tensor,
+    def forward(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Union[bool, Tensor]] = None,
+        total_charge: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+    ) -> Tensor:
+        r"""Energies of every structure, :obj:`[num_graphs]`, in float64 (the sum over atoms
+        and the reference energies are accumulated in float64; the network runs in the model's
+        dtype).
+
+        Args:
+            z (torch.Tensor): Atomic numbers :obj:`[num_atoms]`.
+            pos (torch.Tensor): Positions in Angstrom :obj:`[num_atoms, 3]`.
+            batch (torch.Tensor, optional): Structure of every atom. (default: :obj:`None`)
+            edge_index (torch.Tensor, optional): A caller-supplied graph (row 0 neighbour,
+                row 1 receiver); built with the cutoff if :obj:`None`. (default: :obj:`None`)
+            cell (torch.Tensor, optional): Periodic cell(s), lattice vectors as rows,
+                :obj:`[3, 3]` or :obj:`[B, 3, 3]`, Angstrom. (default: :obj:`None`)
+            pbc (bool or torch.Tensor, optional): Periodic directions; fully periodic when a
+                cell is given. (default: :obj:`None`)
+            total_charge (torch.Tensor, optional): Total charge of every structure in e,
+                :obj:`[B]`; models that do not use it ignore it. (default: :obj:`None`)
+            num_graphs (int, optional): Number of structures (saves a device sync).
+                (default: :obj:`None`)
+        """
+        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        terms = self.atomic_terms(z, pos, graph, total_charge)
+        return self.reduce_energy(terms, z, graph.batch, graph.num_graphs)
+
+    def atomic_energies(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Union[bool, Tensor]] = None,
+        total_charge: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+    ) -> Tensor:
+        r"""Per-atom energies :math:`E_i = \sigma\varepsilon_i + E^\mathrm{ref}_{z_i} +
+        \mu / N_s` (the mean shared equally by the :math:`N_s` atoms of structure :math:`s`),
+        float64 :obj:`[num_atoms]`; their sum over a structure is its energy. Arguments as in
+        :meth:`forward`."""
+        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        terms = self.atomic_terms(z, pos, graph, total_charge).to(torch.float64)
+        counts = torch.bincount(graph.batch, minlength=graph.num_graphs).to(torch.float64)
+        return terms + self.atomref[z] + self.mean / counts[graph.batch]
+
+    def reduce_energy(self, atomic_terms: Tensor, z: Tensor, batch: Tensor,
                       num_graphs: Optional[int] = None) -> Tensor:
-        r"""Molecular energies :math:`\mu + \sum_i (\sigma \varepsilon_i + E^\mathrm{ref}_{z_i})`."""
-        atomic_energy = atomic_energy * self.std + self.atomref[z]
+        r"""Molecular energies :math:`\mu + \sum_i (t_i + E^\mathrm{ref}_{z_i})`, summed in
+        float64, from per-atom terms :math:`t_i` (:meth:`atomic_terms`)."""
+        atomic = atomic_terms.to(torch.float64) + self.atomref[z]
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
-        return scatter(atomic_energy, batch, 0, dim_size=num_graphs, reduce='sum') + self.mean
+        return scatter(atomic, batch, 0, dim_size=num_graphs, reduce='sum') + self.mean
 
     def energy_and_forces(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                           create_graph: Optional[bool] = None,
@@ -139,8 +192,8 @@ def energy_and_forces(model: torch.nn.Module, z: Tensor, pos: Tensor,
                       batch: Optional[Tensor] = None, create_graph: Optional[bool] = None,
                       **kwargs) -> Tuple[Tensor, Tensor]:
     r"""Energies of every structure and the forces :math:`\mathbf{F}_i = -\partial E /
-    \partial \mathbf{r}_i` by autograd, for any model whose ``forward(z, pos, batch, **kwargs)``
-    returns per-structure energies.
+    \partial \mathbf{r}_i`: :func:`~pyg_tensorpot.models.properties.compute_properties` with
+    :obj:`properties=("energy", "forces")`.
 
     Args:
         model (torch.nn.Module): The potential.
@@ -148,21 +201,14 @@ def energy_and_forces(model: torch.nn.Module, z: Tensor, pos: Tensor,
         pos (torch.Tensor): Positions in Angstrom :obj:`[num_atoms, 3]`; not modified.
         batch (torch.Tensor, optional): Structure index of every atom. (default: :obj:`None`)
         create_graph (bool, optional): Keep the graph of the forces so that a force loss can be
-            backpropagated. Defaults to :obj:`model.training`: on when training, off for
-            inference, where it would only cost memory. (default: :obj:`None`)
-        **kwargs: Passed on to the model (e.g. :obj:`edge_index`, :obj:`cell`).
+            backpropagated. Defaults to :obj:`model.training`. (default: :obj:`None`)
+        **kwargs: :obj:`edge_index`, :obj:`cell`, :obj:`pbc`, :obj:`total_charge`,
+            :obj:`num_graphs`.
 
     Returns:
         (energy, forces): :obj:`[num_structures]` and :obj:`[num_atoms, 3]`, forces in energy
         units per Angstrom.
     """
-    if create_graph is None:
-        create_graph = model.training
-    with torch.enable_grad():
-        pos = pos.detach().requires_grad_(True)
-        energy = model(z, pos, batch, **kwargs)
-        (gradient, ) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
-    forces = -gradient
-    if not create_graph:
-        energy = energy.detach()
-    return energy, forces
+    out = compute_properties(model, z, pos, batch, properties=('energy', 'forces'),
+                             create_graph=create_graph, **kwargs)
+    return out['energy'], out['forces']

@@ -3,10 +3,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.utils import scatter
 
 from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.nn.conv.hipnn_interaction import HIPNNInteraction
+from pyg_tensorpot.nn.graph import AtomGraph
 from pyg_tensorpot.nn.hierarchical import HierarchicalEnergyHead, hierarchicality
 from pyg_tensorpot.nn.onsite import OnSiteLayer, ResidualWrapper
 from pyg_tensorpot.nn.species import SpeciesOneHot
@@ -130,42 +130,31 @@ class HIPNN(AtomisticModel):
                 layer.reset_parameters()
         self.energy_head.reset_parameters()
 
-    def representation(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        cell: Optional[Tensor] = None,
-        pbc: Optional[Union[bool, Tensor]] = None,
-    ) -> Tuple[List[Tensor], Tensor]:
-        r"""The features :math:`[\mathbf{x}^0, \dots, \mathbf{x}^N]` of every atom and the
-        batch vector."""
-        batch, edge_index, edge_vec, edge_weight = self.build_graph(z, pos, batch, edge_index,
-                                                                    cell, pbc)
+    def representation(self, z: Tensor, pos: Tensor, graph: AtomGraph) -> List[Tensor]:
+        r"""The features :math:`[\mathbf{x}^0, \dots, \mathbf{x}^N]` of every atom of
+        :obj:`graph` (:meth:`graph`)."""
         x = self.species(z, pos.dtype)
-        layout = HIPNNInteraction.neighbor_layout(edge_index, z.size(0))
+        layout = HIPNNInteraction.neighbor_layout(graph.edge_index, z.size(0))
         features = [x]
         for block in self.blocks:
-            x = block[0](x, edge_index, edge_weight, edge_vec, layout=layout)
+            x = block[0](x, graph.edge_index, graph.edge_weight, graph.edge_vec, layout=layout)
             for layer in block[1:]:
                 x = layer(x)
             features.append(x)
-        return features, batch
+        return features
 
-    def energy_terms(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        cell: Optional[Tensor] = None,
-        pbc: Optional[Union[bool, Tensor]] = None,
-    ) -> Tuple[Tensor, Tensor]:
-        r"""The per-atom hierarchical terms :math:`\hat{E}^n_i` :obj:`[num_atoms, N + 1]` and
-        the batch vector."""
-        features, batch = self.representation(z, pos, batch, edge_index, cell, pbc)
-        return self.energy_head(features), batch
+    def energy_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph) -> Tensor:
+        r"""The per-atom hierarchical terms :math:`\hat{E}^n_i` :obj:`[num_atoms, N + 1]`."""
+        return self.energy_head(self.representation(z, pos, graph))
+
+    def _atomic(self, terms: Tensor) -> Tensor:
+        # The species term n = 0 holds the per-element energies (large): added in float64.
+        return terms[:, 0].to(torch.float64) + (terms[:, 1:].sum(-1) * self.std).to(
+            torch.float64)
+
+    def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                     total_charge: Optional[Tensor] = None) -> Tensor:
+        return self._atomic(self.energy_terms(z, pos, graph))
 
     def forward(
         self,
@@ -175,21 +164,15 @@ class HIPNN(AtomisticModel):
         edge_index: Optional[Tensor] = None,
         cell: Optional[Tensor] = None,
         pbc: Optional[Union[bool, Tensor]] = None,
+        total_charge: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
         return_hierarchicality: bool = False,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""
+        r"""Energies :obj:`[num_graphs]` (float64). Arguments as in
+        :meth:`~pyg_tensorpot.models.AtomisticModel.forward` (:obj:`total_charge` is accepted
+        and not used: HIP-NN has no charge input), and
+
         Args:
-            z (torch.Tensor): Atomic numbers :obj:`[num_atoms]`.
-            pos (torch.Tensor): Positions in Angstrom :obj:`[num_atoms, 3]`.
-            batch (torch.Tensor, optional): Structure of every atom. (default: :obj:`None`)
-            edge_index (torch.Tensor, optional): A caller-supplied graph (row 0 neighbour,
-                row 1 receiver); built with the cutoff if :obj:`None`. (default: :obj:`None`)
-            cell (torch.Tensor, optional): Periodic cell(s) :obj:`[3, 3]` or :obj:`[B, 3, 3]`.
-                (default: :obj:`None`)
-            pbc (bool or torch.Tensor, optional): Periodic directions. (default: :obj:`None`)
-            num_graphs (int, optional): Number of structures (saves a device sync).
-                (default: :obj:`None`)
             return_hierarchicality (bool, optional): Also return the hierarchicality of every
                 structure (:func:`~pyg_tensorpot.nn.hierarchicality`), a training penalty.
                 (default: :obj:`False`)
@@ -197,13 +180,11 @@ class HIPNN(AtomisticModel):
         Returns:
             Energies :obj:`[num_graphs]` (and hierarchicalities :obj:`[num_graphs]`).
         """
-        terms, batch = self.energy_terms(z, pos, batch, edge_index, cell, pbc)
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1
-        energy = self.reduce_energy(terms[:, 1:].sum(-1), z, batch, num_graphs) + scatter(
-            terms[:, 0], batch, 0, dim_size=num_graphs, reduce='sum')
+        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        terms = self.energy_terms(z, pos, graph)
+        energy = self.reduce_energy(self._atomic(terms), z, graph.batch, graph.num_graphs)
         if return_hierarchicality:
-            return energy, hierarchicality(terms, batch, num_graphs)
+            return energy, hierarchicality(terms, graph.batch, graph.num_graphs)
         return energy
 
     @torch.no_grad()

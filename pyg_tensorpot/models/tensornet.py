@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.models.base import AtomisticModel
+from pyg_tensorpot.nn.graph import AtomGraph
 from pyg_tensorpot.nn.conv.tensor_embedding import TensorEmbedding
 from pyg_tensorpot.nn.conv.tensor_interaction import TensorInteraction
 from pyg_tensorpot.nn.heads import DipoleHead, PolarizabilityHead, ScalarHead
@@ -112,41 +113,27 @@ class TensorNet(AtomisticModel):
         self.readout.reset_parameters()
         self.head.reset_parameters()
 
-    def representation(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        total_charge: Optional[Tensor] = None,
-        cell: Optional[Tensor] = None,
-        pbc: Optional[Union[bool, Tensor]] = None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        r"""Invariant features :math:`(N, H)`, final tensor features :math:`(N, 3, 3, H)` and
-        the batch vector."""
-        graph_is_ours = edge_index is None
-        batch, edge_index, edge_vec, edge_weight = self.build_graph(z, pos, batch, edge_index,
-                                                                    cell, pbc)
-        is_self = (edge_weight == 0).unsqueeze(-1)
-        edge_unit = edge_vec / torch.where(is_self, torch.ones_like(edge_weight.unsqueeze(-1)),
-                                           edge_weight.unsqueeze(-1))
-        radial_index = None
-        if graph_is_ours:
-            # radius_graph's order: P pairs, the same pairs reversed, N self-loops. Radial
-            # filters depend on the length only: evaluate them once per pair (and once for
-            # all self-loops, at d = 0).
-            num_pairs = (edge_weight.size(0) - z.size(0)) // 2
-            radial_index = torch.cat([
-                torch.arange(num_pairs, device=z.device).repeat(2),
-                torch.full_like(z, num_pairs)
-            ])
-            edge_weight = torch.cat([edge_weight[:num_pairs], edge_weight.new_zeros(1)])
-        edge_attr = self.rbf(edge_weight)
-        charge = None if total_charge is None else total_charge[batch]
-        x = self.embedding(z, edge_index, edge_weight, edge_unit, edge_attr, radial_index)
+    def representation(self, z: Tensor, graph: AtomGraph,
+                       total_charge: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        r"""Invariant features :math:`(N, H)` and final tensor features :math:`(N, 3, 3, H)`
+        of the atoms of :obj:`graph` (:meth:`graph`)."""
+        # Radial filters depend on the distance only: evaluated once per pair (both directions
+        # of a pair, and all self-loops at d = 0, share a row of graph.pair_weight).
+        edge_attr = self.rbf(graph.pair_weight)
+        charge = None if total_charge is None else total_charge[graph.batch]
+        x = self.embedding(z, graph.edge_index, graph.pair_weight, graph.edge_unit, edge_attr,
+                           graph.pair_index)
         for interaction in self.interactions:
-            x = interaction(x, edge_index, edge_weight, edge_attr, charge, radial_index)
-        return self.readout(x), x, batch
+            x = interaction(x, graph.edge_index, graph.pair_weight, edge_attr, charge,
+                            graph.pair_index)
+        return self.readout(x), x
+
+    def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                     total_charge: Optional[Tensor] = None) -> Tensor:
+        if self.output != 'energy':
+            raise ValueError(f"this TensorNet predicts {self.output}, not energies")
+        x, _ = self.representation(z, graph, total_charge)
+        return self.head(x) * self.std
 
     def forward(
         self,
@@ -154,35 +141,24 @@ class TensorNet(AtomisticModel):
         pos: Tensor,
         batch: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
-        total_charge: Optional[Tensor] = None,
         cell: Optional[Tensor] = None,
         pbc: Optional[Union[bool, Tensor]] = None,
+        total_charge: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
     ) -> Tensor:
-        r"""
-        Args:
-            z (torch.Tensor): Atomic numbers :obj:`[num_atoms]`.
-            pos (torch.Tensor): Positions in Angstrom :obj:`[num_atoms, 3]`.
-            batch (torch.Tensor, optional): Structure of every atom. (default: :obj:`None`)
-            edge_index (torch.Tensor, optional): A caller-supplied graph (row 0 neighbour,
-                row 1 receiver); built with the cutoff if :obj:`None`. (default: :obj:`None`)
-            total_charge (torch.Tensor, optional): Total charge of each structure, in e, for
-                torchmd-net's :math:`(1 + 0.1 Q)` factor. (default: :obj:`None`)
-            cell (torch.Tensor, optional): Periodic cell(s) :obj:`[3, 3]` or :obj:`[B, 3, 3]`.
-                (default: :obj:`None`)
-            pbc (bool or torch.Tensor, optional): Periodic directions. (default: :obj:`None`)
-            num_graphs (int, optional): Number of structures (saves a device sync).
-                (default: :obj:`None`)
-        """
-        x, tensor, batch = self.representation(z, pos, batch, edge_index, total_charge, cell,
-                                               pbc)
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1
+        r"""Energies :obj:`[B]` (float64), dipoles :obj:`[B, 3]` or polarizabilities
+        :obj:`[B, 3, 3]`, by :obj:`output`. Arguments as in
+        :meth:`~pyg_tensorpot.models.AtomisticModel.forward`; :obj:`total_charge` enters
+        torchmd-net's :math:`(1 + 0.1 Q)` factor (and the dipole head's charge
+        neutralisation)."""
         if self.output == 'energy':
-            return self.reduce_energy(self.head(x), z, batch, num_graphs)
+            return super().forward(z, pos, batch, edge_index, cell, pbc, total_charge,
+                                   num_graphs)
+        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        x, tensor = self.representation(z, graph, total_charge)
         if self.output == 'dipole':
-            return self.head(x, tensor, z, pos, batch, num_graphs, total_charge)
-        return self.head(x, tensor, batch, num_graphs)
+            return self.head(x, tensor, z, pos, graph.batch, graph.num_graphs, total_charge)
+        return self.head(x, tensor, graph.batch, graph.num_graphs)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(hidden_channels={self.hidden_channels}, '

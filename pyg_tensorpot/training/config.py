@@ -13,12 +13,15 @@ A configuration has five sections and three top-level keys::
 
 Every key is documented on the dataclass of its section (:class:`DataConfig`,
 :class:`LossConfig`, :class:`OptimConfig`, :class:`TrainerConfig`); the ``model`` section is
-``name`` plus the keyword arguments of the model's constructor. Unknown keys and bad values
-raise :class:`ConfigError`, naming the key and the allowed values.
+``name`` plus the keyword arguments of the model's constructor. Unknown keys (also the
+model's), bad values (wrong types, NaN or infinite numbers, YAML dates or binary) and
+unreadable files or overrides raise :class:`ConfigError`, naming the key and the allowed
+values, before any data is read.
 """
 import copy
 import dataclasses
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,8 +46,23 @@ def _fmt(values: Sequence[Any]) -> str:
 
 
 def _check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
+    # type first: 32.0 == 32 and True == 1 would otherwise pass for 32 and 1
+    if not any(type(value) is type(option) and value == option for option in allowed):
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {_fmt(allowed)}")
+
+
+def _check_string(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not value:
+        expected = 'a non-empty string' + (' or null' if allow_none else '')
+        raise ConfigError(f'{key}: expected {expected}, got {value!r}')
+
+
+#: Largest seed (NumPy and Lightning take seeds in [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
+#: Largest atomic number of a reference energy.
+MAX_ATOMIC_NUMBER = 118
 
 
 def _check_number(key: str, value: Any, minimum: Optional[float] = None,
@@ -56,6 +74,8 @@ def _check_number(key: str, value: Any, minimum: Optional[float] = None,
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = 'an integer' if integer else 'a number'
         raise ConfigError(f'{key}: expected {kind}, got {value!r}')
+    if not math.isfinite(value):
+        raise ConfigError(f'{key}: expected a finite number, got {value!r}')
     if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
         relation = '>' if strict_minimum else '>='
         raise ConfigError(f'{key}: must be {relation} {minimum}, got {value!r}')
@@ -99,6 +119,8 @@ class DataConfig:
         num_workers (int, optional): Data-loader worker processes. (default: :obj:`0`)
         energy_key (str, optional): Attribute with the energies. (default: :obj:`"energy"`)
         forces_key (str, optional): Attribute with the forces. (default: :obj:`"forces"`)
+        stress_key (str, optional): Attribute with the stress :obj:`[1, 3, 3]` (eV/A^3, ASE's
+            sign) of periodic structures. (default: :obj:`"stress"`)
         reference_energies (str or dict, optional): Per-element reference energies that the
             model adds to its output: :obj:`"fit"` (least squares on the training split),
             :obj:`"dataset"` (the dataset's published values), :obj:`"none"`, or
@@ -126,6 +148,7 @@ class DataConfig:
     num_workers: int = 0
     energy_key: str = 'energy'
     forces_key: str = 'forces'
+    stress_key: str = 'stress'
     reference_energies: Union[str, Dict[int, float]] = 'fit'
     standardize: bool = True
     energy_std: Optional[float] = None
@@ -134,27 +157,42 @@ class DataConfig:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError('data.dataset: name a dataset, e.g. RMD17, QM9, ANI1x, COMP6, '
                               'SPICE or MD17EthanolSample')
+        for key in ('root', 'test_dataset', 'test_root', 'splits_file'):
+            _check_string(f'data.{key}', getattr(self, key), allow_none=True)
+        for key in ('energy_key', 'forces_key'):
+            _check_string(f'data.{key}', getattr(self, key))
         for key in ('args', 'test_args'):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f'data.{key}: expected a mapping of keyword arguments, got '
                                   f'{getattr(self, key)!r}')
+            for name in getattr(self, key):
+                if not isinstance(name, str) or not name.isidentifier():
+                    raise ConfigError(f'data.{key}: {name!r} is not a keyword argument name')
         for key in ('train_size', 'val_size', 'test_size'):
             value = getattr(self, key)
             _check_number(f'data.{key}', value, 0, allow_none=True)
             if isinstance(value, float) and value > 1:
                 raise ConfigError(f'data.{key}: a fraction must lie in [0, 1], got {value}; '
                                   f'write a number of structures as an integer')
-        _check_number('data.split_seed', self.split_seed, 0, integer=True, allow_none=True)
+        _check_number('data.split_seed', self.split_seed, 0, MAX_SEED, integer=True,
+                      allow_none=True)
         _check_number('data.batch_size', self.batch_size, 1, integer=True)
         _check_number('data.inference_batch_size', self.inference_batch_size, 1, integer=True)
         _check_number('data.num_workers', self.num_workers, 0, integer=True)
         ref = self.reference_energies
         if isinstance(ref, dict):
-            try:
-                self.reference_energies = {int(k): float(v) for k, v in ref.items()}
-            except (TypeError, ValueError):
-                raise ConfigError('data.reference_energies: a mapping must be {atomic number: '
-                                  f'energy in eV}}, got {ref!r}') from None
+            values = {}
+            for number, energy in ref.items():
+                if isinstance(number, str) and number.strip().isdigit():
+                    number = int(number)
+                if isinstance(number, bool) or not isinstance(number, int) \
+                        or not 0 < number <= MAX_ATOMIC_NUMBER:
+                    raise ConfigError(f'data.reference_energies: a mapping must be {{atomic '
+                                      f'number 1..{MAX_ATOMIC_NUMBER}: energy in eV}}, got key '
+                                      f'{number!r}')
+                _check_number(f'data.reference_energies.{number}', energy)
+                values[number] = float(energy)
+            self.reference_energies = values
         else:
             _check_choice('data.reference_energies', ref, ('fit', 'dataset', 'none'))
         if not isinstance(self.standardize, bool):
@@ -194,6 +232,9 @@ class LossConfig:
             (default: :obj:`0.0`)
         l2_weight (float, optional): Weight of the model's :obj:`l2_penalty()` (HIP-NN's
             ``l2reg``); ignored for models without one. (default: :obj:`0.0`)
+        stress_weight (float, optional): :math:`w_S`, the weight of the error of the stress
+            tensor (eV/A^3, every component) of periodic structures that carry one; 0 computes
+            no stress. (default: :obj:`0.0`)
     """
     energy_weight: float = 1.0
     force_weight: float = 100.0
@@ -202,15 +243,17 @@ class LossConfig:
     energy_loss_ema: float = 1.0
     hierarchicality_weight: float = 0.0
     l2_weight: float = 0.0
+    stress_weight: float = 0.0
 
     def validate(self) -> None:
         _check_number('loss.energy_weight', self.energy_weight, 0)
         _check_number('loss.force_weight', self.force_weight, 0)
         _check_number('loss.hierarchicality_weight', self.hierarchicality_weight, 0)
         _check_number('loss.l2_weight', self.l2_weight, 0)
-        if self.energy_weight == 0 and self.force_weight == 0:
-            raise ConfigError('loss: energy_weight and force_weight are both 0; nothing would be '
-                              'trained')
+        _check_number('loss.stress_weight', self.stress_weight, 0)
+        if self.energy_weight == 0 and self.force_weight == 0 and self.stress_weight == 0:
+            raise ConfigError('loss: energy_weight, force_weight and stress_weight are all 0; '
+                              'nothing would be trained')
         _check_choice('loss.type', self.type, ('mse', 'mae', 'rmse+mae'))
         if not isinstance(self.per_atom_energy, bool):
             raise ConfigError(f'loss.per_atom_energy: expected true or false, got '
@@ -376,15 +419,23 @@ class TrainingConfig:
 
     def validate(self) -> 'TrainingConfig':
         """Checks every value; raises :class:`ConfigError` naming the first bad key."""
-        if not isinstance(self.model, dict) or not isinstance(self.model.get('name'), str):
+        if not isinstance(self.model, dict) or not isinstance(self.model.get('name'), str) \
+                or not self.model['name']:
             raise ConfigError("model.name: name the model, e.g. TensorNet, HIPNN or "
                               "'package.module:Class'")
-        _check_number('seed', self.seed, 0, integer=True)
+        for name in self.model:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f'model: {name!r} is not a constructor argument name')
+        _check_number('seed', self.seed, 0, MAX_SEED, integer=True)
         _check_choice('precision', self.precision, (32, 64))
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ConfigError(f'out_dir: expected a folder name, got {self.out_dir!r}')
         for name in _SECTIONS:
             getattr(self, name).validate()
+        # the model's arguments are checked here, before any data is read, not at training
+        from pyg_tensorpot.training.builders import model_class
+        kwargs = {k: v for k, v in self.model.items() if k != 'name'}
+        check_constructor_kwargs('model', model_class(self.model['name']), kwargs)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -396,10 +447,13 @@ class TrainingConfig:
         """Builds and validates a configuration from a nested dictionary."""
         if not isinstance(values, dict):
             raise ConfigError(f'a configuration must be a mapping, got {type(values).__name__}')
-        unknown = sorted(set(values) - set(_TOP_LEVEL))
+        unknown = sorted((key for key in values if key not in _TOP_LEVEL), key=str)
         if unknown:
             raise ConfigError(f'unknown top-level key {unknown[0]!r}; allowed keys are '
                               f'{_fmt(_TOP_LEVEL)}')
+        count = [0]
+        for key, value in values.items():
+            _check_plain(key, value, count)
         kwargs: Dict[str, Any] = {}
         for key, value in values.items():
             if key in _SECTIONS:
@@ -420,12 +474,40 @@ class TrainingConfig:
             _yaml().safe_dump(self.to_dict(), f, sort_keys=False)
 
 
+#: Most values (leaves and containers) a configuration may hold; YAML aliases can make a
+#: short file expand to billions.
+MAX_VALUES = 100_000
+
+
+def _check_plain(key: str, value: Any, _count: Optional[List[int]] = None) -> None:
+    """Only YAML's plain types (what JSON and ``torch.load(weights_only=True)`` read back):
+    not dates, sets or binary, which PyYAML makes from unquoted ``2024-01-01`` or tags."""
+    count = [0] if _count is None else _count
+    count[0] += 1
+    if count[0] > MAX_VALUES:
+        raise ConfigError(f'{key}: the configuration holds more than {MAX_VALUES:,} values '
+                          f'(nested YAML aliases?)')
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, (str, int)) or isinstance(name, bool):
+                raise ConfigError(f'{key}: key {name!r} must be a name, not '
+                                  f'{type(name).__name__}')
+            _check_plain(f'{key}.{name}', item, count)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(f'{key}[{index}]', item, count)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f'{key}: {value!r} is a {type(value).__name__}; write a number, '
+                          f'true/false, null, a list, a mapping or a quoted string')
+
+
 def _build_section(name: str, cls, value: Any):
+    allowed = [f.name for f in dataclasses.fields(cls)]
     if value is None:
         return cls()
     if not isinstance(value, dict):
-        raise ConfigError(f'{name}: expected a mapping, got {value!r}')
-    allowed = [f.name for f in dataclasses.fields(cls)]
+        raise ConfigError(f'{name}: is a section, expected a mapping of its keys '
+                          f'({_fmt(allowed)}), got {value!r}')
     for key in value:
         if key not in allowed:
             raise ConfigError(f'unknown key {name}.{key}; allowed keys of {name} are '
@@ -435,7 +517,19 @@ def _build_section(name: str, cls, value: Any):
 
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     """Turns ``["optim.lr=5e-4", "data.args.molecule=ethanol"]`` into a nested dictionary.
-    Values are parsed as YAML (numbers, booleans, ``null``, lists and mappings)."""
+
+    Values are parsed as YAML (numbers, booleans, ``null``, lists and mappings); a value that
+    is not valid YAML (e.g. ``[1,`` or ``*name``) is a :class:`ConfigError` naming the
+    override (quote it to pass a string). Whether the keys exist is checked by
+    :meth:`TrainingConfig.from_dict`.
+
+    Args:
+        overrides (Sequence[str]): ``key.path=value`` strings.
+
+    Raises:
+        ConfigError: An item without ``=``, an empty key, an unreadable value, or two items
+            that set a key and a key below it.
+    """
     result: Dict[str, Any] = {}
     for item in overrides:
         if '=' not in item:
@@ -445,7 +539,11 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         path = [part for part in key.strip().split('.')]
         if not all(path):
             raise ConfigError(f'override {item!r}: empty key')
-        value = _parse_scalar(text)
+        try:
+            value = _parse_scalar(text)
+        except ValueError as error:
+            raise ConfigError(f'override {item!r}: cannot read the value {text!r} ({error}); '
+                              f"quote it to pass a string, e.g. {key}='{text}'") from None
         node = result
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -456,11 +554,12 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
 
 
 def _parse_scalar(text: str) -> Any:
+    """The YAML value of an override; raises :class:`ValueError` if it is not YAML."""
     yaml = _yaml()
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    except (yaml.YAMLError, RecursionError) as error:
+        raise ValueError(' '.join(str(error).split())) from None
     return _fix_numbers(value)
 
 
@@ -491,11 +590,15 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
         if not os.path.isfile(path):
             raise FileNotFoundError(f"configuration file '{path}' does not exist")
         yaml = _yaml()
-        with open(path) as f:
-            try:
+        try:
+            with open(path, encoding='utf-8') as f:
                 loaded = yaml.safe_load(f)
-            except yaml.YAMLError as error:
-                raise ConfigError(f"'{path}' is not valid YAML: {error}") from None
+        except (yaml.YAMLError, RecursionError) as error:
+            raise ConfigError(f"'{path}' is not valid YAML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"'{path}' is not a UTF-8 text file ({error})") from None
+        except OSError as error:
+            raise ConfigError(f"cannot read configuration file '{path}' ({error})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -503,18 +606,33 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
                               f"{type(loaded).__name__}")
         values = merge(values, _fix_numbers(loaded))
     values = merge(values, parse_overrides(overrides))
-    return TrainingConfig.from_dict(values)
+    try:
+        return TrainingConfig.from_dict(values)
+    except RecursionError:
+        raise ConfigError(f"the configuration{f' in {path!r}' if path else ''} is nested too "
+                          f"deeply") from None
 
 
 _SCIENTIFIC = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$')
 
 
-def _fix_numbers(value: Any) -> Any:
+def _fix_numbers(value: Any, _seen: Optional[Dict[int, Any]] = None) -> Any:
     """PyYAML (YAML 1.1) reads ``1e-4`` (no dot) as a string; turn such strings into floats."""
-    if isinstance(value, dict):
-        return {k: _fix_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fix_numbers(v) for v in value]
+    # a YAML alias (*name) shares one node; converting it once keeps nested aliases from
+    # growing exponentially
+    seen = {} if _seen is None else _seen
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            return seen[id(value)]
+        if isinstance(value, dict):
+            out: Any = {}
+            seen[id(value)] = out
+            out.update((k, _fix_numbers(v, seen)) for k, v in value.items())
+        else:
+            out = []
+            seen[id(value)] = out
+            out.extend(_fix_numbers(v, seen) for v in value)
+        return out
     if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
         return float(value)
     return value

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch_geometric.loader import DataLoader
 
-from pyg_tensorpot.training.builders import supports_keyword
+from pyg_tensorpot.models.properties import compute_properties
 from pyg_tensorpot.training.metrics import ErrorAccumulator
 
 
@@ -16,56 +16,35 @@ def predict(
     forces: bool,
     create_graph: bool = False,
     hierarchicality: bool = False,
-    dtype: Optional[torch.dtype] = None,
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    r"""Energies (and forces :math:`-\partial E/\partial\mathbf{r}`, and the hierarchicality)
-    of a batch, for any model whose ``forward(z, pos, batch)`` returns per-structure energies.
+    stress: bool = False,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    r"""Energies (and forces, stress, the hierarchicality) of a batch through
+    :func:`~pyg_tensorpot.models.properties.compute_properties`; the batch's :obj:`cell`,
+    :obj:`pbc` and :obj:`total_charge` are passed to the model, positions converted to its
+    dtype.
 
     Args:
         model (torch.nn.Module): The potential.
         batch (torch_geometric.data.Batch): Structures with :obj:`z`, :obj:`pos`,
-            :obj:`batch`.
+            :obj:`batch` (and :obj:`cell`, :obj:`pbc`, :obj:`total_charge` where present).
         forces (bool): Compute forces by autograd.
-        create_graph (bool, optional): Keep the graph of the forces (for a force loss).
-            (default: :obj:`False`)
+        create_graph (bool, optional): Keep the graph of the derivatives (for a force or
+            stress loss). (default: :obj:`False`)
         hierarchicality (bool, optional): Ask the model for its hierarchicality
             (``forward(..., return_hierarchicality=True)``). (default: :obj:`False`)
-        dtype (torch.dtype, optional): Floating-point type of the positions; defaults to the
-            model's. (default: :obj:`None`)
+        stress (bool, optional): Compute the stress of the (periodic) structures.
+            (default: :obj:`False`)
 
     Returns:
-        (energy, forces, hierarchicality): :obj:`[num_graphs]`, :obj:`[num_atoms, 3]` or
-        :obj:`None`, :obj:`[num_graphs]` or :obj:`None`.
+        (energy, forces, hierarchicality, stress): :obj:`[num_graphs]`, :obj:`[num_atoms, 3]`
+        or :obj:`None`, :obj:`[num_graphs]` or :obj:`None`, :obj:`[num_graphs, 3, 3]` or
+        :obj:`None`.
     """
-    if dtype is None:
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
-                     torch.get_default_dtype())
-    z = batch.z.long()
-    pos = batch.pos.to(dtype)
-    kwargs: Dict[str, Any] = {}
-    if hierarchicality:
-        kwargs['return_hierarchicality'] = True
-    if supports_keyword(model.forward, 'num_graphs'):
-        kwargs['num_graphs'] = int(batch.num_graphs)
-
-    def run(positions: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        out = model(z, positions, batch.batch, **kwargs)
-        hier = None
-        if isinstance(out, (tuple, list)):
-            out, hier = out[0], (out[1] if hierarchicality else None)
-        return out.reshape(-1), hier
-
-    if not forces:
-        energy, hier = run(pos)
-        return energy, None, hier
-    with torch.enable_grad():
-        positions = pos.detach().requires_grad_(True)
-        energy, hier = run(positions)
-        (gradient, ) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
-    if not create_graph:
-        energy = energy.detach()
-        hier = None if hier is None else hier.detach()
-    return energy, -gradient, hier
+    wanted = ['energy'] + (['forces'] if forces else []) + (['stress'] if stress else [])
+    kwargs: Dict[str, Any] = {'return_hierarchicality': True} if hierarchicality else {}
+    out = compute_properties(model, batch, properties=wanted, create_graph=create_graph,
+                             model_kwargs=kwargs)
+    return (out['energy'].reshape(-1), out.get('forces'), out.get('aux'), out.get('stress'))
 
 
 def batch_targets(batch, energy_key: str, forces_key: str, dtype: torch.dtype
@@ -121,7 +100,7 @@ def evaluate_model(
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             batch = batch.to(device)
             energy_t, forces_t, num_atoms = batch_targets(batch, energy_key, forces_key, dtype)
-            energy, forces, _ = predict(model, batch, forces_t is not None, dtype=dtype)
+            energy, forces, _, _ = predict(model, batch, forces_t is not None)
             errors.update(energy, energy_t, num_atoms, forces, forces_t)
             if keep_predictions:
                 def keep(key: str, value: Optional[Tensor]) -> None:

@@ -52,7 +52,7 @@ class EnergyForceLoss(torch.nn.Module):
     def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0,
                  loss_type: str = 'mse', per_atom_energy: bool = False,
                  energy_loss_ema: float = 1.0, hierarchicality_weight: float = 0.0,
-                 l2_weight: float = 0.0):
+                 l2_weight: float = 0.0, stress_weight: float = 0.0):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
@@ -65,6 +65,7 @@ class EnergyForceLoss(torch.nn.Module):
         self.energy_loss_ema = float(energy_loss_ema)
         self.hierarchicality_weight = float(hierarchicality_weight)
         self.l2_weight = float(l2_weight)
+        self.stress_weight = float(stress_weight)
         self._ema_value: Optional[float] = None
 
     def energy_error_terms(self, energy: Tensor, target: Tensor, num_atoms: Tensor) -> Tensor:
@@ -83,6 +84,8 @@ class EnergyForceLoss(torch.nn.Module):
         l2_penalty: Optional[Tensor] = None,
         smooth: bool = False,
         reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
+        stress: Optional[Tensor] = None,
+        stress_target: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         r"""
         Args:
@@ -101,10 +104,13 @@ class EnergyForceLoss(torch.nn.Module):
             reduce_mean (callable, optional): Averages a scalar over the processes of a
                 distributed run, so that the EMA is the same on all of them and equal to a
                 single-process run on the same global batch. (default: :obj:`None`)
+            stress (torch.Tensor, optional): Predicted stress :obj:`[num_graphs, 3, 3]` in
+                eV/A^3. (default: :obj:`None`)
+            stress_target (torch.Tensor, optional): Reference stress. (default: :obj:`None`)
 
         Returns:
             dict: :obj:`loss` (the total) and its unweighted parts :obj:`energy`,
-            :obj:`forces`, :obj:`hierarchicality`, :obj:`l2` where present.
+            :obj:`forces`, :obj:`stress`, :obj:`hierarchicality`, :obj:`l2` where present.
         """
         parts: Dict[str, Tensor] = {}
         total: Optional[Tensor] = None
@@ -125,6 +131,11 @@ class EnergyForceLoss(torch.nn.Module):
             loss_f = error_loss(forces, forces_target, self.loss_type)
             parts['forces'] = loss_f
             term = self.force_weight * loss_f
+            total = term if total is None else total + term
+        if stress is not None and stress_target is not None and self.stress_weight > 0:
+            loss_s = error_loss(stress, stress_target.to(stress.dtype), self.loss_type)
+            parts['stress'] = loss_s
+            term = self.stress_weight * loss_s
             total = term if total is None else total + term
         if hierarchicality is not None and self.hierarchicality_weight > 0:
             loss_h = hierarchicality.mean()
@@ -149,6 +160,7 @@ class EnergyForceLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f'energy_weight={self.energy_weight}, force_weight={self.force_weight}, '
+                f'stress_weight={self.stress_weight}, '
                 f"loss_type='{self.loss_type}', per_atom_energy={self.per_atom_energy}, "
                 f'energy_loss_ema={self.energy_loss_ema}, '
                 f'hierarchicality_weight={self.hierarchicality_weight}, '

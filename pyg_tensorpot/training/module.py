@@ -68,7 +68,8 @@ class PotentialModule(pl.LightningModule):
         loss = config.loss
         self.loss_fn = EnergyForceLoss(loss.energy_weight, loss.force_weight, loss.type,
                                        loss.per_atom_energy, loss.energy_loss_ema,
-                                       loss.hierarchicality_weight, loss.l2_weight)
+                                       loss.hierarchicality_weight, loss.l2_weight,
+                                       loss.stress_weight)
         self.uses_hierarchicality = (loss.hierarchicality_weight > 0 and supports_keyword(
             model.forward, 'return_hierarchicality'))
         self.uses_l2 = loss.l2_weight > 0 and callable(getattr(model, 'l2_penalty', None))
@@ -87,8 +88,9 @@ class PotentialModule(pl.LightningModule):
         """The model that is validated, tested and exported (the weight average if any)."""
         return self.ema.module if self.ema is not None else self.model
 
-    def forward(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None) -> Tensor:
-        return self.model(z, pos, batch)
+    def forward(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
+                **kwargs) -> Tensor:
+        return self.model(z, pos, batch, **kwargs)
 
     def _all_reduce(self, tensor: Tensor, op: str) -> Tensor:
         trainer = self._trainer
@@ -114,13 +116,22 @@ class PotentialModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         energy_t, forces_t, num_atoms = self._targets(batch)
+        stress_t = getattr(batch, self.config.data.stress_key, None)
         need_forces = forces_t is not None and self.loss_fn.force_weight > 0
-        energy, forces, hier = predict(self.model, batch, need_forces, create_graph=True,
-                                       hierarchicality=self.uses_hierarchicality,
-                                       dtype=self.dtype_)
+        need_stress = stress_t is not None and self.loss_fn.stress_weight > 0
+        energy, forces, hier, stress = predict(self.model, batch, need_forces,
+                                               create_graph=True,
+                                               hierarchicality=self.uses_hierarchicality,
+                                               stress=need_stress)
+        has_stress = getattr(batch, 'has_stress', None)
+        if need_stress and has_stress is not None:
+            # Only the structures whose data carry a stress (ExtXYZDataset marks them).
+            keep = has_stress.reshape(-1).bool()
+            stress, stress_t = stress[keep], stress_t[keep]
         l2 = self.model.l2_penalty() if self.uses_l2 else None
         parts = self.loss_fn(energy, energy_t, num_atoms, forces, forces_t, hier, l2,
-                             smooth=True, reduce_mean=self._reduce_mean)
+                             smooth=True, reduce_mean=self._reduce_mean, stress=stress,
+                             stress_target=stress_t)
         loss = parts['loss']
         if 'energy' not in parts:
             # every parameter must take part in the graph (DDP), also with energy_weight = 0
@@ -128,7 +139,7 @@ class PotentialModule(pl.LightningModule):
         n = int(batch.num_graphs)
         self.log('train_loss', loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n, sync_dist=True)
-        for key in ('energy', 'forces', 'hierarchicality'):
+        for key in ('energy', 'forces', 'stress', 'hierarchicality'):
             if key in parts:
                 self.log(f'train_{key}_loss', parts[key].detach(), on_step=False,
                          on_epoch=True, batch_size=n, sync_dist=True)
@@ -161,8 +172,8 @@ class PotentialModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _evaluate_batch(self, batch, errors: ErrorAccumulator) -> None:
         energy_t, forces_t, num_atoms = self._targets(batch)
-        energy, forces, _ = predict(self.eval_model, batch, forces_t is not None,
-                                    create_graph=False, dtype=self.dtype_)
+        energy, forces, _, _ = predict(self.eval_model, batch, forces_t is not None,
+                                       create_graph=False)
         errors.update(energy, energy_t, num_atoms, forces, forces_t)
 
     def on_validation_epoch_start(self) -> None:

@@ -87,3 +87,17 @@ def check_min_distance(edge_index: Tensor, edge_weight: Tensor,
         d = float(edge_weight[k])
         raise ValueError(f'atoms {i} and {j} are {d:.4f} A apart (less than {min_distance} A): '
                          'coincident or overlapping atoms; check the geometry and its units')
+
+
+def check_total_charge(total_charge: Optional[Tensor], num_graphs: int) -> None:
+    r"""Raises unless :obj:`total_charge` is :obj:`None` or one finite charge (in e) per
+    structure, shape :obj:`[num_graphs]`."""
+    if total_charge is None:
+        return
+    if not isinstance(total_charge, Tensor):
+        raise TypeError('total_charge must be a tensor with one charge (e) per structure')
+    if total_charge.dim() != 1 or total_charge.size(0) != num_graphs:
+        raise ValueError(f'total_charge must have shape [num_structures]={[num_graphs]}, got '
+                         f'{list(total_charge.shape)}')
+    if total_charge.dtype.is_floating_point and not bool(torch.isfinite(total_charge).all()):
+        raise ValueError('total_charge contains NaN or infinite values')

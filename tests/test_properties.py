@@ -138,10 +138,11 @@ def test_per_atom_energies_sum_to_energy(name):
 
 
 @pytest.mark.parametrize('name', ['tensornet', 'hipnn-ts'])
-@pytest.mark.parametrize('num_molecules', [8, 27], ids=['short-cell', 'long-cell'])
+@pytest.mark.parametrize('num_molecules', [1, 27], ids=['short-cell', 'long-cell'])
 def test_energy_per_atom_equals_supercell(name, num_molecules):
-    # 8 waters: a 6.2 A cell, shorter than twice the 3 A cutoff; 27 waters: 9.3 A. The model's
-    # mean is a per-structure constant (as in torchmd-net), so it is 0 here.
+    # One water: a 3.1 A cell, shorter than twice (even than once) the 3 A cutoff, where every
+    # atom sees images of itself; 27 waters: 9.3 A. The model's mean is a per-structure
+    # constant (as in torchmd-net), so it is 0 here.
     model = make(name, atomref=True)
     z, pos, cell = water_box(num_molecules, seed=2)
     energy = compute_properties(model, z, pos, cell=cell, properties=['energy', 'stress'])
@@ -276,3 +277,22 @@ def test_float32_energies_summed_in_float64():
     assert e32.dtype == torch.float64
     # Only the network's own float32 rounding remains: ~1e-7 eV per atom, random in sign.
     assert abs(float(e32 - e64)) < 1e-3
+
+
+def test_total_charge_reaches_the_model_from_a_batch():
+    # SPICE stores the total charge of each structure as `charge`; other data as
+    # `total_charge`. Both reach TensorNet's (1 + 0.1 Q) factor.
+    from torch_geometric.data import Batch, Data
+    model = make('tensornet')
+    z, pos, _ = small_box(False)
+    z, pos = z[:6], pos[:6]
+    charges = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    explicit = compute_properties(model, torch.cat([z, z]), torch.cat([pos, pos]),
+                                  torch.tensor([0] * 6 + [1] * 6), total_charge=charges)
+    neutral = compute_properties(model, z, pos)
+    for key in ('charge', 'total_charge'):
+        batch = Batch.from_data_list([Data(z=z, pos=pos, **{key: charges[i:i + 1]})
+                                      for i in range(2)])
+        out = compute_properties(model, batch)
+        torch.testing.assert_close(out['energy'], explicit['energy'])
+        assert float((out['energy'] - neutral['energy']).abs().min()) > 1e-8

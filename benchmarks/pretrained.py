@@ -73,7 +73,7 @@ def errors(pred_e: np.ndarray, pred_f: np.ndarray, data,
 
 def predict_model(model, data, batch_size: int = 32):
     from torch_geometric.loader import DataLoader
-    dtype = model.atomref.dtype
+    dtype = model.dtype  # the network's dtype (atomref is float64 in every model)
     energies, forces = [], []
     for batch in DataLoader(data, batch_size=batch_size):
         e, f = model.energy_and_forces(batch.z, batch.pos.to(dtype), batch.batch)

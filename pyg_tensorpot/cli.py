@@ -6,6 +6,10 @@ r"""The ``pyg-tensorpot`` command line.
     pyg-tensorpot train CONFIG.yaml [section.key=value ...] [--resume [CHECKPOINT]]
     pyg-tensorpot evaluate CHECKPOINT [--dataset NAME --root DIR --arg key=value ...]
                                       [--split test|val|train|all] [--out DIR]
+
+Exit status: 0 on success, 2 for a bad configuration, override or missing file (the message
+names the key or file), 3 when the output folder is in use by another training run, 130
+for an interrupted training run (resume it with ``--resume``).
 """
 import argparse
 import sys
@@ -72,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``pyg-tensorpot`` command."""
     args = _parse_args(argv)
     from pyg_tensorpot.training.config import ConfigError
+    from pyg_tensorpot.training.run import OutputFolderInUseError
     try:
         if args.command == 'quickstart':
             from pyg_tensorpot.training.quickstart import quickstart
@@ -92,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, FileNotFoundError, ImportError) as error:
         print(f'pyg-tensorpot {args.command}: error: {error}', file=sys.stderr)
         return 2
+    except OutputFolderInUseError as error:
+        print(f'pyg-tensorpot {args.command}: error: {error}', file=sys.stderr)
+        return 3
     return 0
 
 

@@ -15,6 +15,14 @@ skipped when a ``revision`` is asked for), and a Hugging Face Hub repository (th
 ``HF_HUB_OFFLINE`` are honoured). :func:`push_to_hub` uploads a saved folder with
 :class:`huggingface_hub.HfApi`.
 
+``config.json`` is read strictly: an unknown top-level key is an error naming it and the valid
+keys (:data:`CONFIG_KEYS`), not a silently ignored one. Forward compatibility goes through
+``format_version``: a writer that adds keys raises it, and a reader refuses a version newer
+than its own with "upgrade pyg-tensorpot". Documentation keys (``name``, ``metrics``, ...)
+may be missing; ``model_class`` and ``model_kwargs`` may not. Files are written atomically
+(a temporary file renamed over the old one), so a process loading a folder or Hub cache that
+another process is rewriting gets the old or the new model, never a mixture.
+
 .. code-block:: python
 
     from pyg_tensorpot.hub import from_pretrained
@@ -22,14 +30,18 @@ skipped when a ``revision`` is asked for), and a Hugging Face Hub repository (th
     model = from_pretrained('tensornet-ani1x')        # works offline: shipped with the package
     energy, forces = model.energy_and_forces(z, pos)  # eV and eV/Angstrom
 """
+import contextlib
 import hashlib
 import inspect
 import json
+import math
 import os
 import os.path as osp
+import re
 import tempfile
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type, Union
 
 import torch
 
@@ -144,12 +156,9 @@ def _reference_energies(model: AtomisticModel) -> Dict[str, float]:
     return {str(z): float(atomref[z]) for z in range(atomref.numel()) if atomref[z] != 0}
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
+def _model_dtype(model: AtomisticModel) -> torch.dtype:
+    # the network's type: the reference energies may be kept in float64 in any model
+    return model.std.dtype
 
 
 def build_config(
@@ -164,7 +173,7 @@ def build_config(
 ) -> Dict[str, Any]:
     """The ``config.json`` content of :obj:`model`; see :func:`save_pretrained`."""
     from pyg_tensorpot import __version__
-    dtype = model.atomref.dtype
+    dtype = _model_dtype(model)
     if dtype not in _DTYPES.values():
         raise ValueError(f'only float32 and float64 models can be saved, got {dtype}')
     elements = supported_elements
@@ -236,7 +245,7 @@ def save_pretrained(
     Returns:
         str: The folder.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     if not isinstance(model, AtomisticModel):
         raise TypeError(f'save_pretrained needs an AtomisticModel, got {type(model).__name__}')
     name = name or osp.basename(osp.normpath(directory))
@@ -245,19 +254,61 @@ def save_pretrained(
     os.makedirs(directory, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous().clone()
                for key, value in model.state_dict().items()}
-    weights_path = osp.join(directory, WEIGHTS_NAME)
-    save_file(tensors, weights_path, metadata={'format': 'pt', 'library': FORMAT_NAME,
-                                               'model_class': config['model_class']})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; share like other files
-    config['weights'] = {'file': WEIGHTS_NAME, 'sha256': _sha256(weights_path)}
-    with open(osp.join(directory, CONFIG_NAME), 'w') as f:
-        json.dump(config, f, indent=2)
-        f.write('\n')
-    with open(osp.join(directory, MODEL_CARD_NAME), 'w') as f:
-        f.write(model_card if model_card is not None else render_model_card(config))
+    weights = save(tensors, metadata={'format': 'pt', 'library': FORMAT_NAME,
+                                      'model_class': config['model_class']})
+    config['weights'] = {'file': WEIGHTS_NAME, 'sha256': hashlib.sha256(weights).hexdigest()}
+    card = model_card if model_card is not None else render_model_card(config)
+    with _folder_lock(directory, exclusive=True):
+        # the weights first: a reader holding the previous config.json then sees a SHA-256
+        # mismatch and reads again (load_from_directory), never a half-written file
+        _atomic_write(osp.join(directory, WEIGHTS_NAME), weights)
+        _atomic_write(osp.join(directory, CONFIG_NAME),
+                      (json.dumps(config, indent=2) + '\n').encode())
+        _atomic_write(osp.join(directory, MODEL_CARD_NAME), card.encode())
     return directory
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Writes a temporary file beside :obj:`path` and renames it over :obj:`path`, so that
+    readers see the old or the new file, never a part of one."""
+    folder, base = osp.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; share like other files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _folder_lock(directory: str, exclusive: bool) -> Iterator[None]:
+    """A lock on the folder itself (no lock file to leave behind or upload): exclusive for
+    :func:`save_pretrained`, shared for :func:`load_from_directory`, so that a reader sees
+    the three files of one save. The OS releases it when the process dies. Where it is not
+    available (Windows, some network file systems) nothing is locked; each file is still
+    replaced atomically and readers re-read a pair that does not match."""
+    fd = None
+    try:
+        import fcntl
+        fd = os.open(directory, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except (ImportError, OSError):
+        if fd is not None:
+            os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def _format_metrics(metrics: Mapping[str, Any]) -> str:
@@ -344,74 +395,189 @@ def render_model_card(config: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------
-def _read_config(path: str) -> Dict[str, Any]:
-    if not osp.isfile(path):
-        raise PretrainedModelError(f"'{path}' is missing: a saved pyg-tensorpot model needs "
-                                   f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PretrainedModelError(f"'{path}' is not valid JSON ({error}); the file is "
-                                   f"corrupt or truncated") from None
-    if not isinstance(config, dict) or 'model_class' not in config \
-            or 'model_kwargs' not in config:
-        raise PretrainedModelError(f"'{path}' is not a pyg-tensorpot model configuration "
-                                   f"(no 'model_class'/'model_kwargs')")
-    if int(config.get('format_version', 1)) > FORMAT_VERSION:
-        raise PretrainedModelError(
-            f"'{path}' has format version {config['format_version']}, newer than this "
-            f"pyg-tensorpot understands ({FORMAT_VERSION}); upgrade pyg-tensorpot")
+_REQUIRED_KEYS = ('model_class', 'model_kwargs')
+#: The top-level keys of a ``config.json`` of :data:`FORMAT_VERSION`; any other key is an
+#: error (a writer that adds keys must raise the format version, which older readers refuse).
+CONFIG_KEYS = ('format', 'format_version', 'name', 'description', 'model_class',
+               'architecture', 'model_kwargs', 'dtype', 'num_parameters', 'units', 'cutoff',
+               'supported_elements', 'reference_energies', 'standardization', 'training_data',
+               'training', 'metrics', 'library', 'weights')
+_SUB_KEYS = {'weights': ('file', 'sha256'), 'standardization': ('mean', 'std')}
+_SHA256 = re.compile(r'^[0-9a-f]{64}$')
+# Reference energies and the standardisation are stored twice (config.json and the weights);
+# float32 keeps about 7 significant digits, so two copies of one number agree to 1e-6
+# relative, and a larger difference means that they describe different models.
+_AGREEMENT_RTOL = 1e-6
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= _AGREEMENT_RTOL * max(1.0, abs(a), abs(b))
+
+
+def _check_config(config: Any, path: str) -> Dict[str, Any]:
+    """Checks the keys and value types of a ``config.json``; raises naming key and file."""
+    def fail(message: str) -> None:
+        raise PretrainedModelError(f"'{path}': {message}")
+
+    if not isinstance(config, dict):
+        fail(f'expected a JSON object with {", ".join(_REQUIRED_KEYS)}, got '
+             f'{type(config).__name__}: not a pyg-tensorpot model configuration')
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        fail(f"is not a pyg-tensorpot model configuration (no {'/'.join(map(repr, missing))})")
+    version = config.get('format_version', FORMAT_VERSION)
+    if not _is_integer(version) or version < 1:
+        fail(f'format_version must be a positive integer, got {version!r}')
+    if version > FORMAT_VERSION:
+        fail(f'has format version {version}, newer than this pyg-tensorpot understands '
+             f'({FORMAT_VERSION}); upgrade pyg-tensorpot')
+    unknown = sorted(str(key) for key in config if key not in CONFIG_KEYS)
+    if unknown:
+        fail(f"unknown key {unknown[0]!r} (format version {version}); valid keys are "
+             f"{', '.join(CONFIG_KEYS)}")
+    if config.get('format', FORMAT_NAME) != FORMAT_NAME:
+        fail(f"format is {config['format']!r}, not {FORMAT_NAME!r}: not a pyg-tensorpot model")
+    for key in ('model_class', 'architecture'):
+        if key in config and not (isinstance(config[key], str) and config[key]):
+            fail(f'{key} must be a non-empty string, got {config[key]!r}')
+    for key in ('name', 'description'):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            fail(f'{key} must be a string or null, got {config[key]!r}')
+    for key in ('model_kwargs', 'units', 'reference_energies', 'standardization',
+                'training_data', 'training', 'metrics', 'library', 'weights'):
+        if key in config and not isinstance(config[key], dict):
+            fail(f'{key} must be a JSON object, got {config[key]!r}')
+    for key, allowed in _SUB_KEYS.items():
+        extra = sorted(str(k) for k in config.get(key, {}) if k not in allowed)
+        if extra:
+            fail(f"unknown key {key}.{extra[0]}; valid keys of {key} are {', '.join(allowed)}")
+    if 'dtype' in config and config['dtype'] not in _DTYPES:
+        fail(f"unknown dtype {config['dtype']!r}; expected one of {', '.join(_DTYPES)}")
+    if 'num_parameters' in config and not (_is_integer(config['num_parameters'])
+                                           and config['num_parameters'] >= 0):
+        fail(f"num_parameters must be a non-negative integer, got {config['num_parameters']!r}")
+    for key, value in config.get('units', {}).items():
+        if not isinstance(value, str):
+            fail(f'units.{key} must be a string, got {value!r}')
+    cutoff = config.get('cutoff')
+    if 'cutoff' in config and not (_is_number(cutoff) and cutoff > 0):
+        fail(f'cutoff must be a positive number of Angstrom, got {cutoff!r}')
+    kwargs_cutoff = config['model_kwargs'].get('cutoff')
+    if 'cutoff' in config and kwargs_cutoff is not None and (
+            not _is_number(kwargs_cutoff) or float(kwargs_cutoff) != float(cutoff)):
+        fail(f'cutoff {cutoff!r} contradicts model_kwargs.cutoff {kwargs_cutoff!r}')
+    elements = config.get('supported_elements')
+    if elements is not None and not (isinstance(elements, list) and elements and all(
+            _is_integer(v) and v > 0 for v in elements)):
+        fail(f'supported_elements must be null or a non-empty list of atomic numbers, got '
+             f'{elements!r}')
+    for key, value in config.get('reference_energies', {}).items():
+        if not (re.fullmatch('[0-9]+', key) and int(key) > 0) or not _is_number(value):
+            fail(f'reference_energies must map atomic numbers to energies in eV, got '
+                 f'{key!r}: {value!r}')
+    for key in ('mean', 'std'):
+        value = config.get('standardization', {}).get(key, 1.0)
+        if not _is_number(value) or (key == 'std' and value <= 0):
+            fail(f'standardization.{key} must be a {"positive " if key == "std" else ""}'
+                 f'number, got {value!r}')
+    weights = config.get('weights', {})
+    if weights.get('file', WEIGHTS_NAME) != WEIGHTS_NAME:
+        fail(f"weights.file is {weights['file']!r}; a saved model keeps its weights in "
+             f"'{WEIGHTS_NAME}' beside {CONFIG_NAME}")
+    if 'sha256' in weights and not (isinstance(weights['sha256'], str)
+                                    and _SHA256.match(weights['sha256'])):
+        fail(f"weights.sha256 must be 64 lower-case hexadecimal digits, got "
+             f"{weights['sha256']!r}")
     return config
 
 
-def load_from_directory(directory: str, map_location: Union[str, torch.device] = 'cpu',
-                        check_hash: bool = True) -> AtomisticModel:
-    """Rebuilds a model saved by :func:`save_pretrained` from a local folder.
-
-    Args:
-        directory (str): Folder with ``config.json`` and ``model.safetensors``.
-        map_location (str or torch.device, optional): Device of the returned model.
-            (default: ``"cpu"``)
-        check_hash (bool, optional): Compare the weights with the SHA-256 recorded in
-            ``config.json``. (default: :obj:`True`)
-
-    Raises:
-        PretrainedModelError: Missing or corrupt ``config.json`` or ``model.safetensors``
-            (bad JSON, truncated file, wrong tensor shapes or names), naming the file.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    config_path = osp.join(directory, CONFIG_NAME)
-    config = _read_config(config_path)
-    cls = MODEL_CLASSES.get(config['model_class'])
-    if cls is None:
-        raise PretrainedModelError(f"'{config_path}' asks for model class "
-                                   f"'{config['model_class']}', which is not registered "
-                                   f"(known: {sorted(MODEL_CLASSES)})")
-    weights_file = (config.get('weights') or {}).get('file', WEIGHTS_NAME)
-    weights_path = osp.join(directory, weights_file)
-    if not osp.isfile(weights_path):
-        raise PretrainedModelError(f"'{weights_path}' is missing: the weights of the model "
-                                   f"described by '{config_path}'")
-    expected = (config.get('weights') or {}).get('sha256')
-    if check_hash and expected and _sha256(weights_path) != expected:
-        raise PretrainedModelError(f"'{weights_path}' does not match the SHA-256 recorded in "
-                                   f"'{config_path}': the file is corrupt or was replaced")
+def _read_bytes(path: str, what: str) -> bytes:
+    if not osp.isfile(path):
+        raise PretrainedModelError(f"'{path}' is missing: {what}")
     try:
-        state = load_file(weights_path, device='cpu')
-    except (SafetensorError, OSError, ValueError) as error:
-        raise PretrainedModelError(f"'{weights_path}' is not a readable safetensors file "
-                                   f"({error}); it is corrupt or truncated") from None
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as error:
+        raise PretrainedModelError(f"'{path}' cannot be read ({error})") from None
+
+
+def _parse_config(raw: bytes, path: str) -> Dict[str, Any]:
     try:
-        model = cls(**config['model_kwargs'])
-    except (TypeError, ValueError) as error:
-        raise PretrainedModelError(f"'{config_path}': cannot build {cls.__name__} from its "
-                                   f"model_kwargs ({error})") from None
-    dtype = _DTYPES.get(config.get('dtype', 'float32'))
-    if dtype is None:
-        raise PretrainedModelError(f"'{config_path}': unknown dtype '{config.get('dtype')}'")
-    model = model.to(dtype)
+        config = json.loads(raw.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise PretrainedModelError(f"'{path}' is not valid JSON ({error}); the file is "
+                                   f"corrupt or truncated") from None
+    return _check_config(config, path)
+
+
+def _read_config(path: str) -> Dict[str, Any]:
+    what = f'a saved pyg-tensorpot model needs {CONFIG_NAME} and {WEIGHTS_NAME}'
+    return _parse_config(_read_bytes(path, what), path)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _meta_size_limit(max_tensors: int, max_elements: int):
+    """While a model is built on the ``meta`` device, aborts as soon as it registers more
+    tensors or elements than the weights file holds (a config asking for a huge model must
+    not hang or exhaust the memory)."""
+    from torch.nn.modules import module as module_lib
+    count = [0, 0]
+
+    def hook(_module, _name, tensor):
+        if tensor is not None and tensor.device.type == 'meta':
+            count[0] += 1
+            count[1] += tensor.numel()
+            if count[0] > max_tensors or count[1] > max_elements:
+                raise _TooLarge()
+
+    handles = [module_lib.register_module_parameter_registration_hook(hook),
+               module_lib.register_module_buffer_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _build(cls: Type[AtomisticModel], kwargs: Dict[str, Any], config_path: str,
+           state: Mapping[str, torch.Tensor], weights_path: str) -> AtomisticModel:
+    """Builds the model of ``config.json``, first on the ``meta`` device (no memory) to
+    compare it with the weights, then for real."""
+    def cannot(error: BaseException) -> PretrainedModelError:
+        return PretrainedModelError(f"'{config_path}': cannot build {cls.__name__} from its "
+                                    f"model_kwargs {kwargs} ({type(error).__name__}: {error})")
+
+    limit = (2 * len(state) + 16, 2 * sum(t.numel() for t in state.values()) + 4096)
+    try:
+        with _meta_size_limit(*limit), torch.device('meta'):
+            cls(**kwargs)
+    except _TooLarge:
+        raise PretrainedModelError(
+            f"'{weights_path}' does not fit the {cls.__name__} described by '{config_path}': "
+            f"model_kwargs {kwargs} ask for a larger model than the file holds") from None
+    except Exception:  # noqa: BLE001 - retried for real below, which reports the error
+        pass
+    try:
+        return cls(**kwargs)
+    except Exception as error:  # noqa: BLE001 - any constructor error is a bad model_kwargs
+        raise cannot(error) from None
+
+
+def _check_weights(model: AtomisticModel, state: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                   weights_path: str, config_path: str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -422,11 +588,137 @@ def load_from_directory(directory: str, map_location: Union[str, torch.device] =
             f'missing {missing[:5]}' if missing else '',
             f'unexpected {unexpected[:5]}' if unexpected else '',
             f'shape mismatch {wrong[:5]}' if wrong else '']))
-        raise PretrainedModelError(f"'{weights_path}' does not fit the {cls.__name__} "
+        raise PretrainedModelError(f"'{weights_path}' does not fit the {type(model).__name__} "
                                    f"described by '{config_path}': {details}")
+    for key, tensor in state.items():
+        wanted = own[key].dtype
+        # buffers the model keeps in float64 whatever its dtype (reference energies) may come
+        # as float32 from older files: widening is exact; narrowing or other types are not
+        widened = tensor.dtype == torch.float32 and wanted == torch.float64 != dtype
+        if tensor.dtype != wanted and not widened:
+            raise PretrainedModelError(
+                f"dtype mismatch: '{config_path}' describes a {str(dtype)[6:]} model, so "
+                f"'{key}' should be {str(wanted)[6:]}, but '{weights_path}' holds "
+                f"{str(tensor.dtype)[6:]}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PretrainedModelError(f"'{weights_path}': tensor '{key}' holds NaN or "
+                                       f"infinite values; the file is corrupt")
+
+
+def _check_agreement(model: AtomisticModel, config: Mapping[str, Any], config_path: str,
+                     weights_path: str) -> None:
+    """Values stored in both files must agree (else one of them belongs to another model)."""
+    def contradiction(what: str, in_config: Any, in_weights: Any) -> PretrainedModelError:
+        return PretrainedModelError(f"'{config_path}' and '{weights_path}' contradict each "
+                                    f"other: {what} is {in_config} in {CONFIG_NAME} but "
+                                    f"{in_weights} in {WEIGHTS_NAME}")
+
+    if 'reference_energies' in config:
+        stored = _reference_energies(model)
+        listed = {str(int(k)): float(v) for k, v in config['reference_energies'].items()}
+        for key in sorted(set(stored) | set(listed), key=int):
+            if not _agree(listed.get(key, 0.0), stored.get(key, 0.0)):
+                raise contradiction(f'the reference energy of Z={key}', listed.get(key, 0.0),
+                                    stored.get(key, 0.0))
+    for key in ('mean', 'std'):
+        if key in config.get('standardization', {}):
+            listed, stored = float(config['standardization'][key]), float(getattr(model, key))
+            if not _agree(listed, stored):
+                raise contradiction(f'standardization.{key}', listed, stored)
+    if 'num_parameters' in config:
+        count = int(sum(p.numel() for p in model.parameters()))
+        if config['num_parameters'] != count:
+            raise contradiction('the number of parameters', config['num_parameters'], count)
+    if 'architecture' in config and config['architecture'] != architecture_name(model):
+        raise PretrainedModelError(f"'{config_path}': architecture {config['architecture']!r} "
+                                   f"contradicts the model it describes, a "
+                                   f"{architecture_name(model)}")
+    elements = config.get('supported_elements')
+    if elements is not None and max(elements) >= int(model.max_z):
+        raise PretrainedModelError(f"'{config_path}': supported_elements {elements} include "
+                                   f"atomic numbers the model cannot take (max_z "
+                                   f"{model.max_z})")
+
+
+def _weights_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The float type of most weights (a config without ``dtype``); float32 by default."""
+    counts: Dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+#: How often :func:`load_from_directory` re-reads a folder whose two files were caught in the
+#: middle of being replaced by another process (waiting 10, 20, 40, ... ms in between).
+_CONSISTENT_READ_ATTEMPTS = 6
+
+
+def _read_consistent(config_path: str, weights_path: str, check_hash: bool
+                     ) -> Tuple[Dict[str, Any], bytes]:
+    """``config.json`` and the weights bytes, read under a shared lock of the folder, and
+    read again a few times if the SHA-256 in the config does not match the weights (a writer
+    that does not take the lock may be between its two renames)."""
+    what = f'a saved pyg-tensorpot model needs {CONFIG_NAME} and {WEIGHTS_NAME}'
+    for attempt in range(_CONSISTENT_READ_ATTEMPTS):
+        if attempt:
+            time.sleep(0.01 * 2**(attempt - 1))
+        with _folder_lock(osp.dirname(config_path), exclusive=False):
+            config = _parse_config(_read_bytes(config_path, what), config_path)
+            weights = _read_bytes(weights_path, f"the weights of the model described by "
+                                                f"'{config_path}'")
+        expected = config.get('weights', {}).get('sha256')
+        if not check_hash or not expected or hashlib.sha256(weights).hexdigest() == expected:
+            return config, weights
+    raise PretrainedModelError(f"'{weights_path}' does not match the SHA-256 recorded in "
+                               f"'{config_path}': the file is corrupt or was replaced")
+
+
+def load_from_directory(directory: str, map_location: Union[str, torch.device] = 'cpu',
+                        check_hash: bool = True) -> AtomisticModel:
+    """Rebuilds a model saved by :func:`save_pretrained` from a local folder.
+
+    Every key and value of ``config.json`` is checked (see :data:`CONFIG_KEYS`), the weights
+    are compared with it (names, shapes, dtypes, SHA-256, finite values) and the values
+    stored in both files (reference energies, standardisation, number of parameters,
+    architecture) must agree. The files are only read. A folder being rewritten by
+    :func:`save_pretrained` of another process is read again until both files belong to
+    the same save.
+
+    Args:
+        directory (str): Folder with ``config.json`` and ``model.safetensors``.
+        map_location (str or torch.device, optional): Device of the returned model.
+            (default: ``"cpu"``)
+        check_hash (bool, optional): Compare the weights with the SHA-256 recorded in
+            ``config.json``. (default: :obj:`True`)
+
+    Raises:
+        PretrainedModelError: Missing, corrupt or contradictory ``config.json`` or
+            ``model.safetensors`` (bad JSON, unknown or ill-typed keys, truncated file, wrong
+            tensor names, shapes or dtypes), naming the file and the key.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+    config_path = osp.join(directory, CONFIG_NAME)
+    weights_path = osp.join(directory, WEIGHTS_NAME)
+    config, raw_weights = _read_consistent(config_path, weights_path, check_hash)
+    cls = MODEL_CLASSES.get(config['model_class'])
+    if cls is None:
+        raise PretrainedModelError(f"'{config_path}' asks for model class "
+                                   f"'{config['model_class']}', which is not registered "
+                                   f"(known: {sorted(MODEL_CLASSES)})")
+    try:
+        state = load_safetensors(raw_weights)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
+        raise PretrainedModelError(f"'{weights_path}' is not a readable safetensors file "
+                                   f"({error}); it is corrupt or truncated") from None
+    dtype = _DTYPES[config['dtype']] if 'dtype' in config else _weights_dtype(state)
+    model = _build(cls, config['model_kwargs'], config_path, state, weights_path).to(dtype)
+    _check_weights(model, state, dtype, weights_path, config_path)
     model.load_state_dict(state, strict=True)
+    _check_agreement(model, config, config_path, weights_path)
     if config.get('supported_elements') is not None:
-        model.supported_elements = [int(v) for v in config['supported_elements']]
+        model.supported_elements = sorted(int(v) for v in config['supported_elements'])
     model.pretrained_config = config
     return model.to(map_location).eval()
 
@@ -467,6 +759,11 @@ def resolve_pretrained(
 ) -> str:
     """The local folder holding the model :obj:`name_or_path`, downloading from the Hub if
     needed. Arguments as in :func:`from_pretrained`."""
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise TypeError(f'name_or_path must be a folder, a registered name or a Hub repository '
+                        f'id (a string), got {type(name_or_path).__name__}')
     if osp.isdir(name_or_path):
         return name_or_path
     entry = PRETRAINED_MODELS.get(name_or_path)
@@ -489,7 +786,12 @@ def resolve_pretrained(
             if filename == MODEL_CARD_NAME:
                 continue  # the card is documentation, not needed to load
             raise _hub_error(repo_id, filename, revision, error) from error
-        folder = folder or osp.dirname(path)
+        if folder is None:
+            folder = osp.dirname(path)
+            # the other files from the same snapshot, even if the branch moves meanwhile
+            # (another process updating the cache): config and weights of one commit
+            if revision is None and re.fullmatch('[0-9a-f]{40}', osp.basename(folder)):
+                revision = osp.basename(folder)
     return folder
 
 
@@ -529,8 +831,11 @@ def from_pretrained(
             (default: ``"cpu"``)
 
     Raises:
-        PretrainedModelError: The model cannot be found, or one of its files is missing or
-            corrupt (the message names it).
+        PretrainedModelError: The model cannot be found, or one of its files is missing,
+            corrupt or contradicts the other (unknown or ill-typed ``config.json`` keys,
+            truncated weights, wrong tensor shapes or dtypes); the message names the file and
+            the key.
+        TypeError: :obj:`name_or_path` is not a string or path.
     """
     directory = resolve_pretrained(name_or_path, revision, cache_dir, force_download,
                                    local_files_only, token)
@@ -612,7 +917,7 @@ def pretrained_demo(name: str = 'tensornet-ani1x', dimer: int = 0, reference: st
     """
     from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL, HARTREE_TO_EV
     model = from_pretrained(name)
-    dtype = model.atomref.dtype
+    dtype = _model_dtype(model)
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     s66 = osp.join(root, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')
     if reference not in ('auto', 's66x8', 'md17'):
@@ -692,7 +997,8 @@ AtomisticModel.push_to_hub = _method_push_to_hub
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'MODEL_CARD_NAME', 'PRETRAINED_MODELS', 'PretrainedEntry',
-    'PretrainedModelError', 'list_pretrained', 'register_model_class', 'save_pretrained',
+    'CONFIG_KEYS', 'PretrainedModelError', 'list_pretrained', 'register_model_class',
+    'save_pretrained',
     'from_pretrained', 'load_from_directory', 'resolve_pretrained', 'push_to_hub',
     'build_config', 'render_model_card', 'model_kwargs', 'architecture_name',
     'pretrained_demo',

@@ -9,7 +9,7 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +29,43 @@ logger = logging.getLogger('pyg_tensorpot.training')
 #: ``format`` tag of the model files written by :func:`export_model`.
 MODEL_FORMAT = 'pyg-tensorpot-model'
 _DTYPES = {32: torch.float32, 64: torch.float64}
+#: Lock file that a training run holds in its output folder while it runs.
+LOCK_NAME = '.train.lock'
+
+
+class OutputFolderInUseError(RuntimeError):
+    """The output folder of a training run is in use by another run (its lock is held)."""
+
+
+@contextlib.contextmanager
+def lock_output_folder(out_dir: str) -> Iterator[str]:
+    r"""Holds the lock file ``out_dir/.train.lock`` (created with the folder) for as long as
+    the block runs, so that a second run into the same folder refuses at once instead of
+    interleaving checkpoints. The lock is the operating system's (:mod:`filelock`): it is
+    released when the holding process ends, also when it is killed, so a stale lock file
+    never blocks.
+
+    Args:
+        out_dir (str): The run's folder.
+
+    Raises:
+        OutputFolderInUseError: Another process holds the lock.
+    """
+    from filelock import FileLock, Timeout
+    os.makedirs(out_dir, exist_ok=True)
+    path = osp.join(out_dir, LOCK_NAME)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputFolderInUseError(
+            f"output folder '{out_dir}' is in use by another training run (it holds the lock "
+            f"'{path}'); wait for that run to end, or train into another folder "
+            f"(e.g. out_dir={osp.normpath(out_dir)}-2)") from None
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -210,14 +247,22 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
         extra_callbacks (Sequence, optional): More Lightning callbacks. (default: :obj:`()`)
         report (bool, optional): Print the test error table at the end (when
             :obj:`verbose`). (default: :obj:`True`)
+
+    Raises:
+        OutputFolderInUseError: Another run is training into :obj:`config.out_dir` (see
+            :func:`lock_output_folder`).
     """
-    threads = torch.get_num_threads()
-    if config.trainer.num_threads is not None:
-        torch.set_num_threads(config.trainer.num_threads)
-    try:
-        return _train(config, resume, verbose, extra_callbacks, report)
-    finally:
-        torch.set_num_threads(threads)
+    config.validate()
+    # one lock per run: the other processes of a DDP run are not rank zero
+    lock = lock_output_folder(config.out_dir) if _is_rank_zero() else contextlib.nullcontext()
+    with lock:
+        threads = torch.get_num_threads()
+        if config.trainer.num_threads is not None:
+            torch.set_num_threads(config.trainer.num_threads)
+        try:
+            return _train(config, resume, verbose, extra_callbacks, report)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,

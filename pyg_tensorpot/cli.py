@@ -4,8 +4,11 @@ r"""The ``pyg-tensorpot`` command line.
 
     pyg-tensorpot quickstart [--out DIR]
     pyg-tensorpot train CONFIG.yaml [section.key=value ...] [--resume [CHECKPOINT]]
+    pyg-tensorpot train --data FILE.extxyz|FILE.db [CONFIG.yaml] [section.key=value ...]
+                        [--init NAME_OR_FOLDER] [--ensemble N]
     pyg-tensorpot evaluate CHECKPOINT [--dataset NAME --root DIR --arg key=value ...]
                                       [--split test|val|train|all] [--out DIR]
+                                      [--data FILE.extxyz] [--group-by KEY]
 
 Exit status: 0 on success, 2 for a bad configuration, override or missing file (the message
 names the key or file), 3 when the output folder is in use by another training run, 130
@@ -31,8 +34,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     quick.add_argument('--epochs', type=int, default=None,
                        help='number of epochs (default: 25)')
 
-    train = sub.add_parser('train', help='train a model from a YAML configuration')
-    train.add_argument('config', help='YAML configuration (see examples/)')
+    train = sub.add_parser('train', help='train a model from a YAML configuration and/or '
+                           'on your own extxyz or ASE database file (--data)')
+    train.add_argument('config', nargs='?', default=None,
+                       help='YAML configuration (see examples/); optional: without it a small '
+                       'TensorNet is trained with the defaults')
     train.add_argument('overrides', nargs='*', metavar='section.key=value',
                        help='override configuration values, e.g. optim.lr=5e-4')
     train.add_argument('--resume', nargs='?', const='auto', default=None,
@@ -40,9 +46,21 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                        help='resume an interrupted run (default: out_dir/checkpoints/'
                        'last.ckpt)')
     train.add_argument('--quiet', action='store_true', help='print only errors')
+    train.add_argument('--data', default=None, metavar='FILE',
+                       help='your structures: an extended-XYZ file (.xyz, .extxyz) or an ASE '
+                       'database (.db, .json, .aselmdb); same as data.path=FILE (options of '
+                       'the reader as data.args.KEY=VALUE, e.g. data.args.energy_unit=kcal/mol)')
+    train.add_argument('--init', default=None, metavar='NAME_OR_FOLDER',
+                       help='fine-tune a pretrained model: tensornet-ani1x, hipnn-ts-ani1x, a '
+                       'folder written by save_pretrained or a run, or a model.pt; same as '
+                       'model.init=...')
+    train.add_argument('--ensemble', type=int, default=None, metavar='N',
+                       help='train N members with seeds seed, seed+1, ... into '
+                       'out_dir/member_k and write out_dir/ensemble.json')
 
-    evaluate = sub.add_parser('evaluate', help='error table, parity plots and learning '
-                              'curves of a trained model')
+    evaluate = sub.add_parser('evaluate', help='error tables (overall, per element, per '
+                              'subset), markdown report, parity plots, error histograms and '
+                              'learning curves of a trained model')
     evaluate.add_argument('checkpoint', help='model.pt or a .ckpt written by train')
     evaluate.add_argument('--dataset', default=None,
                           help='dataset name (default: the test set of the training run)')
@@ -61,7 +79,28 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     evaluate.add_argument('--out', default=None,
                           help='folder for the plots (default: the run folder)')
     evaluate.add_argument('--no-plots', action='store_true', help='do not write PNG plots')
-    return parser.parse_args(argv)
+    evaluate.add_argument('--data', default=None, metavar='FILE.extxyz',
+                          help='evaluate every structure of your own extended-XYZ file '
+                          '(--arg passes ExtXYZDataset options, e.g. energy_key=REF_energy)')
+    evaluate.add_argument('--group-by', default=None, metavar='KEY',
+                          help='per-structure attribute (or extended-XYZ info key) to group '
+                          'the errors by (default: subset, name or config_type when present)')
+    args, extra = parser.parse_known_args(argv)
+    if args.command == 'train':
+        # argparse stops filling the positionals at the first option: `train --data F
+        # key=value` and `train --data F CONFIG.yaml` leave them over
+        for item in extra:
+            if item.startswith('-'):
+                break
+            if '=' not in item and args.config is None and not args.overrides:
+                args.config = item
+            else:
+                args.overrides.append(item)
+        else:
+            extra = []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _dataset_args(items: List[str]) -> dict:
@@ -70,6 +109,42 @@ def _dataset_args(items: List[str]) -> dict:
         if '=' not in item or '.' in item.split('=', 1)[0]:
             raise ConfigError(f'--arg {item!r}: expected key=value, e.g. molecule=aspirin')
     return parse_overrides(items)
+
+
+#: The model of ``pyg-tensorpot train`` without a YAML file: a small TensorNet (52k
+#: parameters, the size of the pretrained tensornet-ani1x) that trains on a CPU.
+SMALL_TENSORNET = {'name': 'TensorNet', 'hidden_channels': 32, 'num_layers': 2, 'num_rbf': 32,
+                   'cutoff': 5.0}
+
+
+def _train_config(args: argparse.Namespace):
+    """The configuration of ``pyg-tensorpot train``: the YAML file (if any), then the
+    overrides, then ``--data`` and ``--init``; without a file, defaults for a small model."""
+    import json
+    import os.path as osp
+
+    from pyg_tensorpot.training.config import load_config, parse_overrides
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and '=' in path and not osp.isfile(path):
+        path, overrides = None, [path] + overrides  # an override, not a file
+    # JSON strings are YAML scalars: a file name is never read as a number or a date
+    if args.data is not None:
+        overrides.append(f'data.path={json.dumps(args.data)}')
+    if args.init is not None:
+        overrides.append(f'model.init={json.dumps(args.init)}')
+    base = None
+    if path is None:
+        given = parse_overrides(overrides)
+        model = given.get('model') if isinstance(given.get('model'), dict) else {}
+        data = given.get('data') if isinstance(given.get('data'), dict) else {}
+        fine_tuning = 'init' in model
+        base = {'optim': {'lr': 1e-4 if fine_tuning else 5e-4, 'warmup_steps': 100}}
+        if not fine_tuning and model.get('name', 'TensorNet') == 'TensorNet':
+            base['model'] = dict(SMALL_TENSORNET)
+        if isinstance(data.get('path'), str) and 'out_dir' not in given:
+            stem = osp.splitext(osp.basename(data['path']))[0] or 'data'
+            base['out_dir'] = osp.join('runs', stem)
+    return load_config(path, overrides, base=base)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -82,10 +157,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from pyg_tensorpot.training.quickstart import quickstart
             quickstart(args.out, args.epochs)
         elif args.command == 'train':
-            from pyg_tensorpot.training.config import load_config
-            from pyg_tensorpot.training.run import train
-            config = load_config(args.config, args.overrides)
-            result = train(config, resume=args.resume, verbose=not args.quiet)
+            from pyg_tensorpot.datasets import RawFileError
+            from pyg_tensorpot.hub import PretrainedModelError
+            from pyg_tensorpot.training.run import train, train_ensemble
+            try:
+                config = _train_config(args)
+                if args.ensemble is not None:
+                    result = train_ensemble(config, args.ensemble, resume=args.resume,
+                                            verbose=not args.quiet)
+                else:
+                    result = train(config, resume=args.resume, verbose=not args.quiet)
+            except (RawFileError, PretrainedModelError) as error:
+                # a malformed structure file or saved model of the user's: named, no traceback
+                print(f'pyg-tensorpot train: error: {error}', file=sys.stderr)
+                return 2
             if result.interrupted:
                 return 130
         elif args.command == 'evaluate':
@@ -93,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             evaluate(args.checkpoint, dataset=args.dataset, root=args.root,
                      args=_dataset_args(args.arg), split=args.split, splits_file=args.splits,
                      batch_size=args.batch_size, device=args.device, out_dir=args.out,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, data=args.data, group_by=args.group_by)
     except (ConfigError, FileNotFoundError, ImportError) as error:
         print(f'pyg-tensorpot {args.command}: error: {error}', file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-r"""Neighbour lists on top of `vesin <https://github.com/Luthaf/vesin>`_.
+r"""Neighbour lists on top of `vesin <https://github.com/Luthaf/vesin>`_ (and an exact hashed
+cell list for the boxes vesin cannot handle safely, :mod:`pyg_tensorpot.nn.pair_search`).
 
 Edge convention (PyG's ``flow="source_to_target"``): ``edge_index[0]`` is the neighbour
 :math:`j` (source of the message) and ``edge_index[1]`` the receiving atom :math:`i`. The edge
@@ -25,8 +26,9 @@ def radius_graph(
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Builds the graph of all atom pairs of the same structure closer than :obj:`cutoff`.
 
-    Pairs are found with vesin's cell lists in :math:`O(N)` (in float64, whatever the dtype of
-    :obj:`pos`); the graph is not differentiable, the edge vectors computed from it with
+    Pairs are found in :math:`O(N)` with vesin's cell lists, or, for boxes vesin cannot handle
+    safely (flat, elongated or mostly empty), with an exact hashed cell list (see
+    :mod:`pyg_tensorpot.nn.pair_search`), in float64 whatever the dtype of :obj:`pos`; the graph is not differentiable, the edge vectors computed from it with
     :func:`edge_vectors` are. Every pair is stored in both directions.
 
     Args:

@@ -60,6 +60,34 @@ def batch_targets(batch, energy_key: str, forces_key: str, dtype: torch.dtype
     return energy, forces, num_atoms
 
 
+def batch_group_labels(batch, key: str) -> np.ndarray:
+    r"""One label per structure of a batch from its attribute :obj:`key`: a tensor with one
+    value per structure (int64, or float64 for a floating-point attribute), or the list of
+    strings PyG collates from a string attribute.
+
+    Raises:
+        KeyError: When the batch has no such attribute.
+        ValueError: When the attribute does not hold one value per structure.
+    """
+    num_graphs = int(batch.num_graphs)
+    value = getattr(batch, key, None)
+    if value is None:
+        raise KeyError(f"the structures have no attribute '{key}' to group the errors by")
+    if isinstance(value, Tensor):
+        if value.numel() != num_graphs:
+            raise ValueError(f"'{key}' has {value.numel()} values for {num_graphs} structures: "
+                             f"it is not one label per structure (shape {list(value.shape)})")
+        value = value.detach().reshape(-1).cpu()
+        if value.is_floating_point():
+            return value.to(torch.float64).numpy()
+        return value.to(torch.long).numpy()
+    if isinstance(value, (list, tuple)) and len(value) == num_graphs:
+        return np.asarray([str(v) for v in value], dtype=object)
+    if isinstance(value, (str, int, float)) and num_graphs == 1:
+        return np.asarray([str(value)], dtype=object)
+    raise ValueError(f"'{key}' ({type(value).__name__}) is not one label per structure")
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -69,6 +97,7 @@ def evaluate_model(
     energy_key: str = 'energy',
     forces_key: str = 'forces',
     keep_predictions: bool = True,
+    group_key: Optional[str] = None,
 ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     r"""Energy and force errors of :obj:`model` on every structure of :obj:`dataset`.
 
@@ -80,13 +109,25 @@ def evaluate_model(
             (default: :obj:`None`)
         energy_key (str, optional): Attribute with the energies. (default: :obj:`"energy"`)
         forces_key (str, optional): Attribute with the forces. (default: :obj:`"forces"`)
-        keep_predictions (bool, optional): Also return all predictions (for parity plots).
+        keep_predictions (bool, optional): Also return all predictions (for parity plots
+            and :func:`~pyg_tensorpot.training.report.accuracy_report`).
             (default: :obj:`True`)
+        group_key (str, optional): Per-structure attribute (e.g. COMP6's :obj:`subset`)
+            whose value is kept for every structure as :obj:`group`, for errors per group.
+            (default: :obj:`None`)
 
     Returns:
         (dict, dict): The metrics of :meth:`ErrorAccumulator.compute` and, if requested,
         float64 arrays :obj:`energy_pred`, :obj:`energy_true`, :obj:`num_atoms`,
-        :obj:`forces_pred`, :obj:`forces_true`.
+        :obj:`forces_pred`, :obj:`forces_true` (those the data has), the atomic numbers
+        :obj:`z` (int64, one per atom, in the order of the forces) and, with
+        :obj:`group_key`, :obj:`group` (one label per structure: int64 or float64 for a
+        tensor attribute, str for a string attribute).
+
+    Shapes:
+        - **predictions** :obj:`energy_*`, :obj:`num_atoms`, :obj:`group`:
+          :obj:`[num_structures]`; :obj:`forces_*`: :obj:`[num_atoms_total, 3]`;
+          :obj:`z`: :obj:`[num_atoms_total]`.
     """
     was_training = model.training
     model.eval()
@@ -112,7 +153,13 @@ def evaluate_model(
                 keep('num_atoms', num_atoms)
                 keep('forces_pred', forces)
                 keep('forces_true', forces_t)
+                kept.setdefault('z', []).append(batch.z.detach().to(torch.long).cpu().numpy())
+                if group_key is not None:
+                    kept.setdefault('group', []).append(
+                        batch_group_labels(batch, group_key))
     finally:
         model.train(was_training)
     predictions = {k: np.concatenate(v) for k, v in kept.items()}
+    if 'group' in predictions and predictions['group'].dtype == object:
+        predictions['group'] = predictions['group'].astype(str)
     return errors.compute(), predictions

@@ -1,6 +1,7 @@
-r"""Learning curves and parity plots (PNG, with matplotlib)."""
+r"""Learning curves, parity plots and error histograms (PNG, with matplotlib)."""
 import csv
 import os
+import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -15,6 +16,41 @@ def _pyplot():
         raise ImportError("plots need matplotlib: pip install 'pyg-tensorpot[train]' (or pip "
                           f"install matplotlib) ({error})") from None
     return plt
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> str:
+    """Saves a matplotlib figure as PNG through a temporary file in the same folder and
+    :func:`os.replace` (a reader never sees half an image), then closes it.
+
+    Args:
+        fig (matplotlib.figure.Figure): The figure.
+        path (str): The PNG file.
+        dpi (int, optional): Resolution. (default: :obj:`120`)
+
+    Returns:
+        str: :obj:`path`.
+    """
+    plt = _pyplot()
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                                   dir=folder)
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                # mkstemp makes the file private (0600); a plot is as readable as any file.
+                mask = os.umask(0o022)
+                os.umask(mask)
+                os.chmod(tmp, 0o666 & ~mask)
+                fig.savefig(f, dpi=dpi, format='png')
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    finally:
+        plt.close(fig)
+    return path
 
 
 def read_metrics_csv(path: str) -> Dict[str, Dict[int, float]]:
@@ -78,10 +114,7 @@ def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_parity(predictions: Dict[str, np.ndarray], path: str,
@@ -120,7 +153,47 @@ def plot_parity(predictions: Dict[str, np.ndarray], path: str,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def plot_error_histogram(predictions: Dict[str, np.ndarray], path: str,
+                         title: Optional[str] = None, bins: int = 60) -> str:
+    r"""Histograms of the energy errors per atom and of the force-component errors
+    (predicted minus reference, data in eV and eV/Angstrom, plotted in meV) with logarithmic
+    counts, so that the rare large errors stay visible next to the bulk.
+
+    Args:
+        predictions (dict): Predictions of
+            :func:`~pyg_tensorpot.training.inference.evaluate_model`.
+        path (str): The PNG file.
+        title (str, optional): Title of the figure. (default: :obj:`None`)
+        bins (int, optional): Number of bins of each histogram. (default: :obj:`60`)
+    """
+    plt = _pyplot()
+    panels: List[tuple] = []
+    if 'energy_pred' in predictions and 'energy_true' in predictions:
+        n = predictions['num_atoms'].astype(np.float64)
+        diff = (predictions['energy_pred'] - predictions['energy_true']) / n
+        panels.append((diff * 1e3, 'energy error per atom (meV)'))
+    if 'forces_pred' in predictions and 'forces_true' in predictions:
+        diff = (predictions['forces_pred'] - predictions['forces_true']).reshape(-1)
+        panels.append((diff * 1e3, 'force-component error (meV/Å)'))
+    panels = [(d[np.isfinite(d)], label) for d, label in panels]
+    panels = [(d, label) for d, label in panels if d.size > 0]
+    if not panels:
+        raise ValueError('nothing to plot: no finite energy or force errors were predicted')
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (diff, label) in zip(axes[0], panels):
+        # fewer bins for a few values, so that a small set is not a row of single counts
+        ax.hist(diff, bins=int(min(bins, max(10, 2 * np.sqrt(diff.size)))), color='C0',
+                log=True)
+        ax.axvline(0.0, color='0.6', lw=1)
+        ax.text(0.04, 0.94, f'MAE {np.abs(diff).mean():.2f}\n'
+                f'RMSE {np.sqrt(np.square(diff).mean()):.2f}', transform=ax.transAxes,
+                va='top')
+        ax.set_xlabel(label)
+        ax.set_ylabel('count')
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

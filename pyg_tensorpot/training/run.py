@@ -1,5 +1,6 @@
 r"""Training and evaluation runs: what ``pyg-tensorpot train`` and ``evaluate`` do."""
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -9,13 +10,19 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from pyg_tensorpot.training.builders import build_dataset, build_model
-from pyg_tensorpot.training.config import ConfigError, TrainingConfig
+from pyg_tensorpot.training.builders import (
+    build_dataset,
+    build_model,
+    freeze_parameters,
+    resolve_init,
+)
+from pyg_tensorpot.training.config import MAX_SEED, ConfigError, TrainingConfig, merge
 from pyg_tensorpot.training.data import (
+    check_supported_elements,
     describe_statistics,
     fit_training_statistics,
     make_split,
@@ -31,6 +38,12 @@ MODEL_FORMAT = 'pyg-tensorpot-model'
 _DTYPES = {32: torch.float32, 64: torch.float64}
 #: Lock file that a training run holds in its output folder while it runs.
 LOCK_NAME = '.train.lock'
+#: Folder of a run's :func:`~pyg_tensorpot.save_pretrained` export (safetensors + JSON).
+PRETRAINED_DIR = 'model'
+#: File of an ensemble run that lists its members (:func:`load_ensemble`).
+ENSEMBLE_FILE = 'ensemble.json'
+#: ``format`` tag of :data:`ENSEMBLE_FILE`.
+ENSEMBLE_FORMAT = 'pyg-tensorpot-ensemble'
 
 
 class OutputFolderInUseError(RuntimeError):
@@ -76,6 +89,10 @@ class TrainResult:
         out_dir (str): The run's folder.
         best_checkpoint (str): Lightning checkpoint with the best validation metric.
         model_path (str): The exported best model (:func:`load_trained_model`).
+        pretrained_dir (str): The same model saved by :func:`~pyg_tensorpot.save_pretrained`
+            (``out_dir/model``: loadable by :func:`~pyg_tensorpot.from_pretrained`, by
+            :obj:`model.init` of another run, by an ensemble), or :obj:`None` for a model
+            that cannot be saved so (a custom class).
         test_metrics (dict): Test errors by test-set name (eV, eV/Angstrom).
         statistics (dict): Fitted reference energies and standardisation.
         interrupted (bool): Training was interrupted (resume it with ``--resume``).
@@ -90,6 +107,7 @@ class TrainResult:
     interrupted: bool = False
     epochs: int = 0
     steps: int = 0
+    pretrained_dir: Optional[str] = None
 
 
 def _echo(message: str, verbose: bool = True) -> None:
@@ -114,14 +132,17 @@ def find_resume_checkpoint(out_dir: str) -> Optional[str]:
 def export_model(model: torch.nn.Module, config: TrainingConfig, path: str,
                  statistics: Optional[Dict[str, Any]] = None) -> str:
     r"""Writes a trained model as a plain file (configuration plus state dict) that
-    :func:`load_trained_model` reads back with ``torch.load(weights_only=True)``."""
+    :func:`load_trained_model` reads back with ``torch.load(weights_only=True)`` (only
+    tensors, numbers, strings, lists and dictionaries: nothing that needs pickle's classes)."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    elements = getattr(model, 'supported_elements', None)
     payload = {
         'format': MODEL_FORMAT,
         'version': 1,
         'config': config.to_dict(),
         'statistics': statistics,
         'state_dict': {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        'supported_elements': None if elements is None else [int(z) for z in elements],
     }
     tmp = path + '.tmp'
     torch.save(payload, tmp)
@@ -145,8 +166,10 @@ def load_trained_model(path: str, map_location: str = 'cpu'
     except Exception as error:  # noqa: BLE001 - unpickling errors have many types
         raise ValueError(f"'{path}' is not a pyg-tensorpot model or checkpoint ({error})") \
             from None
+    elements = None
     if isinstance(payload, dict) and payload.get('format') == MODEL_FORMAT:
         config_dict, state = payload['config'], payload['state_dict']
+        elements = payload.get('supported_elements')
     elif isinstance(payload, dict) and 'state_dict' in payload and isinstance(
             payload.get('hyper_parameters'), dict) and 'config' in payload['hyper_parameters']:
         config_dict = payload['hyper_parameters']['config']
@@ -159,8 +182,48 @@ def load_trained_model(path: str, map_location: str = 'cpu'
     config = TrainingConfig.from_dict(config_dict)
     model = build_model(config.model, _DTYPES[config.precision])
     model.load_state_dict(state)
+    if elements is not None:
+        model.supported_elements = [int(z) for z in elements]
     model.eval()
     return model, config
+
+
+def export_pretrained(model: torch.nn.Module, config: TrainingConfig, directory: str,
+                      metrics: Optional[Dict[str, Any]] = None,
+                      training: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    r"""Saves a trained model with :func:`~pyg_tensorpot.save_pretrained`
+    (``model.safetensors`` + ``config.json`` + ``README.md``, no pickle), recording the
+    training data and the test errors.
+
+    Args:
+        model (torch.nn.Module): The trained model.
+        config (TrainingConfig): Its experiment.
+        directory (str): The folder.
+        metrics (dict, optional): Test errors by test-set name. (default: :obj:`None`)
+        training (dict, optional): Training settings to record. (default: :obj:`None`)
+
+    Returns:
+        str or None: The folder, or :obj:`None` for a model that is not one of the
+        registered classes (:func:`~pyg_tensorpot.hub.register_model_class`).
+    """
+    from pyg_tensorpot.hub import MODEL_CLASSES, save_pretrained
+    if MODEL_CLASSES.get(type(model).__name__) is not type(model):
+        return None
+    data = config.data
+    training_data = {'dataset': data.dataset}
+    if data.path is not None:
+        training_data['file'] = osp.basename(data.path)
+    if config.model.get('init') is not None:
+        training_data['fine_tuned_from'] = config.model['init']
+    settings = {'seed': config.seed, 'loss': dataclasses.asdict(config.loss),
+                'optim': dataclasses.asdict(config.optim)}
+    if config.model.get('freeze'):
+        settings['frozen'] = list(config.model['freeze'])
+    settings.update(training or {})
+    return save_pretrained(model, directory, training_data=training_data,
+                           metrics=metrics or {}, training=settings,
+                           description=f'Trained with pyg-tensorpot train on {data.dataset}'
+                           + (f' ({osp.basename(data.path)})' if data.path else '') + '.')
 
 
 #: Lightning messages that say nothing to a user of this package's runs.
@@ -274,6 +337,10 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
     from pyg_tensorpot.training.module import AtomisticDataModule, PotentialModule
 
     config.validate()
+    # fine-tuning: the run's configuration records the pretrained architecture
+    model_section, pretrained = resolve_init(config.model)
+    if pretrained is not None:
+        config = TrainingConfig.from_dict({**config.to_dict(), 'model': model_section})
     out_dir = config.out_dir
     rank_zero = _is_rank_zero()
     verbose = verbose and rank_zero
@@ -304,7 +371,21 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
     prepared = prepare_data(config.data, config.seed, osp.join(out_dir, 'splits.npz'))
     _check_monitor(config, prepared)
     model = build_model(config.model, dtype)
-    statistics = fit_training_statistics(model, prepared.train, config.data, prepared.dataset)
+    if pretrained is not None:
+        model.load_state_dict(pretrained.state_dict())
+        model.supported_elements = pretrained.supported_elements
+        what = f"the pretrained model {config.model['init']!r}"
+    else:
+        what = f"{type(model).__name__} (model section)"
+    check_supported_elements(model, {f'the data set {config.data.dataset}': prepared.dataset,
+                                     **prepared.test}, what)
+    frozen = freeze_parameters(model, config.model.get('freeze', []))
+    statistics = fit_training_statistics(model, prepared.train, config.data, prepared.dataset,
+                                         pretrained=pretrained is not None)
+    if pretrained is not None:
+        _echo(f"fine-tuning {what}" + (f'; {len(frozen)} parameter tensors frozen '
+                                       f"({', '.join(config.model['freeze'])})"
+                                       if frozen else ''), verbose)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _echo(f'{type(model).__name__}: {n_params:,} trainable parameters; '
           f'{len(prepared.train)} training / {len(prepared.val)} validation structures'
@@ -371,6 +452,10 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
         result.model_path = export_model(module.eval_model, config,
                                          osp.join(out_dir, 'model.pt'),
                                          module.hparams.get('statistics'))
+        result.pretrained_dir = export_pretrained(
+            module.eval_model, config, osp.join(out_dir, PRETRAINED_DIR), result.test_metrics,
+            {'epochs': result.epochs, 'steps': result.steps,
+             'training_structures': len(prepared.train)})
         with open(osp.join(out_dir, 'test_metrics.json'), 'w') as f:
             json.dump(result.test_metrics, f, indent=1)
         metrics_csv = osp.join(out_dir, 'logs', 'metrics.csv')
@@ -385,8 +470,152 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
             title = (f'Test errors of the best {type(model).__name__} (weight average) on '
                      f'{int(metrics["num_structures"]):,} structures ({name})')
             _echo(format_error_table(metrics, title), verbose and report)
-        _echo(f'model: {result.model_path}\nbest checkpoint: {best}', verbose and report)
+        _echo(f'model: {result.model_path}'
+              + (f' (and {result.pretrained_dir}/)' if result.pretrained_dir else '')
+              + f'\nbest checkpoint: {best}', verbose and report)
     return result
+
+
+@dataclass
+class EnsembleResult:
+    r"""What :func:`train_ensemble` produced.
+
+    Args:
+        out_dir (str): The ensemble's folder.
+        members (list): The :class:`TrainResult` of every member (``out_dir/member_k``).
+        ensemble_file (str): ``out_dir/ensemble.json`` (:func:`load_ensemble`), or
+            :obj:`None` when a member was interrupted.
+        test_metrics (dict): Test errors of the ensemble's mean prediction by test-set name.
+    """
+    out_dir: str
+    members: List[TrainResult]
+    ensemble_file: Optional[str] = None
+    test_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def interrupted(self) -> bool:
+        return any(member.interrupted for member in self.members)
+
+
+def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[str] = None,
+                   verbose: bool = True) -> EnsembleResult:
+    r"""Trains :obj:`num_members` copies of an experiment with the seeds :obj:`config.seed`,
+    :obj:`config.seed + 1`, ... into ``out_dir/member_0``, ``out_dir/member_1``, ... (each
+    a whole run of :func:`train`), all on the split of the first member, then writes
+    ``out_dir/ensemble.json`` (the members' :func:`~pyg_tensorpot.save_pretrained` folders,
+    :func:`load_ensemble`) and ``out_dir/test_metrics.json`` (the errors of the members' mean
+    prediction).
+
+    Args:
+        config (TrainingConfig): The experiment of every member.
+        num_members (int): Members, at least 2.
+        resume (str, optional): :obj:`"auto"` resumes every member from its
+            ``checkpoints/last.ckpt``. (default: :obj:`None`)
+        verbose (bool, optional): Print progress and the error tables. (default: :obj:`True`)
+
+    Raises:
+        ConfigError: Fewer than two members, or a member's model cannot be saved with
+            :func:`~pyg_tensorpot.save_pretrained`.
+    """
+    if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 2:
+        raise ConfigError(f'--ensemble: an ensemble needs at least 2 members, got '
+                          f'{num_members!r}')
+    if resume not in (None, 'auto'):
+        raise ConfigError('--resume: an ensemble resumes every member from its own last '
+                          'checkpoint; pass --resume without a file')
+    config.validate()
+    if config.seed + num_members - 1 > MAX_SEED:
+        raise ConfigError(f'seed: {config.seed} + {num_members - 1} members exceeds {MAX_SEED}')
+    out_dir = config.out_dir
+    base = config.to_dict()
+    results: List[TrainResult] = []
+    with lock_output_folder(out_dir):
+        member_configs = []
+        for k in range(num_members):
+            values = merge(base, {'seed': config.seed + k,
+                                  'out_dir': osp.join(out_dir, f'member_{k}')})
+            if k > 0 and config.data.splits_file is None:
+                # one split for all: the test set is unseen by every member
+                values['data']['splits_file'] = osp.join(results[0].out_dir, 'splits.npz')
+            member = TrainingConfig.from_dict(values)
+            member_configs.append(member)
+            _echo(f'--- ensemble member {k + 1} of {num_members} (seed {member.seed}): '
+                  f'{member.out_dir}', verbose)
+            result = train(member, resume=resume, verbose=verbose)
+            results.append(result)
+            if result.interrupted:
+                return EnsembleResult(out_dir, results)
+        missing = [r.out_dir for r in results if r.pretrained_dir is None]
+        if missing:
+            raise ConfigError(f"model.name: {config.model.get('name')} cannot be saved with "
+                              f"save_pretrained (register_model_class), so no ensemble folder "
+                              f"was written; the members' model.pt are in {', '.join(missing)}")
+        listing = {
+            'format': ENSEMBLE_FORMAT,
+            'version': 1,
+            'members': [osp.relpath(r.pretrained_dir, out_dir) for r in results],
+            'seeds': [m.seed for m in member_configs],
+        }
+        path = osp.join(out_dir, ENSEMBLE_FILE)
+        _write_json_atomic(path, listing)
+        summary = EnsembleResult(out_dir, results, path)
+        ensemble = load_ensemble(path)
+        device = torch.device('cuda' if torch.cuda.is_available()
+                              and config.trainer.accelerator in ('auto', 'gpu', 'cuda')
+                              else 'cpu')
+        ensemble = ensemble.to(device)
+        data = member_configs[-1].data
+        tests = prepare_data(data, member_configs[-1].seed).test
+        for name, subset in tests.items():
+            metrics, _ = evaluate_model(ensemble, subset, data.inference_batch_size, device,
+                                        data.energy_key, data.forces_key)
+            summary.test_metrics[name] = metrics
+            title = (f'Test errors of the ensemble of {num_members} (mean prediction) on '
+                     f'{int(metrics["num_structures"]):,} structures ({name})')
+            _echo(format_error_table(metrics, title), verbose)
+        _write_json_atomic(osp.join(out_dir, 'test_metrics.json'), summary.test_metrics)
+        _echo(f'ensemble: {path} (pyg_tensorpot.training.run.load_ensemble)', verbose)
+    return summary
+
+
+def _write_json_atomic(path: str, value: Any) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_ensemble(path: str, map_location: str = 'cpu'):
+    r"""Loads the ensemble written by :func:`train_ensemble` (``pyg-tensorpot train
+    --ensemble N``) as an :class:`~pyg_tensorpot.models.ensemble.Ensemble`.
+
+    Args:
+        path (str): The ensemble's folder or its ``ensemble.json``.
+        map_location (str, optional): Device of the members. (default: :obj:`"cpu"`)
+
+    Raises:
+        FileNotFoundError: No ``ensemble.json`` there.
+        ValueError: The file is not an ensemble listing (the message names it).
+    """
+    from pyg_tensorpot.models.ensemble import Ensemble
+    file = osp.join(path, ENSEMBLE_FILE) if osp.isdir(path) else path
+    if not osp.isfile(file):
+        raise FileNotFoundError(f"'{file}' does not exist: not an ensemble written by "
+                                f"pyg-tensorpot train --ensemble")
+    try:
+        with open(file, encoding='utf-8') as f:
+            listing = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"'{file}' is not readable JSON ({error})") from None
+    if not isinstance(listing, dict) or listing.get('format') != ENSEMBLE_FORMAT:
+        raise ValueError(f"'{file}' is not an ensemble listing (format {ENSEMBLE_FORMAT!r})")
+    members = listing.get('members')
+    if not isinstance(members, list) or len(members) < 2 or not all(
+            isinstance(m, str) and m for m in members):
+        raise ValueError(f"'{file}': 'members' must list at least two model folders")
+    folder = osp.dirname(osp.abspath(file))
+    return Ensemble.from_pretrained([osp.join(folder, m) for m in members],
+                                    map_location=map_location)
 
 
 def evaluation_sets(config: TrainingConfig, dataset: Optional[str] = None,
@@ -439,46 +668,102 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
              args: Optional[Dict[str, Any]] = None, split: Optional[str] = None,
              splits_file: Optional[str] = None, batch_size: int = 64,
              device: Optional[str] = None, out_dir: Optional[str] = None,
-             plots: bool = True, verbose: bool = True) -> Dict[str, Dict[str, float]]:
+             plots: bool = True, verbose: bool = True, data: Optional[str] = None,
+             group_by: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     r"""Evaluates a trained model: prints energy (per structure and per atom) and force MAE
-    and RMSE in eV, meV and kcal/mol, and writes parity plots (and the learning curves of the
-    run, when its ``logs/metrics.csv`` is found) as PNG.
+    and RMSE in eV, meV and kcal/mol, and writes for every evaluated set an accuracy report
+    ``report_<set>.md`` (errors overall, per element and per group of structures), parity
+    plots and error histograms as PNG, and ``evaluation.json`` with the same numbers (plus
+    the learning curves of the run, when its ``logs/metrics.csv`` is found).
 
     Args:
         checkpoint (str): ``model.pt`` or a ``.ckpt`` written by :func:`train`.
-        dataset, root, args, split, splits_file: See :func:`evaluation_sets`.
+        dataset, root, args, split, splits_file: See :func:`evaluation_sets`; with
+            :obj:`data`, :obj:`args` are keyword arguments of
+            :class:`~pyg_tensorpot.datasets.ExtXYZDataset` (e.g. :obj:`energy_key`,
+            :obj:`energy_unit`).
         batch_size (int, optional): Structures per batch. (default: :obj:`64`)
         device (str, optional): :obj:`"cpu"`, :obj:`"cuda"`, ...; defaults to CUDA when
             available. (default: :obj:`None`)
-        out_dir (str, optional): Where to write the plots and ``evaluation.json``; defaults
-            to the run folder of :obj:`checkpoint`. (default: :obj:`None`)
+        out_dir (str, optional): Where to write the reports, plots and ``evaluation.json``;
+            defaults to the run folder of :obj:`checkpoint`. (default: :obj:`None`)
         plots (bool, optional): Write the PNG plots. (default: :obj:`True`)
         verbose (bool, optional): Print the tables. (default: :obj:`True`)
+        data (str, optional): A user's extended-XYZ file to evaluate (every structure),
+            processed into ``out_dir/data/``; excludes :obj:`dataset`. (default: :obj:`None`)
+        group_by (str, optional): Per-structure attribute to group the errors by (for an
+            extended-XYZ file also a key of the frames' ``info``, e.g. ``config_type``);
+            defaults to the first of
+            :obj:`~pyg_tensorpot.training.report.DEFAULT_GROUP_KEYS` the structures have.
+            (default: :obj:`None`)
 
     Returns:
-        dict: Metrics by evaluated set (eV, eV/Angstrom).
+        dict: By evaluated set, the metrics of
+        :meth:`~pyg_tensorpot.training.metrics.ErrorAccumulator.compute` (eV, eV/Angstrom)
+        plus :obj:`num_atoms`, :obj:`per_element`, :obj:`group_key` and :obj:`per_group` of
+        :func:`~pyg_tensorpot.training.report.accuracy_report`.
     """
+    from pyg_tensorpot.training.report import (
+        accuracy_report,
+        format_markdown_report,
+        write_json_atomic,
+        write_text_atomic,
+    )
+    if group_by is not None and not str(group_by).strip():
+        raise ConfigError('--group-by: give the name of a per-structure attribute, e.g. '
+                          'subset')
     model, config = load_trained_model(checkpoint)
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     model = model.to(device)
     run_dir = _run_dir_of(checkpoint)
     out_dir = out_dir or run_dir
-    sets = evaluation_sets(config, dataset, root, args, split, splits_file)
-    results: Dict[str, Dict[str, float]] = {}
+    if data is not None:
+        if dataset is not None or splits_file is not None:
+            raise ConfigError('--data evaluates a file of your own: give either --data or '
+                              '--dataset (and --splits), not both')
+        if split not in (None, 'all'):
+            raise ConfigError(f'--split {split}: --data evaluates every structure of the file '
+                              f'(choose the frames with --arg index=..., e.g. index=::10)')
+        sets = {osp.basename(data): _user_extxyz(data, args or {}, out_dir, verbose)}
+        energy_key, forces_key = 'energy', 'forces'
+    else:
+        sets = evaluation_sets(config, dataset, root, args, split, splits_file)
+        energy_key, forces_key = config.data.energy_key, config.data.forces_key
+    results: Dict[str, Dict[str, Any]] = {}
     for name, ds in sets.items():
-        metrics, predictions = evaluate_model(model, ds, batch_size, torch.device(device),
-                                              config.data.energy_key, config.data.forces_key,
-                                              keep_predictions=plots)
-        results[name] = metrics
+        group_key, labels = _group_labels(ds, name, group_by)
+        metrics, predictions = evaluate_model(
+            model, ds, batch_size, torch.device(device), energy_key, forces_key,
+            keep_predictions=True, group_key=group_key if labels is None else None)
+        if labels is not None:
+            predictions['group'] = labels
+        report = accuracy_report(predictions, metrics, group_key,
+                                 _group_names(ds, group_key) if group_key else None)
+        results[name] = {**metrics, 'num_atoms': report['overall']['num_atoms'],
+                         'per_element': report['per_element'],
+                         'group_key': report['group_key'], 'per_group': report['per_group']}
         title = (f'Errors of {type(model).__name__} on {int(metrics["num_structures"]):,} '
                  f'structures of {name}')
         _echo(format_error_table(metrics, title), verbose)
+        slug = re.sub('[^0-9a-z]+', '_', name.lower()).strip('_') or 'set'
+        written = []
         if plots and predictions:
-            from pyg_tensorpot.training.plots import plot_parity
-            slug = re.sub('[^0-9a-z]+', '_', name.lower()).strip('_')
-            path = plot_parity(predictions, osp.join(out_dir, f'parity_{slug}.png'), title)
-            _echo(f'parity plot: {path}', verbose)
+            from pyg_tensorpot.training.plots import plot_error_histogram, plot_parity
+            if any(k in predictions for k in ('energy_pred', 'forces_pred')):
+                path = plot_parity(predictions, osp.join(out_dir, f'parity_{slug}.png'), title)
+                written.append(osp.basename(path))
+                _echo(f'parity plot: {path}', verbose)
+                try:
+                    path = plot_error_histogram(predictions,
+                                                osp.join(out_dir, f'errors_{slug}.png'), title)
+                    written.append(osp.basename(path))
+                    _echo(f'error histogram: {path}', verbose)
+                except ValueError as error:  # only non-finite errors: nothing to bin
+                    _echo(f'no error histogram for {name}: {error}', verbose)
+        path = write_text_atomic(format_markdown_report(report, title, written),
+                                 osp.join(out_dir, f'report_{slug}.md'))
+        _echo(f'report: {path}', verbose)
     if plots:
         metrics_csv = osp.join(run_dir, 'logs', 'metrics.csv')
         if osp.isfile(metrics_csv):
@@ -487,10 +772,105 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
                                         title=f'{type(model).__name__} on '
                                         f'{config.data.dataset}')
             _echo(f'learning curves: {path}', verbose)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(osp.join(out_dir, 'evaluation.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(results, osp.join(out_dir, 'evaluation.json'))
     return results
+
+
+def _user_extxyz(path: str, args: Dict[str, Any], out_dir: str, verbose: bool):
+    r"""The :class:`~pyg_tensorpot.datasets.ExtXYZDataset` of a user's file, processed into
+    ``out_dir/data/<file name>``; every problem of the file is a :class:`ConfigError` naming
+    it."""
+    from pyg_tensorpot.datasets.base import RawFileError
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"--data: '{path}' does not exist (or is not a file)")
+    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', osp.basename(path)) or 'data'
+    kwargs = {'log': verbose, **args, 'path': path}
+    try:
+        return build_dataset('ExtXYZDataset', osp.join(out_dir, 'data', stem), kwargs,
+                             key='--data')
+    except ConfigError:
+        raise
+    except (RawFileError, ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"--data '{path}': {error}") from None
+
+
+def _unwrap(ds):
+    """The dataset below :class:`torch.utils.data.Subset`-like wrappers."""
+    while not hasattr(ds, 'get') and hasattr(ds, 'dataset') and ds.dataset is not ds:
+        ds = ds.dataset
+    return ds
+
+
+def _group_names(ds, key: str) -> Optional[Sequence[str]]:
+    r"""Names of the integer labels of :obj:`key`: ``dataset.<key>_names``, else a class
+    attribute ``<key>s`` holding strings (:obj:`COMP6.subsets` for COMP6's ``subset``)."""
+    base = _unwrap(ds)
+    names = getattr(base, f'{key}_names', None)
+    if names is None:
+        names = getattr(type(base), f'{key}s', None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return None
+
+
+def _per_structure(sample, key: str) -> bool:
+    value = getattr(sample, key, None)
+    if isinstance(value, str):
+        return True
+    return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+def _extxyz_info(ds, key: Optional[str]) -> Tuple[Optional[str], Optional[Any], Sequence[str]]:
+    r"""For an :class:`~pyg_tensorpot.datasets.ExtXYZDataset` (or a part of one): the key
+    found (:obj:`key`, or the first default one), the labels of its structures read with ASE
+    from the frames' ``info`` (``"(none)"`` where a frame lacks it), and the info keys of the
+    first frame."""
+    import numpy as np
+    from pyg_tensorpot.datasets import ExtXYZDataset
+    from pyg_tensorpot.training.report import DEFAULT_GROUP_KEYS
+    base = _unwrap(ds)
+    if not isinstance(base, ExtXYZDataset) or len(ds) == 0:
+        return None, None, ()
+    import ase.io
+    images = ase.io.read(base.path, index=base.index, format='extxyz')
+    if not isinstance(images, list):
+        images = [images]
+    available = sorted(images[0].info) if images else []
+    found = key if key is not None else next(
+        (k for k in DEFAULT_GROUP_KEYS if images and k in images[0].info), None)
+    if found is None or not any(found in atoms.info for atoms in images):
+        return None, None, available
+    texts = [str(atoms.info.get(found, '(none)')) for atoms in images]
+    labels = np.asarray([texts[int(ds[i].idx)] for i in range(len(ds))], dtype=str)
+    return found, labels, available
+
+
+def _group_labels(ds, name: str, group_by: Optional[str]) -> Tuple[Optional[str], Optional[Any]]:
+    r"""The attribute to group the errors of :obj:`ds` by: ``(key, None)`` for an attribute
+    of the structures, ``(key, labels)`` for labels read from an extended-XYZ file, or
+    ``(None, None)`` (no grouping)."""
+    from pyg_tensorpot.training.report import DEFAULT_GROUP_KEYS
+    if len(ds) == 0:
+        return None, None
+    sample = ds[0]
+    keys = sorted(k for k in sample.keys() if _per_structure(sample, k))
+    if group_by is not None:
+        if group_by in sample.keys():
+            if not _per_structure(sample, group_by):
+                raise ConfigError(f"--group-by {group_by}: '{group_by}' of {name} is not one "
+                                  f"label per structure; per-structure attributes are {keys}")
+            return group_by, None
+        found, labels, info = _extxyz_info(ds, group_by)
+        if labels is not None:
+            return found, labels
+        also = f' and the frames have the info keys {list(info)}' if info else ''
+        raise ConfigError(f"--group-by {group_by}: the structures of {name} have no "
+                          f"'{group_by}'; their per-structure attributes are {keys}{also}")
+    for key in DEFAULT_GROUP_KEYS:
+        if key in keys:
+            return key, None
+    found, labels, _ = _extxyz_info(ds, None)
+    return (found, labels) if labels is not None else (None, None)
 
 
 def _run_dir_of(checkpoint: str) -> str:

@@ -236,7 +236,10 @@ def test_spice_filters_and_extras(spice_root, caplog):
     norms = full._data.forces.norm(dim=-1)
     per_frame = torch.stack([norms[full.slices['forces'][i]:full.slices['forces'][i + 1]].max()
                              for i in range(len(full))])
-    limit = float(per_frame.median())
+    # halfway between two frames: the dataset's float64 norms and these float32 ones differ
+    # in the last bit, by kernel path, so a frame exactly at the limit may fall either side
+    ordered = per_frame.sort().values
+    limit = float(ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     capped = SPICE(spice_root, max_force=limit, **kw)
     assert len(capped) == int((per_frame <= limit).sum())
     assert all(capped[i].forces.norm(dim=-1).max() <= limit for i in range(len(capped)))

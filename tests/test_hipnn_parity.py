@@ -67,7 +67,7 @@ def test_graph_module_keys_and_file(fixtures_dir, tmp_path):
     path = tmp_path / 'hipnn.pt'
     torch.save(renamed, path)
     model = load_hippynn(path, cutoff=6.5)
-    assert model.atomref.dtype == torch.float64
+    assert next(model.parameters()).dtype == torch.float64  # the weights, not just atomref
     z, pos, batch, _ = padded_to_batch(data['Z'], data['R'])
     energy = model(z, pos, batch)
     torch.testing.assert_close(energy, torch.from_numpy(data['energy']), rtol=1e-9, atol=0.0)

@@ -77,7 +77,7 @@ def small_hipnn(max_order: int = 2) -> HIPNN:
 
 
 def predict(model):
-    pos = ETHANOL_POS.to(model.atomref.dtype)
+    pos = ETHANOL_POS.to(next(model.parameters()).dtype)  # atomref may be float64 always
     return model.eval().energy_and_forces(ETHANOL_Z, pos)
 
 
@@ -134,7 +134,7 @@ def test_float64_and_methods(tmp_path):
     model = small_hipnn().double()
     model.save_pretrained(str(tmp_path / 'm'))
     loaded = HIPNN.from_pretrained(str(tmp_path / 'm'))
-    assert loaded.atomref.dtype == torch.float64
+    assert next(loaded.parameters()).dtype == torch.float64  # the weights, not just atomref
     assert torch.equal(predict(model)[1], predict(loaded)[1])
     assert isinstance(AtomisticModel.from_pretrained(str(tmp_path / 'm')), HIPNN)
     with pytest.raises(PretrainedModelError, match='holds a HIPNN, not a TensorNet'):
@@ -226,18 +226,32 @@ def test_registered_models_shipped_and_via_hub_cache(tmp_path, name):
 @pytest.mark.parametrize('name', sorted(PRETRAINED_MODELS))
 def test_registered_model_cards_reproduce_on_s66x8(name):
     # the S66x8 numbers in the shipped config.json (and model card) are those of the shipped
-    # weights: recomputed here on all 528 conformations against the DFT references
+    # weights: recomputed here on all 528 conformations against the DFT references, in
+    # float64, which gives the same numbers on every CPU (measured: within 1e-13 between the
+    # AVX-512, AVX2 and scalar kernels; see also test_cpu_independence.py).
+    # The card is a float32 measurement, and float32 results depend on the CPU: the kernel path
+    # (AVX-512, AVX2, scalar; Intel MKL's code path) and the summation order change the
+    # rounding. Measured on an AMD EPYC under ATEN_CPU_CAPABILITY=avx512/avx2/default,
+    # MKL_ENABLE_INSTRUCTIONS=SSE4_2, 1 or 2 threads, batches of 1/8/32/64 and permuted atoms:
+    # the float32 energy MAE lies 4.4e-4 to 6.1e-4 (relative) above the float64 one when the
+    # total energies (-4,157 to -22,571 eV, one float32 ulp 0.5 to 2 meV) are summed in
+    # float32, as for the shipped cards (an Intel Xeon's 0.96552 kcal/mol for tensornet-ani1x
+    # is 5.0e-4 above), and within 1e-6 when they are summed in float64; the float32 force MAE
+    # lies within 5e-7 of the float64 one. The tolerances are about 3x and 4x the largest
+    # deviations.
     spec = importlib.util.spec_from_file_location(
         'bench_pretrained', osp.join(ROOT, 'benchmarks', 'pretrained.py'))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    model = from_pretrained(name)
+    model = from_pretrained(name).double()
     recorded = model.pretrained_config['metrics'][
         'COMP6 S66x8 (528 conformations, wB97X/6-31G(d))']['results']
     data = bench.load_s66x8()
     measured = bench.errors(*bench.predict_model(model, data), data)
-    for key in ('energy_mae_kcal_mol', 'forces_mae_kcal_mol_per_angstrom'):
-        assert measured[key] == pytest.approx(recorded[name][key], rel=1e-4)
+    assert measured['energy_mae_kcal_mol'] == pytest.approx(
+        recorded[name]['energy_mae_kcal_mol'], rel=2e-3)
+    assert measured['forces_mae_kcal_mol_per_angstrom'] == pytest.approx(
+        recorded[name]['forces_mae_kcal_mol_per_angstrom'], rel=2e-6)
     # and the bar: within 1.5x of the ANI-1x ensemble's errors (measured with torchani
     # by benchmarks/pretrained.py, recorded beside them)
     ensemble = recorded['ANI-1x ensemble (8 models)']

@@ -1,5 +1,10 @@
 """Benchmark datasets as PyG InMemoryDatasets, in eV and Angstrom."""
-from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset, ChecksumError, RawFileError
+from pyg_tensorpot.datasets.base import (
+    AtomisticInMemoryDataset,
+    ChecksumError,
+    ProcessedFileError,
+    RawFileError,
+)
 from pyg_tensorpot.datasets.ani1x import ANI1x
 from pyg_tensorpot.datasets.comp6 import COMP6
 from pyg_tensorpot.datasets.md17 import MD17, RMD17, MD17EthanolSample
@@ -19,6 +24,7 @@ from pyg_tensorpot.datasets.splits import (
 __all__ = [
     'AtomisticInMemoryDataset',
     'ChecksumError',
+    'ProcessedFileError',
     'RawFileError',
     'QM9',
     'ANI1x',

@@ -9,8 +9,11 @@ from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     StorageBuilder,
+    check_allocation,
+    check_kind,
     logger,
     progress,
+    raw_read_errors,
     require_h5py,
 )
 from pyg_tensorpot.datasets.reference_energies import (
@@ -99,7 +102,8 @@ class ANI1x(AtomisticInMemoryDataset):
             ``('wb97x_dz.dipole', 'wb97x_dz.cm5_charges', 'ccsd(t)_cbs.energy')``, stored under
             :func:`attribute_name` of the key; energies and forces are converted to eV and
             eV/Angstrom, other properties keep the release's units. (default: ``()``)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = 'https://figshare.com/ndownloader/files/18112775'
@@ -123,6 +127,7 @@ class ANI1x(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         level = str(level).lower()
         if level not in ANI1X_LEVELS:
@@ -138,7 +143,7 @@ class ANI1x(AtomisticInMemoryDataset):
                               else 'custom')
         self.extra_keys = tuple(extra_keys)
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     @staticmethod
     def _resolve_self_energies(value) -> Optional[Dict[int, float]]:
@@ -173,6 +178,10 @@ class ANI1x(AtomisticInMemoryDataset):
         return hartree_to_ev(SELF_ENERGY_TABLES[_LEVEL_ATOMREF[self.level]])
 
     def process_storage(self):
+        with raw_read_errors(self.raw_paths, 'ANI-1x') as position:
+            return self._read_raw(position)
+
+    def _read_raw(self, position):
         h5py = require_h5py('ANI-1x')
         path = self.raw_paths[0]
         energy_keys, forces_key = ANI1X_LEVELS[self.level]
@@ -193,17 +202,24 @@ class ANI1x(AtomisticInMemoryDataset):
             for name in progress(groups, desc='ANI-1x: energies', enabled=self.log,
                                  unit='group'):
                 group = f[name]
+                position.group = name
                 needed = ('atomic_numbers', 'coordinates') + energy_keys + (
                     (forces_key,) if forces_key else ()) + self.extra_keys
                 missing = [k for k in needed if k not in group]
                 if missing:
                     raise RawFileError(f"group '{name}' of '{path}' lacks {missing}: not the "
                                        f"ANI-1x release layout")
-                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64)
+                check_kind(group['atomic_numbers'], 'iu', path)
+                for key in ('coordinates',) + needed[2:]:
+                    check_kind(group[key], 'f', path)
+                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64).reshape(-1)
+                if z.size == 0 or z.min() < 1 or z.max() > 118:
+                    raise RawFileError(f"group '{name}' of '{path}': atomic numbers "
+                                       f"{z.tolist()[:20]} are not all from 1 to 118")
                 shape = group['coordinates'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
-                    raise RawFileError(f"group '{name}': coordinates {shape} do not match "
-                                       f"{z.size} atoms")
+                    raise RawFileError(f"group '{name}' of '{path}': coordinates {shape} do "
+                                       f"not match {z.size} atoms")
                 energy = np.zeros(shape[0], dtype=np.float64)
                 for key in energy_keys:
                     energy += group[key][()]
@@ -219,6 +235,7 @@ class ANI1x(AtomisticInMemoryDataset):
             for key, (per_atom, tail) in extras.items():
                 target = atom_fields if per_atom else graph_fields
                 target[attribute_name(key)] = (tail, torch.float32)
+            check_allocation(40 * total_atoms + 16 * total_confs, [path], 'ANI-1x')
             builder = StorageBuilder(total_confs, total_atoms, atom_fields, graph_fields)
             # Pass 2: geometries, forces and extras of the kept conformations.
             dropped = sum(int((~keep).sum()) for _, _, keep, _ in plans)
@@ -226,6 +243,7 @@ class ANI1x(AtomisticInMemoryDataset):
                            enabled=self.log, unit='group')
             for index in bar:
                 name, z, keep, energy = plans[index]
+                position.group = name
                 if not keep.any():
                     continue
                 group = f[name]

@@ -13,17 +13,29 @@ plus dataset-specific extras. The processed storage is built directly as collate
 ``slices`` (no per-structure Python objects for the large datasets), written atomically (temporary
 file, then :func:`os.replace`) together with a manifest holding its SHA-256, and only ever read
 with ``torch.load(..., weights_only=True)`` after the manifest has been checked: an interrupted
-or corrupt processed file is re-processed, never loaded.
+or corrupt processed file is re-processed, never loaded. Downloading, extracting and processing
+hold a file lock (``root/.pyg_tensorpot.lock``), so that several processes building the same root
+at once (the ranks of a distributed run) leave one valid processed file: the first builds it, the
+others wait and load it.
 """
+import bz2
+import contextlib
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import os.path as osp
+import pickle
+import shutil
 import sys
+import tarfile
 import tempfile
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+import zipfile
+import zlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +47,13 @@ logger = logging.getLogger('pyg_tensorpot.datasets')
 #: Bumped whenever the processed layout changes, so that old processed files are rebuilt.
 PROCESSED_FORMAT_VERSION = 1
 
+#: Name of the lock file held in the dataset root while raw files are fetched or processed.
+LOCK_FILE_NAME = '.pyg_tensorpot.lock'
+
+# Everything a damaged archive makes the standard-library decompressors raise.
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError,
+                   OSError, ValueError, KeyError, NotImplementedError)
+
 
 class ChecksumError(RuntimeError):
     """A raw file does not have the checksum of the published release."""
@@ -42,6 +61,11 @@ class ChecksumError(RuntimeError):
 
 class RawFileError(RuntimeError):
     """A raw file is missing, unreadable or not in the layout of the published release."""
+
+
+class ProcessedFileError(RuntimeError):
+    """A processed file could not be read although its manifest matched (it changed on disk
+    while it was being read)."""
 
 
 def require_h5py(what: str = 'this dataset'):
@@ -144,6 +168,183 @@ def atomic_write_text(text: str, path: str) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def extract_archive(path: str, folder: str, required: Sequence[str] = ()) -> List[str]:
+    r"""Extracts a tar (``.tar``, ``.tar.gz``, ``.tar.bz2``, ``.tar.xz``) or zip archive into
+    :obj:`folder` all or nothing: the members are first written to a temporary folder inside
+    :obj:`folder` (only regular files and folders with safe relative names, tar's ``'data'``
+    filter), the checksums the formats carry (bzip2 block CRCs, zip CRC-32) are checked on the
+    way, and only when every member was read completely and every name of :obj:`required` is
+    present are the files moved into place with :func:`os.replace`. A damaged or incomplete
+    archive raises :class:`RawFileError` naming it and leaves :obj:`folder` as it was; the
+    archive itself is never modified.
+
+    Args:
+        path (str): The archive.
+        folder (str): Destination folder.
+        required (Sequence[str], optional): Member paths (``/``-separated, relative) that must
+            be in the archive. (default: ``()``)
+
+    Returns:
+        list: The extracted member paths, relative to :obj:`folder`.
+    """
+    if not osp.isfile(path):
+        raise RawFileError(f"archive '{path}' does not exist")
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.extract-', dir=folder)
+    try:
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()  # reads every member and checks its CRC-32
+                    if bad is not None:
+                        raise zipfile.BadZipFile(f"member '{bad}' fails its CRC-32 check")
+                    for info in archive.infolist():
+                        name = info.filename
+                        if osp.isabs(name) or '..' in name.replace('\\', '/').split('/'):
+                            raise zipfile.BadZipFile(f"unsafe member name '{name}'")
+                    archive.extractall(tmp)
+            else:
+                # tarfile reads a compressed stream lazily and takes a damaged one for the end
+                # of the archive (members after the damage vanish, the member holding it is cut
+                # short without an error), so the whole stream is checked first.
+                _check_compressed_stream(path)
+                with tarfile.open(path, 'r:*') as archive:
+                    archive.extractall(tmp, filter='data')
+        except _ARCHIVE_ERRORS as error:
+            raise RawFileError(f"cannot extract '{path}' ({type(error).__name__}: {error}): the "
+                               f"archive is corrupt or incomplete; delete it and download it "
+                               f"again") from None
+        members = []
+        for base, _, files in os.walk(tmp):
+            for file in files:
+                members.append(osp.relpath(osp.join(base, file), tmp).replace(os.sep, '/'))
+        missing = sorted(set(required) - set(members))
+        if missing:
+            raise RawFileError(f"archive '{path}' lacks {missing} (it has {sorted(members)[:20]}"
+                               f"): not the published archive, or a damaged one")
+        for member in sorted(members):
+            target = osp.join(folder, *member.split('/'))
+            os.makedirs(osp.dirname(target), exist_ok=True)
+            os.replace(osp.join(tmp, *member.split('/')), target)
+        return sorted(members)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_compressed_stream(path: str) -> None:
+    """Decompresses a gzip, bzip2 or xz file to its end, discarding the output, so that a
+    truncated stream or a failed CRC raises here (uncompressed files pass unread)."""
+    with open(path, 'rb') as f:
+        magic = f.read(6)
+    if magic[:3] == b'BZh':
+        opener = bz2.open
+    elif magic[:2] == b'\x1f\x8b':
+        opener = gzip.open
+    elif magic == b'\xfd7zXZ\x00':
+        opener = lzma.open
+    else:
+        return
+    with opener(path, 'rb') as stream:
+        while stream.read(1 << 24):
+            pass
+
+
+class ReadPosition:
+    """Where a reader is in a raw file (set by the reader, quoted by :func:`raw_read_errors`)."""
+    def __init__(self) -> None:
+        self.group: Optional[str] = None
+
+    def __str__(self) -> str:
+        return '' if self.group is None else f", group '{self.group}'"
+
+
+@contextlib.contextmanager
+def raw_read_errors(paths: Sequence[str], what: str) -> Iterator[ReadPosition]:
+    r"""Turns every error a damaged raw file makes a reader library raise (:mod:`h5py` raises
+    :class:`OSError`, :class:`RuntimeError`, :class:`KeyError`, :class:`ValueError`,
+    :class:`TypeError` or :class:`IndexError` depending on which structure is damaged, numpy
+    a :class:`MemoryError` for a corrupt shape) into a :class:`RawFileError` naming the file
+    and, where the reader records it in the yielded :class:`ReadPosition`, the group.
+
+    Args:
+        paths (Sequence[str]): The raw files being read (named in the message).
+        what (str): The dataset, e.g. ``'ANI-1x'``.
+    """
+    position = ReadPosition()
+    try:
+        yield position
+    except RawFileError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+            MemoryError, OverflowError) as error:
+        names = ', '.join(f"'{p}'" for p in paths)
+        raise RawFileError(
+            f"cannot read {names}{position} as {what} data ({type(error).__name__}: {error}): "
+            f"the file is corrupt, incomplete or not in the layout of the release; delete it "
+            f"and download it again") from error
+
+
+_KIND_NAMES = {'f': 'floating-point numbers', 'i': 'integers', 'u': 'integers',
+               'S': 'text', 'O': 'text', 'U': 'text'}
+
+
+def check_kind(dataset: Any, kinds: str, path: str) -> None:
+    """Raises :class:`RawFileError` naming the file and the HDF5 dataset when
+    :obj:`dataset` does not hold values of one of the numpy dtype kinds :obj:`kinds`
+    (``'f'`` floating point, ``'iu'`` integers, ``'SOU'`` text)."""
+    if dataset.dtype.kind not in kinds:
+        expected = ' or '.join(sorted({_KIND_NAMES.get(k, k) for k in kinds}))
+        raise RawFileError(f"'{path}', dataset '{dataset.name}' holds {dataset.dtype} values, "
+                           f"not {expected}: not the layout of the release")
+
+
+def check_allocation(num_bytes: int, paths: Sequence[str], what: str) -> None:
+    """Raises :class:`RawFileError` when the arrays a raw file's shapes announce would take
+    more than 64 times the size of the files (a corrupt shape, which would otherwise exhaust
+    the memory of the machine)."""
+    size = sum(osp.getsize(p) for p in paths)
+    if num_bytes > 64 * size + (1 << 26):
+        names = ', '.join(f"'{p}'" for p in paths)
+        raise RawFileError(f'the array shapes in {names} announce {num_bytes / 2**30:.1f} GiB '
+                           f'of {what} data, but the files hold {size / 2**30:.3f} GiB: a '
+                           f'shape is corrupt; delete the file and download it again')
+
+
+@contextlib.contextmanager
+def build_lock(root: Optional[str], what: str = 'dataset') -> Iterator[None]:
+    r"""Holds the lock file ``root/.pyg_tensorpot.lock`` (a :class:`filelock.FileLock`)
+    while a dataset root is downloaded, extracted or processed, so that concurrent processes
+    building the same root run one after the other. The operating system releases the lock
+    when its holder dies, so a killed run never blocks the next one. Where the root cannot
+    hold a lock file (a read-only copy of processed data), the build runs without it: the
+    atomic writes still keep every file whole.
+
+    Args:
+        root (str, optional): The dataset root; :obj:`None` means no lock. (default: :obj:`None`)
+        what (str, optional): Name used in the waiting message. (default: ``'dataset'``)
+    """
+    if root is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+    lock = FileLock(osp.join(root, LOCK_FILE_NAME))
+    try:
+        os.makedirs(root, exist_ok=True)
+        try:
+            lock.acquire(timeout=1.0)
+        except Timeout:
+            logger.info('%s: waiting for another process building %s', what, root)
+            lock.acquire()
+    except OSError as error:
+        logger.warning('%s: cannot lock %s (%s); building without a lock', what, root, error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def collate_storage(
@@ -279,6 +480,12 @@ class AtomisticInMemoryDataset(InMemoryDataset):
             (default: :obj:`False`)
         verify_checksums (bool, optional): Check the raw files against the published
             checksums before processing. (default: :obj:`True`)
+        mmap (bool, optional): Memory-map the processed file instead of reading it into
+            memory: little resident memory for multi-GiB datasets, but the file must then not
+            be modified in place while the dataset is used (replacing it, as a rebuild does,
+            is safe; truncating it in place kills the process with ``SIGBUS``). Read into
+            memory (the default), a loaded dataset is unaffected by anything that happens to
+            the file afterwards. (default: :obj:`False`)
     """
     #: ``{raw_file_name: (hashlib algorithm or 'git-blob', hex digest or prefix)}``.
     checksums: Dict[str, Tuple[str, str]] = {}
@@ -294,10 +501,14 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         self.verify_checksums = verify_checksums
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
-        self.load(self.processed_paths[0])
+        self.mmap = bool(mmap)
+        lock_root = None if root is None else osp.expanduser(osp.normpath(root))
+        with build_lock(lock_root, type(self).__name__):
+            super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
+            self.load(self.processed_paths[0])
 
     # ------------------------------------------------------------------ file names
     def options(self) -> Dict[str, Any]:
@@ -357,9 +568,8 @@ class AtomisticInMemoryDataset(InMemoryDataset):
             return
         if self.verify_checksums:
             self.verify_raw_files()
-        if self.log and 'PYTEST_CURRENT_TEST' not in os.environ:
+        if self.log:
             print(f'Processing {type(self).__name__} ...', file=sys.stderr)
-        os.makedirs(self.processed_dir, exist_ok=True)
         self.process()
 
     def process(self) -> None:
@@ -422,6 +632,10 @@ class AtomisticInMemoryDataset(InMemoryDataset):
             reason = 'it has no manifest (an interrupted run?)'
         elif manifest.get('format') != PROCESSED_FORMAT_VERSION:
             reason = 'it was written by another version of pyg_tensorpot'
+        elif (manifest.get('dataset') != type(self).__name__ or
+              manifest.get('options') != _as_json(self.options())):
+            reason = (f"its manifest describes {manifest.get('dataset')} with options "
+                      f"{manifest.get('options')}, not this dataset (a copied file?)")
         elif manifest.get('size') != osp.getsize(path):
             reason = 'its size differs from the manifest (truncated?)'
         elif manifest.get('sha256') != file_hash(path):
@@ -441,8 +655,21 @@ class AtomisticInMemoryDataset(InMemoryDataset):
                               f'process it again with the new one.', stacklevel=4)
 
     def load(self, path: str, data_cls=Data) -> None:
-        """Loads a processed file written by :meth:`save_storage` (``weights_only=True``)."""
-        storage, slices = torch.load(path, weights_only=True, mmap=True)
+        """Loads a processed file written by :meth:`save_storage` (``weights_only=True``;
+        memory-mapped when the dataset was created with ``mmap=True``)."""
+        try:
+            loaded = torch.load(path, weights_only=True, mmap=getattr(self, 'mmap', False))
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            raise ProcessedFileError(
+                f"cannot read the processed file '{path}' ({type(error).__name__}: {error}) "
+                f"although its manifest matched: it changed on disk while it was read. Run "
+                f"again (it is checked and, if needed, processed again).") from error
+        if not (isinstance(loaded, tuple) and len(loaded) == 2 and
+                all(isinstance(part, dict) for part in loaded) and
+                all(isinstance(v, Tensor) for part in loaded for v in part.values())):
+            raise ProcessedFileError(f"the processed file '{path}' does not hold "
+                                     f"(storage, slices) tensor dicts; delete it and run again")
+        storage, slices = loaded
         self._data = data_cls.from_dict(storage)
         self.slices = slices
         self._data_list = None
@@ -495,6 +722,11 @@ class AtomisticInMemoryDataset(InMemoryDataset):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({len(self)})'
+
+
+def _as_json(obj: Any) -> Any:
+    """:obj:`obj` as it reads back from the manifest (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _repr(obj: Any) -> str:

@@ -9,8 +9,11 @@ from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     StorageBuilder,
+    check_allocation,
+    check_kind,
     logger,
     progress,
+    raw_read_errors,
     require_h5py,
 )
 from pyg_tensorpot.datasets.reference_energies import ANI1_SELF_ENERGIES_HARTREE, hartree_to_ev
@@ -49,16 +52,21 @@ _ALIASES = {'all': 'all', 'comp6': 'all', 'comp6v1': 'all', 'ani-md': 'ani_md',
             'gdb10-13': 'gdb10to13', 's66': 's66x8', 'tripeptide': 'tripeptides'}
 
 
+_MOLECULE_KEYS = ('species', 'coordinates', 'energies', 'forces')
+
+
 def _molecule_groups(h5py, root_group, path: str) -> List:
-    """The molecule groups below the first top-level group (any group holding
-    ``energies``), in file order."""
+    """The molecule groups below the first top-level group (any group holding one of
+    ``species``, ``coordinates``, ``energies``, ``forces``), in file order."""
     tops = [item for item in root_group.values() if isinstance(item, h5py.Group)]
     if not tops:
         raise RawFileError(f"'{path}' has no top-level group: not a COMP6 v1 file")
     found = []
 
     def walk(group):
-        if 'energies' in group and 'coordinates' in group:
+        # A group holding any of the per-molecule arrays is a molecule group (a missing one is
+        # reported by the reader, not silently skipped).
+        if any(key in group for key in _MOLECULE_KEYS):
             found.append(group)
             return
         for item in group.values():
@@ -66,8 +74,8 @@ def _molecule_groups(h5py, root_group, path: str) -> List:
                 walk(item)
     walk(tops[0])
     if not found:
-        raise RawFileError(f"'{path}' has no molecule group with 'energies' and "
-                           f"'coordinates': not a COMP6 v1 file")
+        raise RawFileError(f"'{path}' has no molecule group (with 'species', "
+                           f"'coordinates', 'energies', 'forces'): not a COMP6 v1 file")
     return found
 
 
@@ -102,7 +110,8 @@ class COMP6(AtomisticInMemoryDataset):
         subset (str, optional): ``'ani_md'``, ``'drugbank'``, ``'gdb07to09'``,
             ``'gdb10to13'``, ``'tripeptides'``, ``'s66x8'`` or ``'all'`` (the whole suite in
             that order). (default: ``'all'``)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`. The checksums
             are the git blob ids of the GitHub repository (only a prefix for some files).
     """
@@ -120,6 +129,7 @@ class COMP6(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         key = str(subset).strip().lower().replace(' ', '')
         key = _ALIASES.get(key, key)
@@ -129,7 +139,7 @@ class COMP6(AtomisticInMemoryDataset):
         self.subset = key
         self.name = f'comp6v1_{key}'
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     def _files(self) -> List[Tuple[str, str, str]]:
         names = list(COMP6_SUBSETS) if self.subset == 'all' else [self.subset]
@@ -153,6 +163,10 @@ class COMP6(AtomisticInMemoryDataset):
         return hartree_to_ev(ANI1_SELF_ENERGIES_HARTREE)
 
     def process_storage(self):
+        with raw_read_errors(self.raw_paths, 'COMP6') as position:
+            return self._read_raw(position)
+
+    def _read_raw(self, position):
         h5py = require_h5py('COMP6')
         plans = []  # (path, group name, z, subset index, molecule index)
         total_confs = total_atoms = 0
@@ -168,10 +182,14 @@ class COMP6(AtomisticInMemoryDataset):
                 handles.append(handle)
                 for group in _molecule_groups(h5py, handle, path):
                     where = f"'{path}', group '{group.name}'"
+                    position.group = group.name
                     for key in ('species', 'coordinates', 'energies', 'forces'):
                         if key not in group:
                             raise RawFileError(f'{where} lacks {key!r}')
-                    z = _species_to_z(group['species'][()], where)
+                    check_kind(group['species'], 'SOU', path)
+                    for key in ('coordinates', 'energies', 'forces'):
+                        check_kind(group[key], 'f', path)
+                    z = _species_to_z(np.asarray(group['species'][()]).reshape(-1), where)
                     shape = group['coordinates'].shape
                     if len(shape) != 3 or shape[1:] != (z.size, 3):
                         raise RawFileError(f'{where}: coordinates {shape} do not match '
@@ -179,6 +197,7 @@ class COMP6(AtomisticInMemoryDataset):
                     plans.append((group, z, self.subsets.index(subset), len(plans)))
                     total_confs += shape[0]
                     total_atoms += shape[0] * z.size
+            check_allocation(40 * total_atoms + 24 * total_confs, self.raw_paths, 'COMP6')
             builder = StorageBuilder(
                 total_confs, total_atoms,
                 {'pos': ((3,), torch.float32), 'forces': ((3,), torch.float32)},
@@ -187,6 +206,7 @@ class COMP6(AtomisticInMemoryDataset):
             dropped = 0
             for group, z, subset_index, molecule in progress(
                     plans, total=len(plans), desc='COMP6', enabled=self.log, unit='group'):
+                position.group = group.name
                 pos = group['coordinates'][()]
                 energy = np.asarray(group['energies'][()], dtype=np.float64).reshape(-1)
                 gradient = group['forces'][()]

@@ -2,6 +2,9 @@
 import os
 import os.path as osp
 import re
+import tokenize
+import zipfile
+import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -13,6 +16,7 @@ from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     collate_storage,
+    extract_archive,
     logger,
 )
 from pyg_tensorpot.utils.elements import atomic_number
@@ -79,17 +83,46 @@ def _md17_key(molecule: str) -> str:
     return key
 
 
-def _npz_arrays(path: str, keys: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+# What numpy and zipfile raise on a damaged npz: a corrupt .npy header is parsed as a Python
+# literal (SyntaxError, TokenError), a corrupt shape can ask for more memory than exists.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+               NotImplementedError, SyntaxError, tokenize.TokenError, MemoryError,
+               OverflowError)
+
+
+def _npz_arrays(path: str, keys: Tuple[str, ...],
+                optional: Tuple[str, ...] = ()) -> Dict[str, np.ndarray]:
+    """The arrays :obj:`keys` (and those of :obj:`optional` that exist) of an npz file, read
+    completely (zip CRC checked); any damage raises :class:`RawFileError` naming the file and
+    the key."""
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, 'files'):
+                raise RawFileError(f"'{path}' is a single .npy array, not an npz archive")
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise RawFileError(f"'{path}' has no {missing} (it has {sorted(f.files)}): "
                                    f"not a file of the expected release")
-            return {k: f[k] for k in keys}
-    except (OSError, ValueError) as error:
-        raise RawFileError(f"cannot read '{path}' as an npz archive ({error}); the file is "
-                           f"corrupt or incomplete: delete it and download it again") from error
+            out = {}
+            for key in tuple(keys) + tuple(k for k in optional if k in f.files):
+                try:
+                    out[key] = f[key]
+                except _NPZ_ERRORS as error:
+                    raise RawFileError(f"cannot read array '{key}' of '{path}' "
+                                       f"({type(error).__name__}: {error}): the file is corrupt "
+                                       f"or incomplete; delete it and download it "
+                                       f"again") from None
+            return out
+    except _NPZ_ERRORS as error:
+        raise RawFileError(f"cannot read '{path}' as an npz archive ({type(error).__name__}: "
+                           f"{error}); the file is corrupt or incomplete: delete it and "
+                           f"download it again") from None
+
+
+def _numeric(array: np.ndarray, key: str, source: str) -> np.ndarray:
+    if array.dtype.kind not in 'iuf':
+        raise RawFileError(f"{source}: '{key}' holds {array.dtype} values, not real numbers")
+    return array
 
 
 def trajectory_storage(
@@ -103,34 +136,47 @@ def trajectory_storage(
 ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
     r"""Collated storage of a trajectory of one molecule (every frame has the same :obj:`z`),
     dropping frames with a NaN/inf energy, position or force (the count is logged)."""
-    z = np.asarray(z).reshape(-1).astype(np.int64)
-    pos = np.asarray(pos, dtype=np.float64)
-    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+    z = _numeric(np.asarray(z), 'atomic numbers', source).reshape(-1)
+    if z.size == 0 or not (np.isfinite(z).all() and (z == np.round(z)).all() and
+                           ((z >= 1) & (z <= 118)).all()):
+        raise RawFileError(f'{source}: atomic numbers {z.tolist()[:20]} are not all whole '
+                           f'numbers from 1 to 118')
+    z = z.astype(np.int64)
+    pos = _numeric(np.asarray(pos), 'positions', source).astype(np.float64)
+    energy = _numeric(np.asarray(energy), 'energies', source).astype(np.float64).reshape(-1)
     if pos.ndim != 3 or pos.shape[1:] != (z.size, 3) or energy.size != pos.shape[0]:
         raise RawFileError(f'{source}: inconsistent shapes z {z.shape}, positions {pos.shape}, '
                            f'energies {energy.shape}')
-    good = np.isfinite(energy) & np.isfinite(pos).all(axis=(1, 2))
     if forces is not None:
-        forces = np.asarray(forces)
+        forces = _numeric(np.asarray(forces), 'forces', source)
         if forces.shape != pos.shape:
             raise RawFileError(f'{source}: forces have shape {forces.shape}, positions '
                                f'{pos.shape}')
-        good &= np.isfinite(forces).all(axis=(1, 2))
+    # Finiteness is checked after the conversion to the stored units and dtypes: a corrupt
+    # but finite value (1e300 Angstrom) would otherwise become inf in float32.
+    with np.errstate(over='ignore', invalid='ignore'):
+        pos32 = pos.astype(np.float32)
+        energy = energy * energy_scale
+        good = np.isfinite(energy) & np.isfinite(pos32).all(axis=(1, 2))
+        if forces is not None:
+            forces = (forces.astype(np.float64) * force_scale).astype(np.float32)
+            good &= np.isfinite(forces).all(axis=(1, 2))
     dropped = int((~good).sum())
     if dropped:
         logger.warning('%s: dropped %d of %d frames with NaN/inf values', source, dropped,
                        good.size)
-        pos, energy = pos[good], energy[good]
+        pos32, energy = pos32[good], energy[good]
         forces = forces[good] if forces is not None else None
-    num, n_atoms = pos.shape[0], z.size
+    num, n_atoms = pos32.shape[0], z.size
+    if num == 0:
+        raise RawFileError(f'{source}: no frame has finite energy, positions and forces')
     atom_fields = {
         'z': torch.from_numpy(np.tile(z, num)),
-        'pos': torch.from_numpy(pos.reshape(-1, 3)).to(torch.float32),
+        'pos': torch.from_numpy(pos32.reshape(-1, 3)),
     }
     if forces is not None:
-        atom_fields['forces'] = torch.from_numpy(
-            forces.reshape(-1, 3).astype(np.float64) * force_scale).to(torch.float32)
-    graph_fields = {'energy': torch.from_numpy(energy * energy_scale)}
+        atom_fields['forces'] = torch.from_numpy(forces.reshape(-1, 3))
+    graph_fields = {'energy': torch.from_numpy(energy)}
     return collate_storage(torch.full((num,), n_atoms, dtype=torch.long), atom_fields,
                            graph_fields)
 
@@ -155,7 +201,8 @@ class RMD17(AtomisticInMemoryDataset):
         molecule (str, optional): One of ``aspirin, azobenzene, benzene, ethanol,
             malonaldehyde, naphthalene, paracetamol, salicylic acid (or salicylic), toluene,
             uracil``; ``'revised ethanol'`` (PyG's name) also works. (default: ``'aspirin'``)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = ('https://archive.materialscloud.org/record/file?filename=rmd17.tar.bz2'
@@ -174,11 +221,12 @@ class RMD17(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         self.molecule = _rmd17_key(molecule)
         self.name = 'rmd17_' + RMD17_MOLECULES[self.molecule]
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -188,16 +236,23 @@ class RMD17(AtomisticInMemoryDataset):
         return {'molecule': self.molecule}
 
     def download(self) -> None:
-        from torch_geometric.data import download_url, extract_tar
+        """Downloads ``rmd17.tar.bz2`` into ``root/raw`` (an archive already there, e.g.
+        copied from elsewhere, is used as it is) and extracts it all or nothing (see
+        :func:`~pyg_tensorpot.datasets.base.extract_archive`); the archive is deleted only
+        after a complete extraction."""
+        from torch_geometric.data import download_url
         path = download_url(self.url, self.raw_dir, log=self.log, filename='rmd17.tar.bz2')
-        extract_tar(path, self.raw_dir, mode='r:bz2', log=self.log)
+        required = [name.replace(os.sep, '/') for name in self._raw_names()]
+        extract_archive(path, self.raw_dir, required=required)
         os.unlink(path)
 
     def process_storage(self):
         path = self.raw_paths[0]
-        arrays = _npz_arrays(path, ('nuclear_charges', 'coords', 'energies', 'forces'))
-        with np.load(path, allow_pickle=False) as f:
-            old = f['old_indices'] if 'old_indices' in f.files else None
+        arrays = _npz_arrays(path, ('nuclear_charges', 'coords', 'energies', 'forces'),
+                             optional=('old_indices',))
+        old = arrays.get('old_indices')
+        if old is not None and old.dtype.kind not in 'iu':
+            old = None
         storage, slices = trajectory_storage(
             arrays['nuclear_charges'], arrays['coords'], arrays['energies'], arrays['forces'],
             KCAL_PER_MOL_TO_EV, KCAL_PER_MOL_TO_EV, source=path)
@@ -238,7 +293,8 @@ class MD17(AtomisticInMemoryDataset):
             (default: ``'ethanol'``)
         train (bool, optional): For the coupled-cluster sets, load the published training
             (:obj:`True`) or test (:obj:`False`) part. (default: :obj:`None`)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = 'http://quantum-machine.org/gdml/data/npz'
@@ -254,6 +310,7 @@ class MD17(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         self.molecule = _md17_key(molecule)
         self.file_name = MD17_FILES[self.molecule]
@@ -268,7 +325,7 @@ class MD17(AtomisticInMemoryDataset):
         self.name = self.file_name[:-4] + ('' if train is None else
                                            ('-train' if train else '-test'))
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     @property
     def raw_dir(self) -> str:
@@ -284,10 +341,10 @@ class MD17(AtomisticInMemoryDataset):
         return {'molecule': self.molecule, 'train': self.train}
 
     def download(self) -> None:
-        from torch_geometric.data import download_url, extract_zip
+        from torch_geometric.data import download_url
         path = download_url(f'{self.url}/{self.file_name}', self.raw_dir, log=self.log)
         if self.coupled_cluster:
-            extract_zip(path, self.raw_dir, log=self.log)
+            extract_archive(path, self.raw_dir, required=self._raw_names())
             os.unlink(path)
 
     def process_storage(self):
@@ -307,16 +364,30 @@ class MD17(AtomisticInMemoryDataset):
 
 def read_extxyz(path: str) -> Dict[str, np.ndarray]:
     r"""Reads an extended-XYZ file whose frames have ``Properties=species:S:1:pos:R:3`` and
-    optionally ``forces:R:3``, and an ``energy=`` key on the comment line.
+    optionally further real columns such as ``forces:R:3``, and an ``energy=`` key on the
+    comment line (``nan`` is read as NaN; the caller decides what to do with such frames).
+
+    Raises:
+        RawFileError: Naming the file and the line of the first problem (not UTF-8 text, a bad
+            atom count, a missing or unreadable energy, a changed ``Properties``, a row with
+            the wrong number of columns, an unknown element, a truncated last frame).
 
     Returns:
         dict: ``num_atoms`` ``(frames,)``, ``z`` ``(atoms,)``, ``pos`` ``(atoms, 3)``,
         ``energy`` ``(frames,)`` and ``forces`` ``(atoms, 3)`` (if present), in the file's units.
     """
-    with open(path) as f:
-        lines = f.read().splitlines()
-    num_atoms, energies, blocks = [], [], []
-    properties = None
+    try:
+        with open(path, 'rb') as f:
+            text = f.read().decode('utf-8')
+    except OSError as error:
+        raise RawFileError(f"cannot read '{path}' ({error})") from None
+    except UnicodeDecodeError as error:
+        line = text_line_of(path, error.start)
+        raise RawFileError(f"'{path}', line {line}: not UTF-8 text (byte {error.start}): the "
+                           f"file is corrupt") from None
+    lines = text.splitlines()
+    num_atoms, energies, rows, row_lines = [], [], [], []
+    properties = names = widths = None
     i = 0
     while i < len(lines):
         if not lines[i].strip():
@@ -328,38 +399,94 @@ def read_extxyz(path: str) -> Dict[str, np.ndarray]:
         except (ValueError, IndexError):
             raise RawFileError(f"'{path}', line {i + 1}: expected an atom count, got "
                                f"'{lines[i][:40]}'") from None
-        match = re.search(r'energy=\s*([-+0-9.eEdD]+)', comment)
+        if n < 1:
+            raise RawFileError(f"'{path}', line {i + 1}: atom count {n} is not positive")
+        match = re.search(r'(?:^|\s)energy=\s*(\S+)', comment)
         if match is None:
             raise RawFileError(f"'{path}', line {i + 2}: no energy= on the comment line")
+        try:
+            energy = float(match.group(1).replace('d', 'e').replace('D', 'e'))
+        except ValueError:
+            raise RawFileError(f"'{path}', line {i + 2}: unreadable energy "
+                               f"'{match.group(1)[:40]}'") from None
         props = re.search(r'Properties=(\S+)', comment)
         props = props.group(1) if props else 'species:S:1:pos:R:3'
         if properties is None:
             properties = props
+            names, widths = _extxyz_columns(props, path, i + 2)
         elif props != properties:
             raise RawFileError(f"'{path}', line {i + 2}: Properties changed to {props}")
-        energies.append(float(match.group(1)))
+        if i + 2 + n > len(lines):
+            raise RawFileError(f"'{path}', line {i + 1}: the frame announces {n} atoms but the "
+                               f"file ends after {len(lines) - i - 2}: the last frame is "
+                               f"truncated")
+        energies.append(energy)
         num_atoms.append(n)
-        blocks.append(lines[i + 2:i + 2 + n])
-        if len(blocks[-1]) != n:
-            raise RawFileError(f"'{path}': the last frame is truncated")
+        rows.extend(lines[i + 2:i + 2 + n])
+        row_lines.append(i + 3)
         i += 2 + n
-    columns = properties.split(':')
-    names = columns[0::3]
-    widths = [int(w) for w in columns[2::3]]
-    flat = [line.split() for block in blocks for line in block]
-    symbols = np.array([row[0] for row in flat])
-    values = np.array([row[1:] for row in flat], dtype=np.float64)
+    if not num_atoms:
+        raise RawFileError(f"'{path}' holds no frame")
+    split = [row.split() for row in rows]
+    expected = 1 + sum(widths[1:])
+    try:
+        if any(len(fields) != expected for fields in split):
+            raise ValueError
+        values = np.array([fields[1:] for fields in split], dtype=np.float64)
+    except ValueError:
+        atom = next(k for k, fields in enumerate(split) if len(fields) != expected or
+                    not _all_floats(fields[1:]))
+        frame = int(np.searchsorted(np.cumsum(num_atoms), atom, side='right'))
+        line = row_lines[frame] + atom - int(np.sum(num_atoms[:frame]))
+        raise RawFileError(f"'{path}', line {line} (frame {frame}): expected a symbol and "
+                           f"{expected - 1} numbers (Properties={properties}), got "
+                           f"'{rows[atom][:60]}'") from None
+    symbols = np.array([fields[0] for fields in split])
     out = {'num_atoms': np.array(num_atoms, dtype=np.int64),
            'energy': np.array(energies, dtype=np.float64)}
     unique, inverse = np.unique(symbols, return_inverse=True)
-    out['z'] = np.array([atomic_number(s) for s in unique], dtype=np.int64)[inverse]
+    try:
+        table = np.array([atomic_number(sym) for sym in unique], dtype=np.int64)
+    except ValueError as error:
+        raise RawFileError(f"'{path}': {error}") from None
+    out['z'] = table[inverse.reshape(-1)]
     column = 0
     for name, width in zip(names[1:], widths[1:]):
         out[name] = values[:, column:column + width]
         column += width
-    if 'pos' not in out:
-        raise RawFileError(f"'{path}' has no positions (Properties={properties})")
+    if 'pos' not in out or out['pos'].shape[1] != 3:
+        raise RawFileError(f"'{path}' has no 3-column positions (Properties={properties})")
     return out
+
+
+def text_line_of(path: str, offset: int) -> int:
+    """The 1-based line number of byte :obj:`offset` of a file."""
+    with open(path, 'rb') as f:
+        return f.read(offset).count(b'\n') + 1
+
+
+def _all_floats(fields) -> bool:
+    try:
+        [float(v) for v in fields]
+    except ValueError:
+        return False
+    return True
+
+
+def _extxyz_columns(props: str, path: str, line: int) -> Tuple[List[str], List[int]]:
+    columns = props.split(':')
+    try:
+        if len(columns) % 3 or len(columns) < 6:
+            raise ValueError
+        names, kinds = columns[0::3], columns[1::3]
+        widths = [int(w) for w in columns[2::3]]
+        if (kinds[0] != 'S' or widths[0] != 1 or any(k != 'R' for k in kinds[1:]) or
+                min(widths) < 1):
+            raise ValueError
+    except ValueError:
+        raise RawFileError(f"'{path}', line {line}: Properties={props} is not "
+                           f"'species:S:1' followed by real columns such as pos:R:3") from None
+    return names, widths
 
 
 class MD17EthanolSample(AtomisticInMemoryDataset):
@@ -432,15 +559,34 @@ class MD17EthanolSample(AtomisticInMemoryDataset):
         super()._process()
 
     def process_storage(self):
-        arrays = read_extxyz(self.bundled_path())
-        num_atoms = torch.from_numpy(arrays['num_atoms'])
+        path = self.bundled_path()
+        arrays = read_extxyz(path)
+        if 'forces' not in arrays or arrays['forces'].shape[1] != 3:
+            raise RawFileError(f"'{path}' has no forces:R:3 column")
+        owner = np.repeat(np.arange(arrays['num_atoms'].size), arrays['num_atoms'])
+        # Checked in the stored units and dtypes: a finite 1e39 would be inf in float32.
+        with np.errstate(over='ignore', invalid='ignore'):
+            pos = arrays['pos'].astype(np.float32)
+            forces = (arrays['forces'] * KCAL_PER_MOL_TO_EV).astype(np.float32)
+            energy = arrays['energy'] * KCAL_PER_MOL_TO_EV
+        bad_atom = ~(np.isfinite(pos).all(axis=1) & np.isfinite(forces).all(axis=1))
+        good = np.isfinite(energy)
+        good[owner[bad_atom]] = False
+        frames = np.nonzero(good)[0]  # ``idx`` keeps the frame number of the file
+        if frames.size == 0:
+            raise RawFileError(f"'{path}' has no frame with finite values")
+        if frames.size < good.size:
+            logger.warning("%s: dropped %d of %d frames with NaN/inf values", path,
+                           good.size - frames.size, good.size)
+        keep_atom = good[owner]
         atom_fields = {
-            'z': torch.from_numpy(arrays['z']),
-            'pos': torch.from_numpy(arrays['pos']).to(torch.float32),
-            'forces': torch.from_numpy(arrays['forces'] * KCAL_PER_MOL_TO_EV).to(torch.float32),
+            'z': torch.from_numpy(arrays['z'][keep_atom]),
+            'pos': torch.from_numpy(pos[keep_atom]),
+            'forces': torch.from_numpy(forces[keep_atom]),
         }
-        graph_fields = {'energy': torch.from_numpy(arrays['energy'] * KCAL_PER_MOL_TO_EV),
-                        'idx': torch.arange(num_atoms.numel())}
+        graph_fields = {'energy': torch.from_numpy(energy[good]),
+                        'idx': torch.from_numpy(frames)}
+        num_atoms = torch.from_numpy(arrays['num_atoms'][good])
         return collate_storage(num_atoms, atom_fields, graph_fields)
 
     def __repr__(self) -> str:

@@ -12,7 +12,9 @@ from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     collate_storage,
+    extract_archive,
     logger,
+    raw_read_errors,
 )
 from pyg_tensorpot.utils.elements import atomic_number
 
@@ -41,7 +43,7 @@ def read_sdf_atoms(path: str):
         atomic numbers ``(atoms,)`` and positions ``(atoms, 3)`` in the file's units
         (Angstrom for QM9).
     """
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
         text = f.read()
     records = text.split('$$$$')
     if records and not records[-1].strip():
@@ -56,6 +58,9 @@ def read_sdf_atoms(path: str):
         except ValueError:
             raise RawFileError(f"'{path}', record {index + 1}: bad counts line "
                                f"'{lines[3]}'") from None
+        if n < 1:
+            raise RawFileError(f"'{path}', record {index + 1}: atom count {n} in the counts "
+                               f"line '{lines[3]}' is not positive")
         if 'V3000' in lines[3]:
             raise RawFileError(f"'{path}', record {index + 1}: V3000 records are not "
                                f"supported (QM9's gdb9.sdf is V2000)")
@@ -104,7 +109,8 @@ class QM9(AtomisticInMemoryDataset):
         target (int or str, optional): Column of ``y`` served as ``energy``: ``'U0'`` (7),
             ``'U'`` (8), ``'H'`` (9), ``'G'`` (10) or an atomisation energy
             (``'U0_atom'`` ...). (default: ``'U0'``)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     raw_url = PygQM9.raw_url
@@ -122,6 +128,7 @@ class QM9(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         if isinstance(target, str):
             if target not in QM9_TARGETS:
@@ -132,7 +139,7 @@ class QM9(AtomisticInMemoryDataset):
                              f'{target}')
         self.target = int(target)
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -142,13 +149,19 @@ class QM9(AtomisticInMemoryDataset):
         return {'target': self.target}
 
     def download(self) -> None:
-        from torch_geometric.data import download_url, extract_zip
-        path = download_url(self.raw_url, self.raw_dir, log=self.log)
-        extract_zip(path, self.raw_dir, log=self.log)
-        os.unlink(path)
-        download_url(self.raw_url2, self.raw_dir, log=self.log)
-        os.replace(osp.join(self.raw_dir, '3195404'),
-                   osp.join(self.raw_dir, 'uncharacterized.txt'))
+        """Downloads MoleculeNet's ``qm9.zip`` and figshare's ``uncharacterized.txt`` into
+        ``root/raw``; files already there (e.g. ``qm9.zip`` copied from elsewhere) are used as
+        they are. The zip is extracted all or nothing (see
+        :func:`~pyg_tensorpot.datasets.base.extract_archive`) and deleted only after a
+        complete extraction."""
+        from torch_geometric.data import download_url
+        if not all(osp.exists(osp.join(self.raw_dir, name)) for name in self.raw_file_names[:2]):
+            path = download_url(self.raw_url, self.raw_dir, log=self.log)
+            extract_archive(path, self.raw_dir, required=self.raw_file_names[:2])
+            os.unlink(path)
+        if not osp.exists(osp.join(self.raw_dir, 'uncharacterized.txt')):
+            path = download_url(self.raw_url2, self.raw_dir, log=self.log)
+            os.replace(path, osp.join(self.raw_dir, 'uncharacterized.txt'))
 
     def atomref(self, target: Optional[Union[int, str]] = None) -> Optional[Dict[int, float]]:
         """PyG's per-element reference energies ``{Z: eV}`` for U0, U, H or G (the isolated
@@ -199,6 +212,10 @@ class QM9(AtomisticInMemoryDataset):
         return np.array(skip, dtype=np.int64)
 
     def process_storage(self):
+        with raw_read_errors(self.raw_paths, 'QM9'):
+            return self._read_raw()
+
+    def _read_raw(self):
         titles, num_atoms, z, pos = read_sdf_atoms(self.raw_paths[0])
         names, y, energy = self._read_targets()
         if len(names) != len(titles):
@@ -216,15 +233,22 @@ class QM9(AtomisticInMemoryDataset):
         keep = np.ones(len(titles), dtype=bool)
         keep[skip[(skip >= 0) & (skip < len(titles))]] = False
         atom_keep = np.repeat(keep, num_atoms)
-        finite = np.isfinite(energy) & torch.isfinite(y).all(dim=1).numpy()
+        with np.errstate(over='ignore', invalid='ignore'):
+            pos32 = pos.astype(np.float32)  # a finite 1e39 in the SD file is inf in float32
+        atom_ok = np.isfinite(pos32).all(axis=1)
+        molecule_ok = np.add.reduceat(atom_ok, np.r_[0, np.cumsum(num_atoms)[:-1]]) == num_atoms
+        finite = (np.isfinite(energy) & torch.isfinite(y).all(dim=1).numpy() & molecule_ok)
         if not finite[keep].all():
             logger.warning('QM9: dropped %d molecules with NaN targets',
                            int((~finite[keep]).sum()))
             keep &= finite
             atom_keep = np.repeat(keep, num_atoms)
         index = np.nonzero(keep)[0]
+        if index.size == 0:
+            raise RawFileError(f"'{self.raw_paths[0]}': no molecule is left after removing the "
+                               f"uncharacterized ones and those with NaN values")
         atom_fields = {'z': torch.from_numpy(z[atom_keep]),
-                       'pos': torch.from_numpy(pos[atom_keep]).to(torch.float32)}
+                       'pos': torch.from_numpy(pos32[atom_keep])}
         graph_fields = {'y': y[torch.from_numpy(keep)],
                         'energy': torch.from_numpy(energy[keep]),
                         'idx': torch.from_numpy(index)}

@@ -9,8 +9,11 @@ from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     StorageBuilder,
+    check_allocation,
+    check_kind,
     logger,
     progress,
+    raw_read_errors,
     require_h5py,
 )
 from pyg_tensorpot.utils.elements import atomic_number
@@ -106,7 +109,8 @@ class SPICE(AtomisticInMemoryDataset):
             ``mbis_dipoles`` (e*Angstrom), ``mbis_quadrupoles``, ``mbis_octupoles``,
             ``scf_dipole`` (e*Angstrom), ``scf_quadrupole``; molecules lacking one of them are
             skipped (count logged). (default: ``()``)
-        transform, pre_transform, pre_filter, log, force_reload, verify_checksums: See
+        transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
+            mmap: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     versions = tuple(SPICE_VERSIONS)
@@ -127,6 +131,7 @@ class SPICE(AtomisticInMemoryDataset):
         log: bool = True,
         force_reload: bool = False,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> None:
         version = str(version)
         if version not in SPICE_VERSIONS:
@@ -153,7 +158,7 @@ class SPICE(AtomisticInMemoryDataset):
         self.name = 'spice_' + version.replace('.', '_')
         self.checksums = {self.raw_file_names[0]: ('md5', SPICE_VERSIONS[version][1])}
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums)
+                         verify_checksums, mmap)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -187,6 +192,10 @@ class SPICE(AtomisticInMemoryDataset):
         return True
 
     def process_storage(self):
+        with raw_read_errors(self.raw_paths, 'SPICE') as position:
+            return self._read_raw(position)
+
+    def _read_raw(self, position):
         h5py = require_h5py('SPICE')
         path = self.raw_paths[0]
         energy_key = 'formation_energy' if self.energy_kind == 'formation' else \
@@ -207,12 +216,19 @@ class SPICE(AtomisticInMemoryDataset):
             for name in progress(names, desc='SPICE: molecules', enabled=self.log,
                                  unit='group'):
                 group = f[name]
+                position.group = name
                 needed = ('atomic_numbers', 'conformations', energy_key, 'dft_total_gradient')
                 missing = [k for k in needed if k not in group]
                 if missing:
                     raise RawFileError(f"group '{name}' of '{path}' lacks {missing}: not the "
                                        f"SPICE layout")
-                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64)
+                check_kind(group['atomic_numbers'], 'iu', path)
+                for key in needed[1:]:
+                    check_kind(group[key], 'f', path)
+                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64).reshape(-1)
+                if z.size == 0 or z.min() < 1 or z.max() > 118:
+                    raise RawFileError(f"group '{name}' of '{path}': atomic numbers "
+                                       f"{z.tolist()[:20]} are not all from 1 to 118")
                 shape = group['conformations'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
                     counts['bad_layout'] += 1
@@ -244,11 +260,13 @@ class SPICE(AtomisticInMemoryDataset):
                     tail = ()
                 (atom_fields if per_atom else graph_fields)[key] = (tuple(tail),
                                                                     torch.float32)
+            check_allocation(40 * total_atoms + 24 * total_confs, [path], 'SPICE')
             builder = StorageBuilder(total_confs, total_atoms, atom_fields, graph_fields)
             for name, z, charge, molecule in progress(plans, total=len(plans),
                                                       desc='SPICE: conformations',
                                                       enabled=self.log, unit='group'):
                 group = f[name]
+                position.group = name
                 pos = group['conformations'][()]
                 energy = np.asarray(group[energy_key][()], dtype=np.float64).reshape(-1)
                 forces = group['dft_total_gradient'][()].astype(np.float64)

@@ -113,10 +113,10 @@ def test_any_top_level_value_is_valid_or_named(key, value):
 @given(key=st.sampled_from(TENSORNET_ARGS) | identifiers, value=scalars)
 def test_model_arguments_are_checked_at_load_time(key, value):
     result = check_result(lambda: TrainingConfig.from_dict({'model': {key: value}}))
-    if key not in TENSORNET_ARGS + ['name'] and isinstance(result, ConfigError):
+    if key not in TENSORNET_ARGS + ['name', 'init', 'freeze'] and isinstance(result, ConfigError):
         message = str(result)
         assert f'model.{key}' in message and "'hidden_channels'" in message
-    assert key in TENSORNET_ARGS + ['name'] or isinstance(result, ConfigError)
+    assert key in TENSORNET_ARGS + ['name', 'init', 'freeze'] or isinstance(result, ConfigError)
 
 
 override_keys = st.lists(identifiers, min_size=1, max_size=3).map('.'.join)

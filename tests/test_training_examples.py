@@ -22,6 +22,7 @@ DATA = osp.join(HERE, 'data')
 
 #: Trainable parameters of the papers' configurations (TENSORNET.md 1.8 and HIPNN.md 1.8).
 PARAMETERS = {
+    'finetune-own-data.yaml': 52_001,
     'TensorNet-rMD17.yaml': 766_337,
     'TensorNet-ANI1x.yaml': 769_921,
     'TensorNet-QM9.yaml': 3_974_401,
@@ -60,6 +61,8 @@ def _roots(tmp_path, name):
         overrides += [f'data.root={tmp_path / "rmd17"}', 'data.args.molecule=ethanol',
                       'data.args.verify_checksums=false', 'data.train_size=12',
                       'data.val_size=4']
+    elif name == 'finetune-own-data.yaml':
+        overrides += ['data.train_size=8', 'data.val_size=4', 'data.test_size=4']
     elif name == 'TensorNet-QM9.yaml':
         qm9 = pytest.importorskip('test_datasets_qm9')  # writes PyG's raw QM9 files
         os.makedirs(tmp_path / 'qm9' / 'raw')
@@ -102,7 +105,8 @@ def test_example_trains_on_real_sample(path, tmp_path):
     from pyg_tensorpot.training import train
     name = osp.basename(path)
     config = load_config(path)
-    overrides = _roots(tmp_path, name) + SHRINK[config.model['name']] + [
+    shrink = [] if 'init' in config.model else SHRINK[config.model['name']]
+    overrides = _roots(tmp_path, name) + shrink + [
         f'out_dir={tmp_path / "run"}', 'trainer.max_epochs=1', 'trainer.progress_bar=false',
         'data.batch_size=4', 'data.inference_batch_size=8', 'optim.warmup_steps=1',
         'trainer.num_threads=1']

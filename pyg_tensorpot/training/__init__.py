@@ -29,6 +29,10 @@ _LAZY = {
     'export_model': 'pyg_tensorpot.training.run',
     'load_trained_model': 'pyg_tensorpot.training.run',
     'TrainResult': 'pyg_tensorpot.training.run',
+    'train_ensemble': 'pyg_tensorpot.training.run',
+    'load_ensemble': 'pyg_tensorpot.training.run',
+    'export_pretrained': 'pyg_tensorpot.training.run',
+    'EnsembleResult': 'pyg_tensorpot.training.run',
     'quickstart': 'pyg_tensorpot.training.quickstart',
 }
 

@@ -1,11 +1,11 @@
 r"""Models and datasets by name: the package's own, or ``"package.module:Class"``."""
 import importlib
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from pyg_tensorpot.training.config import ConfigError, check_constructor_kwargs
+from pyg_tensorpot.training.config import MODEL_OPTIONS, ConfigError, check_constructor_kwargs
 
 
 def _import_path(path: str, key: str):
@@ -73,11 +73,17 @@ def build_model(model_config: Dict[str, Any], dtype: torch.dtype = torch.float32
     r"""Instantiates the model of a configuration's ``model`` section.
 
     Args:
-        model_config (dict): :obj:`name` plus the constructor's keyword arguments.
+        model_config (dict): :obj:`name` plus the constructor's keyword arguments. The
+            options :obj:`init` and :obj:`freeze` are not applied here (the weights are newly
+            initialised; :func:`resolve_init` loads the pretrained ones and
+            :func:`freeze_parameters` freezes); a section of only :obj:`init` builds the
+            pretrained architecture.
         dtype (torch.dtype, optional): Floating-point type of the weights.
             (default: :obj:`torch.float32`)
     """
-    config = dict(model_config)
+    if 'name' not in model_config and model_config.get('init') is not None:
+        model_config = resolve_init(model_config)[0]
+    config = {k: v for k, v in model_config.items() if k not in MODEL_OPTIONS}
     name = config.pop('name')
     cls = model_class(name)
     check_constructor_kwargs('model', cls, config)
@@ -108,7 +114,14 @@ def build_dataset(name: str, root: Optional[str], args: Dict[str, Any],
             root_key = 'test_root' if key.endswith('test_dataset') else 'root'
             raise ConfigError(f'{section}.{root_key}: {cls.__name__} needs a folder for its raw '
                               f'and processed files')
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        # a bad keyword or value of data.args (classes taking **kwargs are not checked above)
+        raise ConfigError(f'{section}.{args_key}: {cls.__name__} refuses {args}: {error}') \
+            from None
 
 
 def supports_keyword(fn, name: str) -> bool:
@@ -118,3 +131,126 @@ def supports_keyword(fn, name: str) -> bool:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def load_init_model(init: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    r"""The pretrained model that :obj:`model.init` names, with its architecture.
+
+    Args:
+        init (str): A registered name (``"tensornet-ani1x"``, ``"hipnn-ts-ani1x"``), a folder
+            written by :func:`~pyg_tensorpot.save_pretrained` (also a run's ``model/``), a
+            run folder holding ``model.pt``, a ``model.pt`` of :func:`pyg_tensorpot.training.
+            export_model` or a Hub repository id (from the Hub cache when offline).
+
+    Returns:
+        (torch.nn.Module, dict): The model (with its weights, reference energies and
+        standardisation) and its ``model`` section (:obj:`name` plus constructor arguments).
+
+    Raises:
+        ConfigError: Nothing loadable is found under that name (the message names it).
+    """
+    import os.path as osp
+
+    from pyg_tensorpot.hub import CONFIG_NAME, PretrainedModelError, from_pretrained, model_kwargs
+    run_model = osp.join(init, 'model.pt') if osp.isdir(init) else None
+    if osp.isfile(init) or (run_model is not None and osp.isfile(run_model)
+                            and not osp.isfile(osp.join(init, CONFIG_NAME))):
+        from pyg_tensorpot.training.run import load_trained_model
+        try:
+            model, config = load_trained_model(init if osp.isfile(init) else run_model)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise ConfigError(f"model.init: cannot load '{init}' ({error})") from None
+        section = {k: v for k, v in config.model.items() if k not in MODEL_OPTIONS}
+        return model, section
+    try:
+        model = from_pretrained(init)
+    except (PretrainedModelError, OSError, ValueError) as error:
+        raise ConfigError(f'model.init: cannot load the pretrained model {init!r}: {error}') \
+            from None
+    return model, {'name': type(model).__name__, **model_kwargs(model)}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def resolve_init(model_config: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[torch.nn.Module]]:
+    r"""The ``model`` section of a fine-tuning run with the pretrained architecture filled in.
+
+    Without :obj:`init` the section is returned unchanged. With it, :obj:`name` and every
+    constructor argument given must agree with the pretrained model's; the ones left out are
+    taken from it.
+
+    Args:
+        model_config (dict): The ``model`` section.
+
+    Returns:
+        (dict, torch.nn.Module or None): The complete section (with :obj:`init` and
+        :obj:`freeze` kept, to document the run) and the pretrained model.
+
+    Raises:
+        ConfigError: The section contradicts the pretrained architecture (the message names
+            the key and both values), or :obj:`init` cannot be loaded.
+    """
+    init = model_config.get('init')
+    if init is None:
+        return dict(model_config), None
+    pretrained, section = load_init_model(init)
+    name = model_config.get('name')
+    if name is not None and model_class(name) is not type(pretrained):
+        raise ConfigError(f'model.name: {name} contradicts model.init {init!r}, which is a '
+                          f'{type(pretrained).__name__}; leave model.name out or set it to '
+                          f'{type(pretrained).__name__}')
+    for key, value in model_config.items():
+        if key == 'name' or key in MODEL_OPTIONS:
+            continue
+        if key not in section:
+            raise ConfigError(f'unknown key model.{key} for {section["name"]} (the architecture '
+                              f'of model.init {init!r}); allowed keys are '
+                              f'{", ".join(repr(k) for k in section if k != "name")}')
+        if not _same_value(value, section[key]):
+            raise ConfigError(f'model.{key}: {value!r} contradicts model.init {init!r}, which '
+                              f'has {key}={section[key]!r}; a fine-tuned model keeps the '
+                              f'pretrained architecture, so leave model.{key} out')
+    resolved = dict(section)
+    resolved.update({k: model_config[k] for k in MODEL_OPTIONS if k in model_config})
+    return resolved, pretrained
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> List[str]:
+    r"""Sets :obj:`requires_grad=False` on every parameter whose name is one of
+    :obj:`prefixes` or lies below one (``"layers.0"`` matches ``"layers.0.linear.weight"``,
+    not ``"layers.01..."``), so that the optimiser leaves it unchanged.
+
+    Args:
+        model (torch.nn.Module): The model.
+        prefixes (Sequence[str]): Parameter-name prefixes (:obj:`model.freeze`).
+
+    Returns:
+        List[str]: The names of the frozen parameters.
+
+    Raises:
+        ConfigError: A prefix matches no parameter (the message lists the model's top-level
+            parameter groups).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    frozen: List[str] = []
+    for prefix in prefixes:
+        prefix = prefix.rstrip('.')
+        matched = [n for n in names if n == prefix or n.startswith(prefix + '.')]
+        if not matched:
+            groups = sorted({'.'.join(n.split('.')[:2]) for n in names})
+            raise ConfigError(f'model.freeze: {prefix!r} matches no parameter of '
+                              f'{type(model).__name__}; its parameter groups are '
+                              f'{", ".join(groups)} (or the first part of one of them)')
+        frozen.extend(n for n in matched if n not in frozen)
+    parameters = dict(model.named_parameters())
+    for name in frozen:
+        parameters[name].requires_grad_(False)
+    return frozen

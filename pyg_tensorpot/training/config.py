@@ -83,6 +83,17 @@ def _check_number(key: str, value: Any, minimum: Optional[float] = None,
         raise ConfigError(f'{key}: must be <= {maximum}, got {value!r}')
 
 
+#: The string values of ``data.reference_energies``.
+REFERENCE_ENERGY_CHOICES = ('fit', 'dataset', 'none', 'refit', 'pretrained')
+#: File extensions of ``data.path`` and the dataset class that reads them.
+DATA_FILE_DATASETS = {'.xyz': 'ExtXYZDataset', '.extxyz': 'ExtXYZDataset',
+                      '.db': 'ASEDatabaseDataset', '.json': 'ASEDatabaseDataset',
+                      '.aselmdb': 'ASEDatabaseDataset'}
+#: Keys of the ``model`` section that are not constructor arguments: ``init`` (the
+#: pretrained model to fine-tune) and ``freeze`` (parameter-name prefixes kept fixed).
+MODEL_OPTIONS = ('init', 'freeze')
+
+
 @dataclass
 class DataConfig:
     r"""The ``data`` section: which dataset, how it is split, batched and referenced.
@@ -96,7 +107,14 @@ class DataConfig:
             (default: :obj:`"MD17EthanolSample"`)
         root (str, optional): Dataset folder (raw and processed files). (default: :obj:`None`)
         args (dict, optional): Further keyword arguments of the dataset class, e.g.
-            :obj:`{molecule: aspirin}`. (default: :obj:`{}`)
+            :obj:`{molecule: aspirin}`, or :obj:`{energy_unit: kcal/mol}` for a file of
+            :obj:`path`. (default: :obj:`{}`)
+        path (str, optional): Your own structures: an extended-XYZ file (``.xyz``,
+            ``.extxyz``: :class:`~pyg_tensorpot.datasets.ExtXYZDataset`) or an ASE database
+            (``.db``, ``.json``, ``.aselmdb``:
+            :class:`~pyg_tensorpot.datasets.ASEDatabaseDataset`), chosen by extension; it
+            sets :obj:`dataset` and :obj:`args.path`, and :obj:`root` defaults to
+            ``out_dir/data`` (the processed file beside the run). (default: :obj:`None`)
         test_dataset (str, optional): A separate test set (e.g. COMP6 after ANI-1x training);
             when given, the whole of it is the test set. (default: :obj:`None`)
         test_root (str, optional): Folder of the test set. (default: :obj:`None`)
@@ -124,7 +142,10 @@ class DataConfig:
         reference_energies (str or dict, optional): Per-element reference energies that the
             model adds to its output: :obj:`"fit"` (least squares on the training split),
             :obj:`"dataset"` (the dataset's published values), :obj:`"none"`, or
-            :obj:`{Z: eV}`. (default: :obj:`"fit"`)
+            :obj:`{Z: eV}`. When fine-tuning (:obj:`model.init`), :obj:`"refit"` (as
+            :obj:`"fit"`) refits them by least squares on the new training split with the
+            pretrained network kept (for data of another level of theory), and
+            :obj:`"pretrained"` keeps the pretrained ones. (default: :obj:`"fit"`)
         standardize (bool, optional): Scale the per-atom outputs by the standard deviation of
             the training energies (after reference energies) and shift the molecular energies
             by their mean. (default: :obj:`True`)
@@ -135,6 +156,7 @@ class DataConfig:
     dataset: str = 'MD17EthanolSample'
     root: Optional[str] = None
     args: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[str] = None
     test_dataset: Optional[str] = None
     test_root: Optional[str] = None
     test_args: Dict[str, Any] = field(default_factory=dict)
@@ -157,7 +179,7 @@ class DataConfig:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError('data.dataset: name a dataset, e.g. RMD17, QM9, ANI1x, COMP6, '
                               'SPICE or MD17EthanolSample')
-        for key in ('root', 'test_dataset', 'test_root', 'splits_file'):
+        for key in ('root', 'path', 'test_dataset', 'test_root', 'splits_file'):
             _check_string(f'data.{key}', getattr(self, key), allow_none=True)
         for key in ('energy_key', 'forces_key'):
             _check_string(f'data.{key}', getattr(self, key))
@@ -194,7 +216,7 @@ class DataConfig:
                 values[number] = float(energy)
             self.reference_energies = values
         else:
-            _check_choice('data.reference_energies', ref, ('fit', 'dataset', 'none'))
+            _check_choice('data.reference_energies', ref, REFERENCE_ENERGY_CHOICES)
         if not isinstance(self.standardize, bool):
             raise ConfigError(f'data.standardize: expected true or false, got '
                               f'{self.standardize!r}')
@@ -397,7 +419,13 @@ class TrainingConfig:
 
     Args:
         model (dict, optional): :obj:`name` (:obj:`"TensorNet"`, :obj:`"HIPNN"` or
-            :obj:`"package.module:Class"`) plus the constructor's keyword arguments.
+            :obj:`"package.module:Class"`) plus the constructor's keyword arguments, and two
+            options (:data:`MODEL_OPTIONS`): :obj:`init`, a pretrained model to fine-tune (a
+            registered name such as :obj:`"tensornet-ani1x"`, a folder written by
+            :func:`~pyg_tensorpot.save_pretrained` or a run's ``model.pt``; the architecture
+            is then the pretrained one, and :obj:`name` and the arguments may be left out but
+            must agree with it when given), and :obj:`freeze`, a list of parameter-name
+            prefixes (e.g. :obj:`[embedding, layers.0]`) whose weights are not trained.
             (default: :obj:`{"name": "TensorNet"}`)
         data (DataConfig, optional): The data section.
         loss (LossConfig, optional): The loss section.
@@ -419,24 +447,63 @@ class TrainingConfig:
 
     def validate(self) -> 'TrainingConfig':
         """Checks every value; raises :class:`ConfigError` naming the first bad key."""
-        if not isinstance(self.model, dict) or not isinstance(self.model.get('name'), str) \
-                or not self.model['name']:
+        fine_tuning = isinstance(self.model, dict) and 'init' in self.model
+        if not isinstance(self.model, dict) or (
+                ('name' in self.model or not fine_tuning)
+                and (not isinstance(self.model.get('name'), str) or not self.model['name'])):
             raise ConfigError("model.name: name the model, e.g. TensorNet, HIPNN or "
                               "'package.module:Class'")
         for name in self.model:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ConfigError(f'model: {name!r} is not a constructor argument name')
+        if fine_tuning:
+            _check_string('model.init', self.model['init'])
+        freeze = self.model.get('freeze', [])
+        if not isinstance(freeze, list) or not all(isinstance(p, str) and p for p in freeze):
+            raise ConfigError(f'model.freeze: expected a list of parameter-name prefixes, e.g. '
+                              f'[embedding, layers.0], got {freeze!r}')
         _check_number('seed', self.seed, 0, MAX_SEED, integer=True)
         _check_choice('precision', self.precision, (32, 64))
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ConfigError(f'out_dir: expected a folder name, got {self.out_dir!r}')
         for name in _SECTIONS:
             getattr(self, name).validate()
-        # the model's arguments are checked here, before any data is read, not at training
-        from pyg_tensorpot.training.builders import model_class
-        kwargs = {k: v for k, v in self.model.items() if k != 'name'}
-        check_constructor_kwargs('model', model_class(self.model['name']), kwargs)
+        self._resolve_data_path()
+        # the model's arguments are checked here, before any data is read, not at training;
+        # with model.init and no name they are checked against the pretrained model then
+        if 'name' in self.model:
+            from pyg_tensorpot.training.builders import model_class
+            kwargs = {k: v for k, v in self.model.items()
+                      if k != 'name' and k not in MODEL_OPTIONS}
+            check_constructor_kwargs('model', model_class(self.model['name']), kwargs)
         return self
+
+    def _resolve_data_path(self) -> None:
+        """``data.path`` sets ``data.dataset`` (by extension), ``data.args.path`` and, when
+        unset, ``data.root`` (``out_dir/data``)."""
+        data = self.data
+        if data.path is None:
+            return
+        extension = os.path.splitext(data.path)[1].lower()
+        dataset = DATA_FILE_DATASETS.get(extension)
+        if dataset is None:
+            raise ConfigError(f"data.path: cannot tell the format of '{data.path}' from its "
+                              f"extension {extension!r}; name an extended-XYZ file (.xyz, "
+                              f".extxyz) or an ASE database (.db, .json, .aselmdb)")
+        if data.dataset != dataset and data.dataset != DataConfig.dataset:
+            raise ConfigError(f"data.dataset: {data.dataset} contradicts data.path "
+                              f"'{data.path}', which is read by {dataset}; leave data.dataset "
+                              f"out")
+        path = os.path.abspath(data.path)
+        given = data.args.get('path')
+        if given is not None and (not isinstance(given, str)
+                                  or os.path.abspath(given) != path):
+            raise ConfigError(f"data.args.path: {given!r} contradicts data.path '{data.path}';"
+                              f" give only one of them")
+        data.dataset = dataset
+        data.args = {**data.args, 'path': path}
+        if data.root is None:
+            data.root = os.path.join(self.out_dir, 'data')
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dictionary (YAML/JSON and ``torch.load(weights_only=True)`` safe)."""
@@ -462,7 +529,8 @@ class TrainingConfig:
                 if not isinstance(value, dict):
                     raise ConfigError(f'model: expected a mapping with name and the '
                                       f'constructor arguments, got {value!r}')
-                kwargs[key] = {'name': 'TensorNet', **value}
+                # a fine-tuned model takes the pretrained architecture's name
+                kwargs[key] = dict(value) if 'init' in value else {'name': 'TensorNet', **value}
             else:
                 kwargs[key] = value
         return cls(**kwargs).validate()

@@ -114,9 +114,84 @@ def _num_graphs(batch) -> int:
     return int(batch.num_graphs)
 
 
+def dataset_elements(dataset) -> List[int]:
+    r"""The atomic numbers present in :obj:`dataset` (an in-memory dataset, a subset of one
+    or any iterable of :class:`~torch_geometric.data.Data`), sorted."""
+    store = getattr(dataset, '_data', None)
+    if getattr(dataset, '_indices', None) is None and getattr(store, 'z', None) is not None:
+        return sorted(int(v) for v in torch.unique(store.z))
+    seen = set()
+    for data in dataset:
+        seen.update(int(v) for v in torch.unique(data.z))
+    return sorted(seen)
+
+
+def check_supported_elements(model: torch.nn.Module, datasets: Dict[str, Any],
+                             what: str) -> None:
+    r"""Raises :class:`ConfigError` if the structures hold elements :obj:`model` does not
+    support (its :obj:`supported_elements`, else atomic numbers below :obj:`max_z`), naming
+    the elements and the data set, before any training step.
+
+    Args:
+        model (torch.nn.Module): The model to train.
+        datasets (dict): The data sets by name.
+        what (str): The model, as the message names it (e.g. the pretrained name).
+    """
+    from pyg_tensorpot.utils.elements import symbol
+    supported = getattr(model, 'supported_elements', None)
+    max_z = getattr(model, 'max_z', None)
+    if supported is None and max_z is None:
+        return
+    for name, dataset in datasets.items():
+        present = dataset_elements(dataset)
+        missing = [z for z in present if (z not in supported if supported is not None
+                                          else z >= max_z)]
+        if missing:
+            names = ', '.join(f'{symbol(z)} (Z={z})' for z in missing)
+            knows = (', '.join(symbol(z) for z in supported) if supported is not None
+                     else f'Z < {max_z}')
+            raise ConfigError(f'{name} holds elements {names} that {what} does not support '
+                              f'(it knows {knows}); remove those structures, or train a model '
+                              f'from scratch (without model.init) that includes them')
+
+
+@torch.no_grad()
+def _refit_reference_energies(model: torch.nn.Module, loader, key: str) -> Dict[int, float]:
+    """Least-squares reference energies with the network kept: the change of every
+    element's energy that best explains the model's errors on the training split, the
+    minimum-norm one when elements always appear together (e.g. one molecule's MD)."""
+    from pyg_tensorpot.training.inference import predict
+    was_training = model.training
+    model.eval()
+    rows, errors = [], []
+    try:
+        for batch in loader:
+            energy = predict(model, batch, False)[0].detach().to(torch.float64)
+            target = getattr(batch, key).detach().to(torch.float64).reshape(-1)
+            counts = torch.zeros(int(batch.num_graphs), model.atomref.numel(),
+                                 dtype=torch.float64)
+            counts.index_put_((batch.batch, batch.z.long()),
+                              torch.ones(batch.z.numel(), dtype=torch.float64), accumulate=True)
+            rows.append(counts)
+            errors.append(target - energy.reshape(-1))
+    finally:
+        model.train(was_training)
+    counts = torch.cat(rows)
+    present = (counts.sum(0) > 0).nonzero().flatten()
+    matrix = counts[:, present]
+    delta = torch.linalg.lstsq(matrix, torch.cat(errors).unsqueeze(-1), driver='gelsd')
+    old = model.atomref.detach().to(torch.float64)
+    # elements absent from the training split keep their pretrained energies
+    refs = {int(z): float(old[z]) for z in old.nonzero().flatten().tolist()}
+    refs.update({int(z): float(old[z] + d)
+                 for z, d in zip(present.tolist(), delta.solution.flatten().tolist())})
+    return refs
+
+
 @torch.no_grad()
 def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
-                            dataset=None, batch_size: int = 4096) -> Dict[str, Any]:
+                            dataset=None, batch_size: int = 4096,
+                            pretrained: bool = False) -> Dict[str, Any]:
     r"""Fits reference energies and the standardisation on the training split only and sets
     them on :obj:`model`:
 
@@ -128,6 +203,21 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
        training energies minus the reference energies become :meth:`set_standardization`
        (:obj:`energy_std`, if given, replaces the fitted :math:`\sigma`; without
        :obj:`standardize` it is used with :math:`\mu = 0`).
+
+    With :obj:`pretrained` (fine-tuning from :obj:`model.init`) the network's standardisation
+    is kept (it sets the scale its weights were trained for), and :obj:`"fit"` or
+    :obj:`"refit"` changes the reference energies by the least-squares fit of the
+    pretrained model's errors on the training split (the network kept); :obj:`"pretrained"`
+    keeps them.
+
+    Args:
+        model (torch.nn.Module): The model; its statistics are set in place.
+        train: The training split.
+        config (DataConfig): The data section.
+        dataset: The whole dataset (for :obj:`"dataset"`). (default: :obj:`None`)
+        batch_size (int, optional): Structures per batch of the fits. (default: :obj:`4096`)
+        pretrained (bool, optional): :obj:`model` holds pretrained weights.
+            (default: :obj:`False`)
 
     Returns:
         dict: :obj:`reference_energies` (``{Z: eV}`` or :obj:`None`), :obj:`mean`, :obj:`std`.
@@ -143,6 +233,36 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
         return {'reference_energies': None, 'mean': 0.0, 'std': 1.0}
 
     choice = config.reference_energies
+    if choice == 'pretrained' and not pretrained:
+        raise ConfigError("data.reference_energies: 'pretrained' keeps the reference energies "
+                          "of model.init, but no model.init is given; use 'fit'")
+    if pretrained:
+        if config.energy_std is not None:
+            raise ConfigError('data.energy_std: a fine-tuned model (model.init) keeps the '
+                              'pretrained standardisation; leave data.energy_std out')
+        atomref = model.atomref.detach().to(torch.float64)
+        refs = {int(z): float(atomref[z]) for z in atomref.nonzero().flatten().tolist()}
+        if choice in ('fit', 'refit'):
+            refs = _refit_reference_energies(
+                model, DataLoader(train, batch_size=config.inference_batch_size), key)
+            model.set_atomref(refs)
+        elif choice == 'dataset' or isinstance(choice, dict):
+            if choice == 'dataset':
+                source = dataset if dataset is not None else train
+                getter = getattr(source, 'atomref', None)
+                choice = getter() if callable(getter) else None
+                if not choice:
+                    raise ConfigError(f"data.reference_energies: {type(source).__name__} "
+                                      f"publishes no reference energies; use 'refit' or "
+                                      f"'pretrained'")
+            refs = dict(choice)
+            model.set_atomref(refs)
+        elif choice == 'none':
+            refs = None
+            model.set_atomref({})
+        return {'reference_energies': refs, 'mean': float(model.mean), 'std': float(model.std)}
+    if choice == 'refit':
+        choice = 'fit'
     refs: Optional[Dict[int, float]] = None
     if choice != 'none':
         if isinstance(choice, dict):

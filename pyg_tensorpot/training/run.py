@@ -298,8 +298,16 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
 
     Writes to :obj:`config.out_dir`: ``config.yaml``, ``splits.npz``,
     ``checkpoints/{best,last}.ckpt``, ``logs/metrics.csv``, ``learning_curves.png``,
-    ``test_metrics.json`` and ``model.pt`` (the best weight average,
-    :func:`load_trained_model`).
+    ``test_metrics.json``, ``model.pt`` (the best weight average,
+    :func:`load_trained_model`) and the same model as a :func:`~pyg_tensorpot.save_pretrained`
+    folder ``model/`` (safetensors + JSON).
+
+    With :obj:`model.init` the model starts from the pretrained weights (the architecture is
+    the pretrained one, see :func:`~pyg_tensorpot.training.builders.resolve_init`), the
+    parameters under :obj:`model.freeze` are not trained, the pretrained standardisation is
+    kept and the reference energies are refitted or kept (:obj:`data.reference_energies`);
+    elements of the data that the pretrained model does not support raise
+    :class:`ConfigError` before training.
 
     Args:
         config (TrainingConfig): The experiment.
@@ -529,7 +537,10 @@ def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[st
     out_dir = config.out_dir
     base = config.to_dict()
     results: List[TrainResult] = []
-    with lock_output_folder(out_dir):
+    rank_zero = _is_rank_zero()
+    # the other processes of a DDP run train the members with rank zero, which holds the lock
+    lock = lock_output_folder(out_dir) if rank_zero else contextlib.nullcontext()
+    with lock:
         member_configs = []
         for k in range(num_members):
             values = merge(base, {'seed': config.seed + k,
@@ -545,6 +556,8 @@ def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[st
             results.append(result)
             if result.interrupted:
                 return EnsembleResult(out_dir, results)
+        if not rank_zero:
+            return EnsembleResult(out_dir, results)
         missing = [r.out_dir for r in results if r.pretrained_dir is None]
         if missing:
             raise ConfigError(f"model.name: {config.model.get('name')} cannot be saved with "

@@ -93,7 +93,7 @@ def test_edge_vectors_convention_and_self_loop_gradient():
 
 def test_budget_exceeded_is_an_error():
     pos = torch.rand(30, 3, generator=torch.Generator().manual_seed(2)) * 2
-    with pytest.raises(RuntimeError, match='more than max_num_neighbors=5'):
+    with pytest.raises(ValueError, match='more than max_num_neighbors=5'):
         radius_graph(pos, 3.0, max_num_neighbors=5)
     edge_index, _ = radius_graph(pos, 3.0, max_num_neighbors=29)
     assert edge_index.size(1) == 30 * 29

@@ -259,7 +259,7 @@ def test_bad_input_fails_clearly():
 
 def test_neighbour_budget_is_an_error_not_a_drop():
     model = make_model(max_num_neighbors=4)
-    with pytest.raises(RuntimeError, match='max_num_neighbors=4'):
+    with pytest.raises(ValueError, match='max_num_neighbors=4'):
         model(ETHANOL_Z, ETHANOL_POS)
 
 

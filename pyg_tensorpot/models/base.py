@@ -177,7 +177,13 @@ class AtomisticModel(torch.nn.Module):
         atomic = atomic_terms.to(torch.float64) + self.atomref[z]
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
-        return scatter(atomic, batch, 0, dim_size=num_graphs, reduce='sum') + self.mean
+        # A structure without atoms (a gap in batch) has zero energy, as the sum of its
+        # atomic_energies() is: the mean belongs to structures that have atoms.
+        # (Counted by a scatter, not bincount, which would sync with an accelerator.)
+        occupied = scatter(torch.ones_like(atomic), batch, 0, dim_size=num_graphs,
+                           reduce='sum') > 0
+        return scatter(atomic, batch, 0, dim_size=num_graphs, reduce='sum') + torch.where(
+            occupied, self.mean, torch.zeros_like(self.mean))
 
     def energy_and_forces(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                           create_graph: Optional[bool] = None,

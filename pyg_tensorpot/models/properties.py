@@ -23,6 +23,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
 from pyg_tensorpot.nn.graph import periodic_flags
+from pyg_tensorpot.utils.validation import check_atoms, check_num_graphs
 
 #: What :func:`compute_properties` can compute.
 PROPERTIES = ('energy', 'forces', 'stress', 'virial', 'energies', 'hessian')
@@ -113,6 +114,8 @@ def compute_properties(
         num_graphs = inputs['num_graphs'] if num_graphs is None else num_graphs
     if pos is None:
         raise ValueError('pos (positions in Angstrom) is required')
+    if isinstance(properties, str):
+        properties = (properties, )
     unknown = sorted(set(properties) - set(PROPERTIES))
     if unknown:
         raise ValueError(f'unknown properties {unknown}; choose from {list(PROPERTIES)}')
@@ -125,10 +128,12 @@ def compute_properties(
     pos = pos.detach().to(dtype)
     if isinstance(z, Tensor) and not z.dtype.is_floating_point and z.dtype != torch.bool:
         z = z.long()
+    # Checked here, before the strain indexes positions by batch, so that a malformed input
+    # is reported as such rather than as an error from deep inside torch.
+    check_atoms(z, pos, batch)
     if cell is not None and isinstance(cell, Tensor) and cell.dtype.is_floating_point:
         cell = cell.detach().to(dtype)
-    if num_graphs is None:
-        num_graphs = 1 if batch is None or batch.numel() == 0 else int(batch.max()) + 1
+    num_graphs = check_num_graphs(batch, z.size(0), num_graphs)
     strained = bool(want & {'stress', 'virial'})
     derivatives = bool(want & {'forces', 'stress', 'virial', 'hessian'})
     kwargs = dict(model_kwargs or {})

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
-from pyg_tensorpot.utils.validation import check_min_distance
+from pyg_tensorpot.utils.validation import check_min_distance, check_num_graphs
 
 
 class AtomGraph(NamedTuple):
@@ -52,12 +52,14 @@ def _check_cell(cell: Tensor, pbc: Tensor, num_graphs: int) -> None:
     if not bool(torch.isfinite(cell).all()):
         raise ValueError('the cell contains NaN or infinite values')
     volume = torch.linalg.det(cell.detach().to(torch.float64)).abs().reshape(-1)
-    lengths = cell.detach().to(torch.float64).norm(dim=-1).reshape(-1, 3)
+    # Degeneracy relative to the product of the lengths (scale-free): relative to the longest
+    # vector cubed, a sound 10,000 x 10 x 10 A cell (a wire with vacuum) was called flat.
+    lengths = cell.detach().to(torch.float64).norm(dim=-1).reshape(-1, 3).prod(dim=-1)
     for s in range(volume.numel()):
         # A structure without periodic directions (a molecule in a batch with crystals, whose
         # cell ASE stores as zeros) needs no cell.
         periodic = bool(pbc[s].any()) if volume.numel() > 1 else bool(pbc.any())
-        if periodic and float(volume[s]) <= 1e-6 * max(float(lengths[s].max()), 1.0)**3:
+        if periodic and not float(volume[s]) > 1e-6 * float(lengths[s]):
             raise ValueError(
                 f'the cell of structure {s} has zero volume (lattice vectors '
                 f'{cell.reshape(-1, 3, 3)[s].tolist()}); give every direction, periodic or '
@@ -73,7 +75,13 @@ def periodic_flags(cell: Optional[Tensor], pbc: Optional[Union[bool, Tensor]],
     cell of wrong shape, with NaN entries or of zero volume.
     """
     if pbc is not None and not isinstance(pbc, (bool, Tensor)):
-        pbc = torch.as_tensor(pbc)
+        try:
+            pbc = torch.as_tensor(pbc)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f'pbc must be a bool or [3] bools (one per lattice vector), got '
+                            f'{pbc!r}') from None
+    if isinstance(pbc, Tensor) and (pbc.dtype.is_floating_point or pbc.is_complex()):
+        raise TypeError(f'pbc must be bools (one per lattice vector), got {pbc.dtype}')
     if cell is None:
         if pbc is not None and bool(torch.as_tensor(pbc).any()):
             raise ValueError('periodic boundaries (pbc) were requested without a cell: pass '
@@ -136,10 +144,9 @@ def atom_graph(
         num_graphs (int, optional): Number of structures, if known. (default: :obj:`None`)
     """
     num_atoms = z.size(0)
+    num_graphs = check_num_graphs(batch, num_atoms, num_graphs)
     if batch is None:
         batch = torch.zeros_like(z)
-    if num_graphs is None:
-        num_graphs = int(batch.max()) + 1
     flags = periodic_flags(cell, pbc, num_graphs)
     if edge_index is None:
         if flags is not None and not bool(flags.any()):

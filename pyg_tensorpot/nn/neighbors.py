@@ -78,7 +78,7 @@ def radius_graph(
         counts = torch.bincount(i, minlength=num_atoms)
         if num_atoms > 0 and int(counts.max()) > max_num_neighbors:
             atom = int(counts.argmax())
-            raise RuntimeError(
+            raise ValueError(
                 f'atom {atom} has {int(counts.max())} neighbours within {cutoff} A, more than '
                 f'max_num_neighbors={max_num_neighbors}; raise the budget (no pair is dropped)')
 

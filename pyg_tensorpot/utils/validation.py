@@ -6,8 +6,21 @@ from torch import Tensor
 
 from pyg_tensorpot.utils.elements import symbol
 
+#: The integer types that torch accepts as indices (embeddings, scatter, index_select).
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+#: Without an explicit num_graphs, a batch may imply at most this many structures beyond its
+#: number of atoms (gaps, i.e. empty structures); a larger index is taken for a mistake.
+MAX_IMPLIED_EMPTY_STRUCTURES = 100_000
+
 #: Two atoms closer than this (Angstrom) are almost certainly a bug in the input geometry.
 MIN_INTERATOMIC_DISTANCE = 0.1
+
+
+def _element_name(number: int) -> str:
+    # 'O (Z=8)' for an element, 'Z=119' for a number that is no element.
+    name = symbol(number)
+    return name if name.startswith('Z=') else f'{name} (Z={number})'
 
 
 def check_atoms(
@@ -32,8 +45,11 @@ def check_atoms(
         raise TypeError('z and pos must be torch tensors')
     if z.dim() != 1:
         raise ValueError(f'z (atomic numbers) must have shape [num_atoms], got {list(z.shape)}')
-    if z.dtype.is_floating_point or z.dtype == torch.bool or z.is_complex():
-        raise TypeError(f'z (atomic numbers) must be an integer tensor, got {z.dtype}')
+    # Only int64/int32 can index embeddings and scatter; int8 would also wrap max_z=128 to
+    # -128 and refuse every element with a misleading message.
+    if z.dtype not in INDEX_DTYPES:
+        raise TypeError(f'z (atomic numbers) must be an integer tensor (torch.long), got '
+                        f'{z.dtype}; convert it with z.long()')
     if pos.dim() != 2 or pos.size(-1) != 3:
         raise ValueError(f'pos must have shape [num_atoms, 3] (Angstrom), got {list(pos.shape)}')
     if pos.size(0) != z.size(0):
@@ -52,7 +68,7 @@ def check_atoms(
                          f'{z[idx].tolist()}')
     if max_z is not None and bool((z >= max_z).any()):
         bad_z = sorted(set(z[z >= max_z].tolist()))
-        names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad_z)
+        names = ', '.join(_element_name(v) for v in bad_z)
         raise ValueError(f'unknown element {names}: this model supports atomic numbers '
                          f'below max_z={max_z}')
     if supported_elements is not None:
@@ -60,15 +76,19 @@ def check_atoms(
         unknown = ~torch.isin(z, allowed)
         if bool(unknown.any()):
             bad_z = sorted(set(z[unknown].tolist()))
-            names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad_z)
+            names = ', '.join(_element_name(v) for v in bad_z)
             known = ', '.join(symbol(int(v)) for v in sorted(supported_elements))
             raise ValueError(f'unknown element {names}: this model only knows {known}')
     if batch is not None:
+        if not isinstance(batch, Tensor):
+            raise TypeError('batch must be a torch tensor with the structure index of every '
+                            'atom')
         if batch.dim() != 1 or batch.size(0) != z.size(0):
             raise ValueError(f'batch must have shape [num_atoms]={[z.size(0)]}, '
                              f'got {list(batch.shape)}')
-        if batch.dtype.is_floating_point:
-            raise TypeError(f'batch must be an integer tensor, got {batch.dtype}')
+        if batch.dtype not in INDEX_DTYPES:
+            raise TypeError(f'batch must be an integer tensor (torch.long), got {batch.dtype}; '
+                            'convert it with batch.long()')
         if bool((batch < 0).any()):
             raise ValueError('batch indices must be non-negative')
 
@@ -101,3 +121,47 @@ def check_total_charge(total_charge: Optional[Tensor], num_graphs: int) -> None:
                          f'{list(total_charge.shape)}')
     if total_charge.dtype.is_floating_point and not bool(torch.isfinite(total_charge).all()):
         raise ValueError('total_charge contains NaN or infinite values')
+
+
+def check_num_graphs(batch: Optional[Tensor], num_atoms: int,
+                     num_graphs: Optional[int] = None) -> int:
+    r"""The number of structures of a batch: :obj:`num_graphs` checked against :obj:`batch`,
+    or :obj:`batch.max() + 1`.
+
+    Structures without atoms (gaps in :obj:`batch`, such as :obj:`[0, 0, 2, 2]`) are allowed
+    and get zero energy; a batch implying more than :obj:`MAX_IMPLIED_EMPTY_STRUCTURES`
+    structures beyond its number of atoms must state :obj:`num_graphs`, since a stray index
+    such as :obj:`10**12` would otherwise allocate per-structure outputs of that size.
+
+    Args:
+        batch (torch.Tensor, optional): Structure of every atom (validated by
+            :func:`check_atoms`); :obj:`None` for one structure.
+        num_atoms (int): Number of atoms.
+        num_graphs (int, optional): Number of structures, if the caller knows it.
+            (default: :obj:`None`)
+    """
+    if num_graphs is not None and (isinstance(num_graphs, bool)
+                                   or not isinstance(num_graphs, int)):
+        if isinstance(num_graphs, Tensor) and num_graphs.numel() == 1 and \
+                not num_graphs.dtype.is_floating_point and num_graphs.dtype != torch.bool:
+            num_graphs = int(num_graphs)
+        else:
+            raise TypeError(f'num_graphs must be a positive int, got {num_graphs!r}')
+    if num_graphs is not None and batch is not None and batch.device.type != 'cpu':
+        # A caller passes num_graphs to save the device sync of batch.max(); on an
+        # accelerator it is trusted (an index beyond it fails in the scatter).
+        if num_graphs < 1:
+            raise ValueError(f'num_graphs must be at least 1, got {num_graphs}')
+        return num_graphs
+    top = int(batch.max()) + 1 if batch is not None and batch.numel() > 0 else 1
+    if num_graphs is None:
+        if top - num_atoms > MAX_IMPLIED_EMPTY_STRUCTURES:
+            raise ValueError(f'batch index {top - 1} implies {top} structures for '
+                             f'{num_atoms} atoms; pass num_graphs= if the batch really has '
+                             'that many (empty) structures')
+        return top
+    if num_graphs < 1:
+        raise ValueError(f'num_graphs must be at least 1, got {num_graphs}')
+    if top > num_graphs:
+        raise ValueError(f'batch refers to structure {top - 1} but num_graphs={num_graphs}')
+    return num_graphs

@@ -1,5 +1,9 @@
 r"""Saving, loading and sharing pretrained potentials (Hugging Face Hub).
 
+Length: over 500 lines because every field of ``config.json`` is validated here, next to the
+loader that trusts it; the split into a ``hub/`` package (registry, files, card, remote) is
+open as issue 15.
+
 A saved model is a folder with three files:
 
 * ``model.safetensors``: every parameter and buffer (reference energies, standardisation)

@@ -1,5 +1,8 @@
 r"""Datasets from a user's own files: extended XYZ and ASE databases, read with ASE.
 
+Length: over 500 lines because ASE keeps the same quantity in several places (``info``,
+``arrays``, calculator results, database columns) and each unit and key check names the frame.
+
 Every structure becomes one sample with
 
 * ``z`` (``[num_atoms]``, ``torch.long``), ``pos`` (``[num_atoms, 3]``, float64, Angstrom),

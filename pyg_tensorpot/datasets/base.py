@@ -1,5 +1,8 @@
 """Shared machinery of the atomistic datasets: checksums, collated storage, safe atomic files.
 
+Length: over 500 lines because the machinery every loader shares (atomic writes, archive
+extraction, file locks, manifests, raw-file error translation) lives in one place.
+
 Every dataset of :mod:`pyg_tensorpot.datasets` is a PyG
 :class:`~torch_geometric.data.InMemoryDataset` whose samples carry
 

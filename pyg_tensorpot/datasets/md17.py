@@ -1,4 +1,8 @@
-"""MD17, revised MD17 (rMD17) and the bundled 2,000-frame MD17 ethanol sample."""
+"""MD17, revised MD17 (rMD17) and the bundled 2,000-frame MD17 ethanol sample.
+
+Length: over 500 lines because three loaders of one family share their parsers and
+checks (the npz release, the extxyz trajectories and the bundled sample).
+"""
 import os
 import os.path as osp
 import re

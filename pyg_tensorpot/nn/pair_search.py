@@ -1,6 +1,9 @@
 r"""Pair search behind :func:`~pyg_tensorpot.nn.radius_graph`: which atoms of the same
 structure (or which periodic images) are closer than the cutoff.
 
+Length: over 500 lines because it holds both exact pair searches (vesin behind its safety
+check, and the hashed cell list for the boxes vesin cannot take) and the upstream bug report.
+
 Two exact methods, both in float64 on the CPU:
 
 * vesin's cell list (fast, multi-threaded C++), used whenever the box it would build is safe

@@ -1,4 +1,8 @@
-r"""Training and evaluation runs: what ``pyg-tensorpot train`` and ``evaluate`` do."""
+r"""Training and evaluation runs: what ``pyg-tensorpot train`` and ``evaluate`` do.
+
+Length: over 500 lines because the training path (statistics, fine-tuning start,
+ensembles, locking, export) and the evaluation report share the run-folder conventions.
+"""
 import contextlib
 import dataclasses
 import datetime

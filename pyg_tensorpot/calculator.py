@@ -21,6 +21,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
         "installed: install the ase extra, pip install 'pyg-tensorpot[ase]' (or pip install "
         "'ase>=3.23')") from error
 
+from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
 
 __all__ = ['TensorPotCalculator']
@@ -65,6 +66,11 @@ class TensorPotCalculator(Calculator):
     The total charge (in e) is :obj:`atoms.info["charge"]` if present, else :obj:`charge`;
     models that do not use a charge ignore it.
 
+    With an :class:`~pyg_tensorpot.Ensemble` (or a list of models / names), the results are
+    the members' mean, and their spread (sample standard deviation over members) is in
+    :obj:`calc.results["energy_std"]` (eV), :obj:`["forces_std"]` (eV/A, per atom and
+    component) and, with the stress, :obj:`["stress_std"]` (Voigt).
+
     The model is loaded and converted once, at construction, and reused by every call; the
     model you pass is never modified: it is used as is if it already has the requested dtype
     and device and is in evaluation mode, otherwise a converted copy in evaluation mode is
@@ -72,9 +78,10 @@ class TensorPotCalculator(Calculator):
     returned as Python floats and arrays as float64 numpy arrays.
 
     Args:
-        model (str or torch.nn.Module, optional): A model, or a registered name
+        model (str or torch.nn.Module or list, optional): A model, or a registered name
             (``"tensornet-ani1x"``, ``"hipnn-ts-ani1x"``), Hub repository id or folder passed
-            to :func:`~pyg_tensorpot.hub.from_pretrained`. (default: ``"tensornet-ani1x"``)
+            to :func:`~pyg_tensorpot.hub.from_pretrained`, or a list of those (an ensemble).
+            (default: ``"tensornet-ani1x"``)
         dtype (torch.dtype, optional): Floating-point type of the computation. float64 makes
             forces exact derivatives of the energy to about 1e-10 and keeps NVE energy
             drift at the integrator's level; float32 (the pretrained models' own type) is
@@ -102,7 +109,7 @@ class TensorPotCalculator(Calculator):
 
     def __init__(
         self,
-        model: Union[str, torch.nn.Module] = 'tensornet-ani1x',
+        model: Union[str, torch.nn.Module, Sequence[Union[str, torch.nn.Module]]] = 'tensornet-ani1x',
         dtype: torch.dtype = torch.float64,
         device: Union[str, torch.device] = 'cpu',
         charge: Optional[float] = None,
@@ -119,11 +126,15 @@ class TensorPotCalculator(Calculator):
         self._z: Optional[torch.Tensor] = None
         self._last_charge: Optional[float] = None
 
-    def _prepare(self, model: Union[str, torch.nn.Module]) -> torch.nn.Module:
+    def _prepare(self, model: Union[str, torch.nn.Module, Sequence]) -> torch.nn.Module:
         if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
             from pyg_tensorpot.hub import from_pretrained
             loaded = from_pretrained(str(model), map_location=self.device)
             return self._convert(loaded, owned=True)
+        if isinstance(model, (list, tuple)):
+            # A committee: its spread is reported beside the mean (energy_std, forces_std, ...).
+            members = [self._prepare(member) for member in model]
+            return Ensemble(members).eval()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f'model must be a torch.nn.Module or the name / Hub id / folder of '
                             f'a pretrained model, got {type(model).__name__}')
@@ -224,9 +235,14 @@ class TensorPotCalculator(Calculator):
         total_charge = None if charge is None else torch.tensor(
             [charge], dtype=self.dtype, device=self.device)
         pos = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
-        out = compute_properties(self.model, self._numbers(atoms.numbers), pos, cell=cell,
-                                 pbc=pbc, total_charge=total_charge, properties=want,
-                                 create_graph=False, num_graphs=1)
+        if isinstance(self.model, Ensemble):
+            out = self.model.compute(self._numbers(atoms.numbers), pos, cell=cell, pbc=pbc,
+                                     total_charge=total_charge, properties=want,
+                                     create_graph=False)
+        else:
+            out = compute_properties(self.model, self._numbers(atoms.numbers), pos, cell=cell,
+                                     pbc=pbc, total_charge=total_charge, properties=want,
+                                     create_graph=False, num_graphs=1)
         energy = float(out['energy'].reshape(-1)[0])
         self._last_charge = atoms.info.get('charge', self.parameters.get('charge'))
         self.results['energy'] = energy
@@ -237,6 +253,12 @@ class TensorPotCalculator(Calculator):
             self.results['stress'] = full_3x3_to_voigt_6_stress(stress)
         if 'energies' in want:
             self.results['energies'] = out['energies'].to('cpu', torch.float64).numpy()
+        if 'energy_std' in out:
+            self.results['energy_std'] = float(out['energy_std'].reshape(-1)[0])
+            self.results['forces_std'] = out['forces_std'].to('cpu', torch.float64).numpy()
+            if want_stress:
+                self.results['stress_std'] = full_3x3_to_voigt_6_stress(
+                    out['stress_std'].reshape(3, 3).to('cpu', torch.float64).numpy())
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(model={type(self.model).__name__}, '

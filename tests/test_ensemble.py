@@ -64,3 +64,35 @@ def test_spread_grows_on_distorted_geometries(committee_and_frames, frame, seed,
     near = committee.compute(data.z, pos)
     far = committee.compute(data.z, pos + size * noise)
     assert far['forces_std'].norm(dim=-1).mean() > 2 * near['forces_std'].norm(dim=-1).mean()
+
+
+def test_calculator_reports_the_committee_spread(committee_and_frames):
+    ase = pytest.importorskip('ase')
+    from pyg_tensorpot.calculator import TensorPotCalculator
+    committee, frames = committee_and_frames
+    data = frames[0]
+    atoms = ase.Atoms(numbers=data.z.numpy(), positions=data.pos.numpy())
+    atoms.calc = TensorPotCalculator(['tensornet-ani1x', 'hipnn-ts-ani1x'])
+    energy = atoms.get_potential_energy()
+    direct = Ensemble.from_pretrained(['tensornet-ani1x', 'hipnn-ts-ani1x']).double().eval()
+    expected = direct.compute(data.z, data.pos.double())
+    assert energy == pytest.approx(float(expected['energy']), abs=1e-9)
+    assert atoms.calc.results['energy_std'] == pytest.approx(float(expected['energy_std']),
+                                                             abs=1e-9)
+    assert atoms.calc.results['forces_std'].shape == (len(atoms), 3)
+
+
+def test_active_learning_example_selects_the_most_uncertain_frames(tmp_path, monkeypatch):
+    pytest.importorskip('ase')
+    import os
+    import runpy
+    root = os.path.dirname(os.path.dirname(__file__))
+    main = runpy.run_path(os.path.join(root, 'examples', 'active_learning_selection.py'))['main']
+    summary = main(['--steps', '30', '--interval', '5', '--select', '2', '--threads', '1',
+                    '--output', str(tmp_path)])
+    from ase.io import read
+    selected = read(summary['output'], index=':')
+    assert len(selected) == 2 and summary['frames'] == 7
+    spreads = [frame.info['committee_force_std'] for frame in selected]
+    assert spreads == sorted(spreads, reverse=True)
+    assert min(spreads) >= summary['median_force_std']

@@ -140,8 +140,8 @@ def test_per_atom_energies_sum_to_energy(name):
 @pytest.mark.parametrize('name', ['tensornet', 'hipnn-ts'])
 @pytest.mark.parametrize('num_molecules', [1, 27], ids=['short-cell', 'long-cell'])
 def test_energy_per_atom_equals_supercell(name, num_molecules):
-    # One water: a 3.1 A cell, shorter than twice (even than once) the 3 A cutoff, where every
-    # atom sees images of itself; 27 waters: 9.3 A. The model's mean is a per-structure
+    # One water: a 3.1 A cell, about half of twice the 3 A cutoff, where every atom sees
+    # several images of itself; 27 waters: 9.3 A. The model's mean is a per-structure
     # constant (as in torchmd-net), so it is 0 here.
     model = make(name, atomref=True)
     z, pos, cell = water_box(num_molecules, seed=2)

@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type, Un
 import torch
 
 from pyg_tensorpot.models import HIPNN, AtomisticModel, TensorNet
+from pyg_tensorpot.utils.files import atomic_write_bytes, atomic_write_text
 
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
@@ -265,31 +266,10 @@ def save_pretrained(
     with _folder_lock(directory, exclusive=True):
         # the weights first: a reader holding the previous config.json then sees a SHA-256
         # mismatch and reads again (load_from_directory), never a half-written file
-        _atomic_write(osp.join(directory, WEIGHTS_NAME), weights)
-        _atomic_write(osp.join(directory, CONFIG_NAME),
-                      (json.dumps(config, indent=2) + '\n').encode())
-        _atomic_write(osp.join(directory, MODEL_CARD_NAME), card.encode())
+        atomic_write_bytes(weights, osp.join(directory, WEIGHTS_NAME))
+        atomic_write_text(json.dumps(config, indent=2) + '\n', osp.join(directory, CONFIG_NAME))
+        atomic_write_text(card, osp.join(directory, MODEL_CARD_NAME))
     return directory
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Writes a temporary file beside :obj:`path` and renames it over :obj:`path`, so that
-    readers see the old or the new file, never a part of one."""
-    folder, base = osp.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; share like other files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 @contextlib.contextmanager

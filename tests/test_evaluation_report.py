@@ -16,9 +16,9 @@ from pyg_tensorpot.training.report import (
     accuracy_report,
     format_markdown_report,
     format_value,
-    write_text_atomic,
 )
 from pyg_tensorpot.utils.elements import symbol
+from pyg_tensorpot.utils.files import atomic_write_text
 
 DATA = osp.join(osp.dirname(__file__), 'data')
 S66X8 = osp.join(DATA, 'comp6', 's66x8_wb97x6-31gd.h5')
@@ -219,14 +219,14 @@ def test_comp6_subsets_are_named(tmp_path):
 def test_writes_are_atomic(tmp_path, monkeypatch):
     from pyg_tensorpot.training import plots
     path = str(tmp_path / 'report.md')
-    write_text_atomic('first\n', path)
+    atomic_write_text('first\n', path)
 
     def refuse(src, dst):
         raise OSError('disk full')
 
     monkeypatch.setattr(os, 'replace', refuse)
     with pytest.raises(OSError, match='disk full'):
-        write_text_atomic('second\n', path)
+        atomic_write_text('second\n', path)
     pytest.importorskip('matplotlib')
     structures = _structures(n=4)
     _, predictions = evaluate_model(KnownErrorPotential(), _as_data(structures))

@@ -40,13 +40,13 @@ from torch import Tensor
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
-    atomic_write_text,
     collate_storage,
     file_hash,
     logger,
 )
 from pyg_tensorpot.datasets.splits import Size, Split, load_split, random_split, split_datasets
 from pyg_tensorpot.utils.elements import atomic_number, symbol
+from pyg_tensorpot.utils.files import atomic_write_text
 from pyg_tensorpot.utils.units import (
     BOHR_TO_ANGSTROM,
     HARTREE_TO_EV,

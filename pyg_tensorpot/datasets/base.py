@@ -45,6 +45,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
+from pyg_tensorpot.utils.files import atomic_open, atomic_write_text
+
 logger = logging.getLogger('pyg_tensorpot.datasets')
 
 #: Bumped whenever the processed layout changes, so that old processed files are rebuilt.
@@ -136,41 +138,10 @@ def verify_checksum(path: str, algorithm: str, expected: str, what: str = '') ->
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """:func:`torch.save` to a temporary file in the same folder, flushed to disk, then moved
-    over :obj:`path` with :func:`os.replace`, so a crash never leaves a half-written
-    :obj:`path`."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Writes :obj:`text` to :obj:`path` atomically (temporary file, then :func:`os.replace`)."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """:func:`torch.save` through :func:`~pyg_tensorpot.utils.files.atomic_open`, so a crash
+    never leaves a half-written :obj:`path`."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def extract_archive(path: str, folder: str, required: Sequence[str] = ()) -> List[str]:

@@ -6,9 +6,7 @@ permuted with ``numpy.random.default_rng(seed).permutation`` and cut into train 
 that order. Splits are dictionaries ``{'idx_train', 'idx_val', 'idx_test'}`` of ``torch.long``
 tensors, saved as ``splits.npz`` with the same keys (torchmd-net's ``--splits`` format).
 """
-import os
 import os.path as osp
-import tempfile
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.datasets.base import RawFileError, logger
+from pyg_tensorpot.utils.files import atomic_open
 
 Split = Dict[str, Tensor]
 Size = Optional[Union[int, float]]
@@ -97,17 +96,8 @@ def random_split(
 
 def save_split(split: Split, path: str) -> None:
     """Saves a split as ``.npz`` with keys ``idx_train/idx_val/idx_test`` (atomically)."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.splits.', suffix='.npz', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **{k: np.asarray(split[k], dtype=np.int64) for k in SPLIT_KEYS})
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **{k: np.asarray(split[k], dtype=np.int64) for k in SPLIT_KEYS})
 
 
 def load_split(path: str, num: Optional[int] = None) -> Split:

@@ -1,10 +1,10 @@
 r"""Learning curves, parity plots and error histograms (PNG, with matplotlib)."""
 import csv
-import os
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from pyg_tensorpot.utils.files import atomic_open
 
 
 def _pyplot():
@@ -20,7 +20,8 @@ def _pyplot():
 
 def save_figure(fig, path: str, dpi: int = 120) -> str:
     """Saves a matplotlib figure as PNG through a temporary file in the same folder and
-    :func:`os.replace` (a reader never sees half an image), then closes it.
+    :func:`os.replace` (:func:`~pyg_tensorpot.utils.files.atomic_open`: a reader never sees
+    half an image), then closes it.
 
     Args:
         fig (matplotlib.figure.Figure): The figure.
@@ -32,22 +33,8 @@ def save_figure(fig, path: str, dpi: int = 120) -> str:
     """
     plt = _pyplot()
     try:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                                   dir=folder)
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                # mkstemp makes the file private (0600); a plot is as readable as any file.
-                mask = os.umask(0o022)
-                os.umask(mask)
-                os.chmod(tmp, 0o666 & ~mask)
-                fig.savefig(f, dpi=dpi, format='png')
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_open(path) as f:
+            fig.savefig(f, dpi=dpi, format='png')
     finally:
         plt.close(fig)
     return path

@@ -8,14 +8,13 @@ eV/Angstrom for this package's datasets); the tables add meV and kcal/mol.
 """
 import json
 import math
-import os
 import os.path as osp
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from pyg_tensorpot.utils.elements import symbol
+from pyg_tensorpot.utils.files import atomic_write_text
 from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL
 
 #: Per-structure attributes that name a group of structures, tried in this order when no
@@ -262,44 +261,6 @@ def format_markdown_report(report: Dict[str, Any], title: str,
 
 
 # ----------------------------------------------------------------------------- files
-def current_umask() -> int:
-    """The process's file-creation mask (read by setting it and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(text: str, path: str) -> str:
-    """Writes :obj:`text` to :obj:`path` through a temporary file in the same folder and
-    :func:`os.replace`, so that a reader never sees half a file and an interrupted write
-    leaves the previous one.
-
-    Args:
-        text (str): The content (UTF-8).
-        path (str): The file; its folder is created if needed.
-
-    Returns:
-        str: :obj:`path`.
-    """
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            # mkstemp makes the file private (0600); a report is as readable as any file.
-            os.chmod(tmp, 0o666 & ~current_umask())
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -315,7 +276,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json_atomic(value: Any, path: str) -> str:
     """Writes :obj:`value` as JSON (NaN and infinities as :obj:`null`, which strict JSON
-    readers accept) with :func:`write_text_atomic`.
+    readers accept) with :func:`~pyg_tensorpot.utils.files.atomic_write_text`.
 
     Args:
         value: Dictionaries, lists, strings and numbers (numpy scalars too).
@@ -324,4 +285,4 @@ def write_json_atomic(value: Any, path: str) -> str:
     Returns:
         str: :obj:`path`.
     """
-    return write_text_atomic(json.dumps(_json_safe(value), indent=1) + '\n', path)
+    return atomic_write_text(json.dumps(_json_safe(value), indent=1) + '\n', path)

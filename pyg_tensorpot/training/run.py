@@ -34,6 +34,7 @@ from pyg_tensorpot.training.data import (
 )
 from pyg_tensorpot.training.inference import evaluate_model
 from pyg_tensorpot.training.metrics import format_error_table
+from pyg_tensorpot.utils.files import atomic_open, atomic_write_text
 
 logger = logging.getLogger('pyg_tensorpot.training')
 
@@ -148,9 +149,8 @@ def export_model(model: torch.nn.Module, config: TrainingConfig, path: str,
         'state_dict': {k: v.detach().cpu() for k, v in model.state_dict().items()},
         'supported_elements': None if elements is None else [int(z) for z in elements],
     }
-    tmp = path + '.tmp'
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(payload, f)
     return path
 
 
@@ -574,7 +574,7 @@ def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[st
             'seeds': [m.seed for m in member_configs],
         }
         path = osp.join(out_dir, ENSEMBLE_FILE)
-        _write_json_atomic(path, listing)
+        atomic_write_text(json.dumps(listing, indent=1), path)
         summary = EnsembleResult(out_dir, results, path)
         ensemble = load_ensemble(path)
         device = torch.device('cuda' if torch.cuda.is_available()
@@ -590,16 +590,10 @@ def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[st
             title = (f'Test errors of the ensemble of {num_members} (mean prediction) on '
                      f'{int(metrics["num_structures"]):,} structures ({name})')
             _echo(format_error_table(metrics, title), verbose)
-        _write_json_atomic(osp.join(out_dir, 'test_metrics.json'), summary.test_metrics)
+        atomic_write_text(json.dumps(summary.test_metrics, indent=1),
+                          osp.join(out_dir, 'test_metrics.json'))
         _echo(f'ensemble: {path} (pyg_tensorpot.training.run.load_ensemble)', verbose)
     return summary
-
-
-def _write_json_atomic(path: str, value: Any) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 def load_ensemble(path: str, map_location: str = 'cpu'):
@@ -724,7 +718,6 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
         accuracy_report,
         format_markdown_report,
         write_json_atomic,
-        write_text_atomic,
     )
     if group_by is not None and not str(group_by).strip():
         raise ConfigError('--group-by: give the name of a per-structure attribute, e.g. '
@@ -778,7 +771,7 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
                     _echo(f'error histogram: {path}', verbose)
                 except ValueError as error:  # only non-finite errors: nothing to bin
                     _echo(f'no error histogram for {name}: {error}', verbose)
-        path = write_text_atomic(format_markdown_report(report, title, written),
+        path = atomic_write_text(format_markdown_report(report, title, written),
                                  osp.join(out_dir, f'report_{slug}.md'))
         _echo(f'report: {path}', verbose)
     if plots:

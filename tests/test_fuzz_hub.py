@@ -32,6 +32,7 @@ from pyg_tensorpot.hub import (  # noqa: E402
     from_pretrained,
     save_pretrained,
 )
+from test_hub import seed_hub_cache as seed_commit  # noqa: E402 (tests/ is on sys.path)
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -88,21 +89,11 @@ def energy(model):
 
 
 def seed_hub_cache(cache: str, files: dict) -> str:
-    """``files`` as one commit of REPO in the Hub cache layout (blobs, snapshot links, ref)."""
+    """``files`` as one commit of REPO in the Hub cache layout (test_hub's seeding, with the
+    commit named after the contents); returns the snapshot folder."""
     commit = hashlib.sha1(b''.join(files[k] for k in sorted(files))).hexdigest()
-    repo = osp.join(cache, 'models--' + REPO.replace('/', '--'))
-    snapshot = osp.join(repo, 'snapshots', commit)
-    os.makedirs(osp.join(repo, 'blobs'), exist_ok=True)
-    os.makedirs(osp.join(repo, 'refs'), exist_ok=True)
-    os.makedirs(snapshot, exist_ok=True)
-    for name, content in files.items():
-        blob = osp.join(repo, 'blobs', hashlib.sha256(content).hexdigest())
-        with open(blob, 'wb') as f:
-            f.write(content)
-        os.symlink(osp.relpath(blob, snapshot), osp.join(snapshot, name))
-    with open(osp.join(repo, 'refs', 'main'), 'w') as f:
-        f.write(commit)
-    return snapshot
+    seed_commit(cache, REPO, files, commit=commit)
+    return osp.join(cache, 'models--' + REPO.replace('/', '--'), 'snapshots', commit)
 
 
 def tree_bytes(root: str) -> dict:

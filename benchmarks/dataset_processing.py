@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from pyg_tensorpot.datasets.reference_energies import ANI1X_SELF_ENERGIES_HARTREE
+
 #: The 26 datasets of a group of ani1x-release.h5: name -> (dtype, per-conformation shape),
 #: where 'n' is the number of atoms.
 RELEASE_KEYS = {
@@ -58,7 +60,7 @@ RELEASE_KEYS = {
     'wb97x_tz.mbis_octupoles': ('f4', ('n',)),
     'wb97x_tz.mbis_volumes': ('f4', ('n',)),
 }
-SELF_ENERGY = {1: -0.600952980, 6: -38.08316124, 7: -54.70775770, 8: -75.19446356}
+SELF_ENERGY = ANI1X_SELF_ENERGIES_HARTREE
 
 
 def write_synthetic_ani1x(path: str, conformations: int, groups: int, seed: int = 0) -> dict:

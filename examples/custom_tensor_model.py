@@ -3,13 +3,19 @@
 A small TensorNet-style potential with one interaction layer, written out by hand from the
 embedding, interaction and readout layers, plus a dipole head on the same features. It runs on
 ethanol and checks that the energy is invariant and the forces and dipole equivariant under a
-rotation, then computes the stress of the same molecule in a periodic box.
+rotation, then computes the stress of the same molecule in a periodic box, and compiles it
+with TorchScript for an MD engine.
 
     python examples/custom_tensor_model.py
 """
+from typing import Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from pyg_tensorpot import AtomisticModel, compute_properties
+from pyg_tensorpot.deploy.scripted import script_model
+from pyg_tensorpot.nn.graph import AtomGraph
 from pyg_tensorpot.nn import (
     DipoleHead,
     ExpNormalSmearing,
@@ -38,7 +44,7 @@ class TinyTensorPotential(AtomisticModel):
         self.energy_head = ScalarHead(hidden)
         self.dipole_head = DipoleHead(hidden)
 
-    def features(self, z, graph):
+    def features(self, z: Tensor, graph: AtomGraph) -> Tuple[Tensor, Tensor]:
         # Radial functions once per pair: graph.pair_index maps every edge to its pair.
         rbf = self.rbf(graph.pair_weight)
         tensors = self.embedding(z, graph.edge_index, graph.pair_weight, graph.edge_unit, rbf,
@@ -47,11 +53,14 @@ class TinyTensorPotential(AtomisticModel):
                                    graph.pair_index)
         return self.readout(tensors), tensors
 
-    def atomic_terms(self, z, pos, graph, total_charge=None):
+    # Typed signatures make the model TorchScript-able (script_model, pyg-tensorpot export).
+    def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                     total_charge: Optional[Tensor] = None) -> Tensor:
         scalars, _ = self.features(z, graph)
         return self.energy_head(scalars)
 
-    def dipole(self, z, pos, batch=None):
+    @torch.jit.unused
+    def dipole(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         graph = self.graph(z, pos, batch)
         scalars, tensors = self.features(z, graph)
         return self.dipole_head(scalars, tensors, z, pos, graph.batch, graph.num_graphs)
@@ -84,6 +93,12 @@ def main():
     stress = compute_properties(model, z, pos + 3.0, cell=cell,
                                 properties=['energy', 'stress'])['stress']
     print(f'stress in a 6 A box (eV/A^3) diagonal {stress[0].diagonal().numpy().round(6)}')
+
+    # TorchScript, as `pyg-tensorpot export` writes it for an MD engine.
+    scripted = script_model(model, torch.float32)
+    energy = scripted(z, pos, None, None, None, None, None)
+    print(f'TorchScript energy {energy.item():+.6f} (eager {out["energy"].item():+.6f})')
+    assert torch.allclose(energy, out['energy'], rtol=1e-6)
 
 
 if __name__ == '__main__':

@@ -67,19 +67,19 @@ import json
 import math
 import os
 import os.path as osp
-import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from pyg_tensorpot.datasets.reference_energies import \
+    ANI1X_SELF_ENERGIES_HARTREE as ANI1X_SAE_HARTREE  # sae_linfit.dat, Hartree
+from pyg_tensorpot.utils.units import HARTREE_TO_EV
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED = osp.join(osp.dirname(REPO), 'shared', 'data')
-HARTREE_TO_EV = 27.211386246
 KB_EV = 8.617333262e-5  # eV/K
-#: ANI-1x linear-fit self energies (``sae_linfit.dat``), Hartree.
-ANI1X_SAE_HARTREE = {1: -0.600952980, 6: -38.08316124, 7: -54.70775770, 8: -75.19446356}
 MASSES = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
 COVALENT = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
 ELEMENTS = (1, 6, 7, 8)

@@ -23,22 +23,9 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
 
 from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
+from pyg_tensorpot.utils.devices import model_device, resolve_device
 
 __all__ = ['TensorPotCalculator']
-
-
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was requested but CUDA is not available on this "
-                         "machine (torch.cuda.is_available() is False); use device='cpu'")
-    return device
-
-
-def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return None
 
 
 class TensorPotCalculator(Calculator):
@@ -118,7 +105,7 @@ class TensorPotCalculator(Calculator):
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f'dtype must be a floating-point torch dtype such as torch.float64 '
                             f'or torch.float32, got {dtype!r}')
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.model = self._prepare(model)
         super().__init__(charge=charge, **kwargs)
@@ -142,7 +129,7 @@ class TensorPotCalculator(Calculator):
 
     def _convert(self, model: torch.nn.Module, owned: bool) -> torch.nn.Module:
         needs_copy = (model.training or model_dtype(model) != self.dtype
-                      or _model_device(model) not in (None, self.device))
+                      or model_device(model) not in (None, self.device))
         if needs_copy and not owned:
             model = copy.deepcopy(model)
             owned = True

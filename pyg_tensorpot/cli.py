@@ -9,9 +9,13 @@ r"""The ``pyg-tensorpot`` command line.
     pyg-tensorpot evaluate CHECKPOINT [--dataset NAME --root DIR --arg key=value ...]
                                       [--split test|val|train|all] [--out DIR]
                                       [--data FILE.extxyz] [--group-by KEY]
+    pyg-tensorpot export MODEL_OR_NAME --format torchscript|exported|metatomic|openmm -o FILE
+                         [--dtype float32|float64] [--atoms STRUCTURE_FILE]
+    pyg-tensorpot datasets [list [--json] | info NAME [--json] | cards DIR [--write]
+                            | push NAME_OR_PATH REPO_ID ...]
 
 Exit status: 0 on success, 2 for a bad configuration, override or missing file (the message
-names the key or file), 3 when the output folder is in use by another training run, 130
+names the key or file; ``export`` exits 1 for a model it cannot write), 3 when the output folder is in use by another training run, 130
 for an interrupted training run (resume it with ``--resume``).
 """
 import argparse
@@ -52,7 +56,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                        'the reader as data.args.KEY=VALUE, e.g. data.args.energy_unit=kcal/mol)')
     train.add_argument('--init', default=None, metavar='NAME_OR_FOLDER',
                        help='fine-tune a pretrained model: tensornet-ani1x, hipnn-ts-ani1x, a '
-                       'folder written by save_pretrained or a run, or a model.pt; same as '
+                       'folder written by save_pretrained, a run folder (or its model/), or a .ckpt; same as '
                        'model.init=...')
     train.add_argument('--ensemble', type=int, default=None, metavar='N',
                        help='train N members with seeds seed, seed+1, ... into '
@@ -61,7 +65,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     evaluate = sub.add_parser('evaluate', help='error tables (overall, per element, per '
                               'subset), markdown report, parity plots, error histograms and '
                               'learning curves of a trained model')
-    evaluate.add_argument('checkpoint', help='model.pt or a .ckpt written by train')
+    evaluate.add_argument('checkpoint', help='a run folder, its model/ folder or a .ckpt written by train (a model.pt of earlier versions also loads)')
     evaluate.add_argument('--dataset', default=None,
                           help='dataset name (default: the test set of the training run)')
     evaluate.add_argument('--root', default=None, help='folder of --dataset')
@@ -85,6 +89,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     evaluate.add_argument('--group-by', default=None, metavar='KEY',
                           help='per-structure attribute (or extended-XYZ info key) to group '
                           'the errors by (default: subset, name or config_type when present)')
+    from pyg_tensorpot.deploy import export as export_command
+    export_command.add_arguments(sub.add_parser(
+        'export', help='write a model for an MD engine: TorchScript, torch.export, metatomic '
+        '(LAMMPS, i-PI, ASE) or OpenMM'))
+
+    from pyg_tensorpot.datasets import catalogue
+    catalogue.add_arguments(sub.add_parser(
+        'datasets', help='the dataset catalogue: list, info NAME, cards DIR, push NAME_OR_PATH '
+        'REPO_ID'))
+
     args, extra = parser.parse_known_args(argv)
     if args.command == 'train':
         # argparse stops filling the positionals at the first option: `train --data F
@@ -179,6 +193,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      args=_dataset_args(args.arg), split=args.split, splits_file=args.splits,
                      batch_size=args.batch_size, device=args.device, out_dir=args.out,
                      plots=not args.no_plots, data=args.data, group_by=args.group_by)
+        elif args.command == 'export':
+            from pyg_tensorpot.deploy import export as export_command
+            return export_command.run(args)
+        elif args.command == 'datasets':
+            from pyg_tensorpot.datasets import catalogue
+            return catalogue.run(args)
     except (ConfigError, FileNotFoundError, ImportError) as error:
         print(f'pyg-tensorpot {args.command}: error: {error}', file=sys.stderr)
         return 2

@@ -132,6 +132,23 @@ def test_rmd17_bad_names_and_missing_files(tmp_path):
         rmd17_split(ds)
 
 
+def test_npz_marked_encrypted_is_a_raw_file_error(tmp_path):
+    # One flipped flag bit marks a zip member as encrypted: zipfile then raises RuntimeError
+    # ("password required"), which must reach the user as a RawFileError naming the file.
+    from pyg_tensorpot.datasets.md17 import _npz_arrays
+    data = bytearray(open(RMD17_SAMPLE, 'rb').read())
+    start = data.find(b'PK\x01\x02')  # the first central-directory entry; flags at +8
+    assert start > 0
+    data[start + 8] |= 0x01
+    path = tmp_path / 'encrypted.npz'
+    path.write_bytes(bytes(data))
+    with pytest.raises(RawFileError, match='encrypted.npz'):
+        _npz_arrays(str(path), ('energies', 'coords', 'forces', 'nuclear_charges'))
+    # The file's own messages are kept, not wrapped again.
+    with pytest.raises(RawFileError, match=r"has no \['no_such_key'\]"):
+        _npz_arrays(RMD17_SAMPLE, ('no_such_key',))
+
+
 def test_rmd17_nan_frames_dropped_and_logged(tmp_path, caplog):
     with np.load(RMD17_SAMPLE) as f:
         energies = f['energies'].copy()

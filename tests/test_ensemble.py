@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyg_tensorpot import Ensemble, TensorNet, compute_properties, from_pretrained
+from pyg_tensorpot import Ensemble, TensorNet, compute_properties
 from pyg_tensorpot.datasets import MD17EthanolSample
 from pyg_tensorpot.structures import water_box
 

@@ -249,7 +249,7 @@ def known_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp('model')
     config = load_config(None, [f'model.name={__name__}:KnownErrorPotential', 'precision=64',
                                 f'out_dir={folder}'])
-    return export_model(KnownErrorPotential(), config, str(folder / 'model.pt'))
+    return export_model(KnownErrorPotential(), config, str(folder / 'model'))
 
 
 def _write_extxyz(path, structures):

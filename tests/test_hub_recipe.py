@@ -2,7 +2,6 @@
 geometry helpers, and its training step end to end on real DFT labels (S66x8)."""
 import importlib.util
 import json
-import os
 import os.path as osp
 import socket
 

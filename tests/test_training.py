@@ -49,6 +49,12 @@ def state_dicts_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def exported_weights(model_dir):
+    """The tensors of an exported model folder, read as the safetensors file it is."""
+    from safetensors.torch import load_file
+    return load_file(osp.join(model_dir, 'model.safetensors'))
+
+
 # ---------------------------------------------------------------------- configuration
 def test_config_yaml_overrides_and_scientific_notation(tmp_path):
     path = tmp_path / 'cfg.yaml'
@@ -260,10 +266,14 @@ def tensornet_run(tmp_path_factory):
 def test_training_improves_and_writes_everything(tensornet_run):
     from pyg_tensorpot.training.plots import read_metrics_csv
     out = tensornet_run.out_dir
-    for name in ('config.yaml', 'splits.npz', 'model.pt', 'test_metrics.json',
-                 'learning_curves.png', 'logs/metrics.csv', 'checkpoints/best.ckpt',
-                 'checkpoints/last.ckpt'):
+    for name in ('config.yaml', 'splits.npz', 'test_metrics.json', 'learning_curves.png',
+                 'logs/metrics.csv', 'checkpoints/best.ckpt', 'checkpoints/last.ckpt',
+                 'model/model.safetensors', 'model/config.json', 'model/README.md',
+                 'model/training.json'):
         assert osp.isfile(osp.join(out, name)), name
+    # one weights format: the export is the save_pretrained folder, no pickled file
+    assert tensornet_run.model_path == tensornet_run.pretrained_dir == osp.join(out, 'model')
+    assert not osp.exists(osp.join(out, 'model.pt'))
     series = read_metrics_csv(osp.join(out, 'logs', 'metrics.csv'))
     val = series['val_loss']
     assert sorted(val) == [0, 1, 2]
@@ -306,6 +316,35 @@ def test_exported_model_and_evaluate_reproduce_test_metrics(tensornet_run, capsy
     assert main(['evaluate', tensornet_run.model_path, '--dataset', 'NoSuchSet']) == 2
     assert 'unknown dataset' in capsys.readouterr().err
 
+
+def test_export_reads_back_checks_its_weights_and_old_model_pt(tensornet_run, tmp_path):
+    from pyg_tensorpot.training import export_model, load_trained_model
+    model, config = load_trained_model(tensornet_run.out_dir)  # the run folder itself
+    # a model.pt of earlier versions (a torch.save dict of plain types) still loads
+    legacy = tmp_path / 'model.pt'
+    torch.save({'format': 'pyg-tensorpot-model', 'version': 1, 'config': config.to_dict(),
+                'statistics': None, 'state_dict': model.state_dict(),
+                'supported_elements': [1, 6, 8]}, legacy)
+    old, _ = load_trained_model(str(legacy))
+    assert state_dicts_equal(old.state_dict(), model.state_dict())
+    assert old.supported_elements == [1, 6, 8]
+    # re-exporting gives the same weights; weights swapped for another file are refused
+    folder = export_model(model, config, str(tmp_path / 'again'))
+    assert state_dicts_equal(exported_weights(folder), model.state_dict())
+    os.remove(osp.join(folder, 'config.json'))  # read as for a class outside the registry
+    again, _ = load_trained_model(folder)
+    assert state_dicts_equal(again.state_dict(), model.state_dict())
+    from pyg_tensorpot.hub.weights import state_dict_bytes
+    from pyg_tensorpot.training.builders import build_model
+    with open(osp.join(folder, 'model.safetensors'), 'wb') as f:
+        f.write(state_dict_bytes(build_model(config.model)))  # freshly initialised weights
+    with pytest.raises(ValueError, match='SHA-256 recorded in'):
+        load_trained_model(folder)
+    from pyg_tensorpot.cli import main
+    assert main(['evaluate', folder, '--no-plots']) == 2  # named, no traceback
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='holds no trained model'):
+        load_trained_model(str(tmp_path / 'empty'))
 
 def test_cli_reports_bad_configuration(tmp_path, capsys):
     from pyg_tensorpot.cli import main
@@ -367,9 +406,8 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
     assert a['plateau_scheduler'] == b['plateau_scheduler']
     assert a['callbacks'].keys() == b['callbacks'].keys()
     assert reference.test_metrics == resumed.test_metrics
-    ma = torch.load(reference.model_path, weights_only=True)['state_dict']
-    mb = torch.load(resumed.model_path, weights_only=True)['state_dict']
-    assert state_dicts_equal(ma, mb)
+    assert state_dicts_equal(exported_weights(reference.model_path),
+                             exported_weights(resumed.model_path))
 
 
 def test_run_stopped_by_step_limit_resumes_to_identical_result(tmp_path):
@@ -385,8 +423,8 @@ def test_run_stopped_by_step_limit_resumes_to_identical_result(tmp_path):
     resumed = train(tiny_config(tmp_path / 'b'), resume='auto', verbose=False)
     assert resumed.steps == reference.steps == 12
     assert reference.test_metrics == resumed.test_metrics
-    assert state_dicts_equal(torch.load(reference.model_path, weights_only=True)['state_dict'],
-                             torch.load(resumed.model_path, weights_only=True)['state_dict'])
+    assert state_dicts_equal(exported_weights(reference.model_path),
+                             exported_weights(resumed.model_path))
 
 
 def test_hipnn_ts_trains_with_hierarchicality_and_frozen_species_energies(tmp_path):
@@ -439,6 +477,14 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
                          'loss.energy_weight=0', model=user)
     result = train(config, verbose=False)
     assert result.test_metrics['test']['forces_mae'] > 0
+    # a class outside the registry is exported as weights plus the run's record (no
+    # config.json for from_pretrained) and rebuilt from the run's configuration
+    from pyg_tensorpot.training import load_trained_model
+    assert result.pretrained_dir is None
+    assert sorted(os.listdir(result.model_path)) == ['model.safetensors', 'training.json']
+    model, loaded = load_trained_model(result.out_dir)
+    assert type(model).__name__ == 'PairPotential' and loaded.model['width'] == 4
+    assert state_dicts_equal(model.state_dict(), exported_weights(result.model_path))
     with pytest.raises(ConfigError, match='set_standardization'):
         train(tiny_config(tmp_path / 'run2', 'data.reference_energies=none', model=user),
               verbose=False)

@@ -54,8 +54,9 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
     single = train(load_config(str(path), [f'out_dir={tmp_path / "single"}']), verbose=False)
 
-    ddp_model = torch.load(ddp_dir / 'model.pt', weights_only=True)['state_dict']
-    one_model = torch.load(single.model_path, weights_only=True)['state_dict']
+    from safetensors.torch import load_file
+    ddp_model = load_file(str(ddp_dir / 'model' / 'model.safetensors'))
+    one_model = load_file(osp.join(single.model_path, 'model.safetensors'))
     assert ddp_model.keys() == one_model.keys()
     for key in one_model:
         assert torch.allclose(ddp_model[key], one_model[key], rtol=1e-9, atol=1e-12), key

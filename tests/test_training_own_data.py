@@ -130,8 +130,8 @@ def test_periodic_extxyz_with_stress_from_the_command_line(tmp_path):
     assert config.data.root == str(out / 'data') and osp.isdir(out / 'data' / 'processed')
     logged = open(out / 'logs' / 'metrics.csv').read()
     assert 'train_stress_loss' in logged
-    # both exports hold the same model; the save_pretrained folder needs no pickle
-    model, _ = load_trained_model(str(out / 'model.pt'))
+    # the export is a save_pretrained folder (no pickle) that both loaders read alike
+    model, _ = load_trained_model(str(out / 'model'))
     saved = from_pretrained(str(out / 'model'))
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved.state_dict()[name]), name
@@ -217,8 +217,8 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_freezes(tmp_path):
     for z, delta in SHIFT.items():
         refit = float(model.atomref[z]) - float(pretrained.atomref[z])
         assert abs(refit - delta) < 1e-3, (z, refit, delta)
-    # a fine-tuned run can itself be fine-tuned (its save_pretrained folder and model.pt)
-    for init in (result.pretrained_dir, result.model_path):
+    # a fine-tuned run can itself be fine-tuned (its exported folder, or the run folder)
+    for init in (result.pretrained_dir, result.out_dir):
         section, again = resolve_init({'init': init})
         assert section['hidden_channels'] == 32
         assert torch.equal(again.atomref, model.atomref)

@@ -12,6 +12,9 @@ from pyg_tensorpot.datasets.qm9 import QM9
 from pyg_tensorpot.datasets.spice import SPICE
 from pyg_tensorpot.datasets.ase_files import ASEDatabaseDataset, ExtXYZDataset
 from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
+from pyg_tensorpot.datasets.catalogue import DatasetCard, card, catalog
+from pyg_tensorpot.datasets.remote import HubDatasetError, LicenceError
+from pyg_tensorpot.datasets.shards import ShardError
 from pyg_tensorpot.datasets.splits import (
     load_split,
     random_split,
@@ -42,4 +45,10 @@ __all__ = [
     'split_datasets',
     'ExtXYZDataset',
     'ASEDatabaseDataset',
+    'catalog',
+    'card',
+    'DatasetCard',
+    'HubDatasetError',
+    'LicenceError',
+    'ShardError',
 ]

@@ -16,12 +16,7 @@ from pyg_tensorpot.datasets.base import (
     raw_read_errors,
     require_h5py,
 )
-from pyg_tensorpot.datasets.reference_energies import (
-    ANI1_SELF_ENERGIES_HARTREE,
-    ANI1CCX_SELF_ENERGIES_HARTREE,
-    ANI1X_SELF_ENERGIES_HARTREE,
-    hartree_to_ev,
-)
+from pyg_tensorpot.datasets.reference_energies import SELF_ENERGY_TABLES, hartree_to_ev
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
 #: Levels of theory of the release: ``level: (energy keys summed, forces key or None)``.
@@ -41,12 +36,6 @@ ANI1X_LEVELS: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {
     'tpno_ccsd(t)_dz': (('hf_dz.energy', 'tpno_ccsd(t)_dz.corr_energy'), None),
 }
 
-#: Published self-energy tables (Hartree) selectable with ``self_energies``.
-SELF_ENERGY_TABLES: Dict[str, Dict[int, float]] = {
-    'ani1': ANI1_SELF_ENERGIES_HARTREE,
-    'ani1x': ANI1X_SELF_ENERGIES_HARTREE,
-    'ani1ccx': ANI1CCX_SELF_ENERGIES_HARTREE,
-}
 
 _LEVEL_ATOMREF = {'wb97x_dz': 'ani1x', 'ccsd(t)_cbs': 'ani1ccx'}
 
@@ -103,7 +92,7 @@ class ANI1x(AtomisticInMemoryDataset):
             :func:`attribute_name` of the key; energies and forces are converted to eV and
             eV/Angstrom, other properties keep the release's units. (default: ``()``)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = 'https://figshare.com/ndownloader/files/18112775'
@@ -128,6 +117,9 @@ class ANI1x(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         level = str(level).lower()
         if level not in ANI1X_LEVELS:
@@ -143,7 +135,7 @@ class ANI1x(AtomisticInMemoryDataset):
                               else 'custom')
         self.extra_keys = tuple(extra_keys)
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     @staticmethod
     def _resolve_self_energies(value) -> Optional[Dict[int, float]]:

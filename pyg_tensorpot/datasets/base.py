@@ -21,10 +21,12 @@ hold a file lock (``root/.pyg_tensorpot.lock``), so that several processes build
 at once (the ranks of a distributed run) leave one valid processed file: the first builds it, the
 others wait and load it.
 """
+import bisect
 import bz2
 import contextlib
 import gzip
 import hashlib
+import inspect
 import json
 import logging
 import lzma
@@ -45,7 +47,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-from pyg_tensorpot.utils.files import atomic_open, atomic_write_text
+from pyg_tensorpot.utils.files import atomic_open, atomic_write_text, file_digest
 
 logger = logging.getLogger('pyg_tensorpot.datasets')
 
@@ -98,15 +100,9 @@ def progress(iterable: Iterable, total: Optional[int] = None, desc: str = '',
 
 
 def file_hash(path: str, algorithm: str = 'sha256', chunk_size: int = 1 << 24) -> str:
-    """The hexadecimal :mod:`hashlib` digest of a file, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, 'rb') as f:
-        while True:
-            block = f.read(chunk_size)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
+    """The hexadecimal :mod:`hashlib` digest of a file, read in chunks
+    (:func:`pyg_tensorpot.utils.files.file_digest`)."""
+    return file_digest(path, algorithm, chunk_size)
 
 
 def git_blob_sha1(path: str) -> str:
@@ -460,6 +456,15 @@ class AtomisticInMemoryDataset(InMemoryDataset):
             is safe; truncating it in place kills the process with ``SIGBUS``). Read into
             memory (the default), a loaded dataset is unaffected by anything that happens to
             the file afterwards. (default: :obj:`False`)
+        source (str, optional): ``"raw"`` processes the raw files in :obj:`root`; ``"hub"``
+            pulls the processed dataset from a Hugging Face Hub dataset repository (see
+            :meth:`from_hub`): safetensors shards, each checked against the SHA-256 of the
+            repository's card before it is memory-mapped, giving exactly the samples
+            processing the raw files gives. (default: ``"raw"``)
+        repo_id (str, optional): With ``source="hub"``, the repository ``"org/name"``.
+            (default: :obj:`None`, ``"pyg-tensorpot/<name>"``)
+        revision (str, optional): With ``source="hub"``, the branch, tag or commit.
+            (default: :obj:`None`, ``main``)
     """
     #: ``{raw_file_name: (hashlib algorithm or 'git-blob', hex digest or prefix)}``.
     checksums: Dict[str, Tuple[str, str]] = {}
@@ -476,13 +481,172 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         self.verify_checksums = verify_checksums
         self.mmap = bool(mmap)
+        if source not in ('raw', 'hub'):
+            raise ValueError(f"source must be 'raw' (process the raw files) or 'hub' (pull the "
+                             f"processed dataset from the Hugging Face Hub), got {source!r}")
+        self.source = source
+        if source == 'hub':
+            if pre_transform is not None or pre_filter is not None:
+                raise ValueError('pre_transform and pre_filter apply while processing raw '
+                                 'files; a dataset pulled from the Hub is already processed '
+                                 '(use transform, or source="raw")')
+            self._init_from_hub(transform, log, repo_id, revision)
+            return
         lock_root = None if root is None else osp.expanduser(osp.normpath(root))
         with build_lock(lock_root, type(self).__name__):
             super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
             self.load(self.processed_paths[0])
+
+    # ------------------------------------------------------------------ Hugging Face Hub
+    @property
+    def _data(self) -> Optional[Data]:
+        # A dataset pulled as several shards serves samples shard by shard (see get); code
+        # that needs the whole collated storage gets it concatenated here, once, in memory.
+        data = self.__dict__.get('_data')
+        if data is None and self.__dict__.get('_shards') is not None:
+            from pyg_tensorpot.datasets.shards import concatenate
+            data = Data.from_dict(concatenate(self.__dict__['_shards'])[0])
+            self.__dict__['_data'] = data
+        return data
+
+    @_data.setter
+    def _data(self, value: Optional[Data]) -> None:
+        self.__dict__['_data'] = value
+
+    def _init_from_hub(self, transform: Optional[Callable], log: bool, repo_id: Optional[str],
+                       revision: Optional[str]) -> None:
+        from pyg_tensorpot.datasets import remote
+        from pyg_tensorpot.datasets.shards import ShardError, global_slices
+        generic = type(self) is AtomisticInMemoryDataset
+        if repo_id is None:
+            if generic:
+                raise ValueError('AtomisticInMemoryDataset.from_hub needs repo_id')
+            repo_id = f'{remote.DEFAULT_ORGANISATION}/{self.name}'
+        self.__dict__['_shards'] = None
+        self.hub_repo_id, self.hub_revision = repo_id, revision
+        InMemoryDataset.__init__(self, None, transform, None, None, log)
+        folder, card, shards, splits = remote.pull(repo_id, revision, self.verify_checksums)
+        if not generic:
+            options = _as_json(self.options())
+            if card['dataset'] != type(self).__name__ or card['options'] != options:
+                raise ShardError(
+                    f"Hub dataset repository '{repo_id}' holds {card['dataset']} with options "
+                    f"{card['options']}, not {type(self).__name__} with options {options}: pass "
+                    f"the matching options, another revision, or load it with "
+                    f"AtomisticInMemoryDataset.from_hub('{repo_id}')")
+        else:
+            self.name = str(card.get('name', self.name))
+        self.hub_folder, self.hub_card = folder, card
+        if splits is not None:
+            self.split = splits
+        if len(shards) == 1:
+            self._data, self.slices = shards[0].data, shards[0].slices
+        else:
+            self.__dict__['_shards'] = shards
+            self._shard_starts = [shard.start for shard in shards]
+            self.slices = global_slices(shards)
+            self._data = None
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        token: Optional[str] = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        **kwargs: Any,
+    ) -> 'AtomisticInMemoryDataset':
+        r"""Pulls the processed dataset from a Hugging Face Hub dataset repository
+        (``repo_type="dataset"``) through :func:`huggingface_hub.snapshot_download`, which uses
+        the Hub cache and honours ``HF_HUB_OFFLINE``. Every shard is checked against the byte
+        size and SHA-256 in the repository's ``dataset_card.json`` before it is opened
+        (memory-mapped, so a multi-GiB dataset is not read into memory); nothing is unpickled.
+
+        On a public dataset class (``ANI1x.from_hub(...)``, the classes whose constructor
+        takes :obj:`source`) the constructor options (:obj:`kwargs`) must be those the
+        repository was built with. On this base class, or on a class built from the user's own
+        files (:class:`~pyg_tensorpot.datasets.ExtXYZDataset`, whose raw file the puller does
+        not have), any repository loads as an :class:`AtomisticInMemoryDataset` with its saved
+        :obj:`split` and its reference energies (:meth:`atomref`).
+
+        Args:
+            repo_id (str, optional): ``"org/name"``. (default: :obj:`None`,
+                ``"pyg-tensorpot/<name>"`` for a dataset class)
+            revision (str, optional): Branch, tag or commit. (default: :obj:`None`, ``main``)
+            cache_dir (str, optional): Hub cache folder. (default: :obj:`None`, the Hub's)
+            token (str, optional): Hub token for private repositories. (default: :obj:`None`)
+            local_files_only (bool, optional): Only use the Hub cache. (default: :obj:`False`)
+            force_download (bool, optional): Download again even if cached.
+                (default: :obj:`False`)
+            **kwargs: Constructor arguments (options, :obj:`transform`, :obj:`log`,
+                :obj:`verify_checksums`).
+
+        Raises:
+            pyg_tensorpot.datasets.remote.HubDatasetError: The repository or revision is not
+                reachable or not cached.
+            pyg_tensorpot.datasets.shards.ShardError: A file is missing, truncated or corrupt,
+                or the card disagrees with the files or the requested options.
+        """
+        from pyg_tensorpot.datasets.remote import hub_options
+        with hub_options(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                         force_download=force_download):
+            if 'source' not in inspect.signature(cls.__init__).parameters:
+                cls = AtomisticInMemoryDataset
+            if cls is AtomisticInMemoryDataset:
+                self = cls.__new__(cls)
+                self.verify_checksums = bool(kwargs.pop('verify_checksums', True))
+                self.mmap, self.source = False, 'hub'
+                unknown = set(kwargs) - {'transform', 'log'}
+                if unknown:
+                    raise TypeError(f'AtomisticInMemoryDataset.from_hub got unexpected '
+                                    f'arguments {sorted(unknown)}')
+                self._init_from_hub(kwargs.get('transform'), kwargs.get('log', True), repo_id,
+                                    revision)
+                return self
+            return cls(None, source='hub', repo_id=repo_id, revision=revision, **kwargs)
+
+    def save_to_folder(self, folder: str, **kwargs: Any) -> Dict[str, Any]:
+        """Writes the Hub repository folder of this dataset (shards, card, splits, README);
+        see :func:`pyg_tensorpot.datasets.remote.save_to_folder` for :obj:`kwargs`
+        (:obj:`licence`, :obj:`citation`, :obj:`split`, :obj:`max_shard_bytes`). Returns the
+        card."""
+        from pyg_tensorpot.datasets.remote import save_to_folder
+        return save_to_folder(self, folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, token: Optional[str] = None, private: bool = False,
+                    revision: Optional[str] = None, **kwargs: Any):
+        """Uploads this dataset to the Hub dataset repository :obj:`repo_id` as safetensors
+        shards with a card carrying its licence and citation; refuses a dataset whose licence
+        forbids redistribution, and needs :obj:`licence` for the user's own data. See
+        :func:`pyg_tensorpot.datasets.remote.push_to_hub` for :obj:`kwargs`. Returns the
+        :class:`huggingface_hub.CommitInfo`."""
+        from pyg_tensorpot.datasets.remote import push_to_hub
+        return push_to_hub(self, repo_id, token=token, private=private, revision=revision,
+                           **kwargs)
+
+    def get(self, idx: int) -> Data:
+        shards = self.__dict__.get('_shards')
+        if shards is None:
+            return super().get(idx)
+        from torch_geometric.data.separate import separate
+        shard = shards[bisect.bisect_right(self._shard_starts, idx) - 1]
+        # no per-sample cache (InMemoryDataset keeps one): a streamed pass over millions of
+        # structures must not accumulate them in memory
+        return separate(cls=shard.data.__class__, batch=shard.data, idx=idx - shard.start,
+                        slice_dict=shard.slices, decrement=False)
+
+    def _download(self) -> None:
+        if getattr(self, 'source', 'raw') == 'hub':
+            return
+        self._download_raw()
 
     # ------------------------------------------------------------------ file names
     def options(self) -> Dict[str, Any]:
@@ -500,7 +664,7 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         return self.processed_paths[0] + '.json'
 
     # ------------------------------------------------------------------ download / process
-    def _download(self) -> None:
+    def _download_raw(self) -> None:
         missing = [p for p in self.raw_paths if not osp.exists(p)]
         if not missing:
             return
@@ -536,6 +700,8 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         return [names] if isinstance(names, str) else list(names)
 
     def _process(self) -> None:
+        if getattr(self, 'source', 'raw') == 'hub':
+            return
         path = self.processed_paths[0]
         if not self.force_reload and self._processed_is_valid(path):
             self._check_transform_reprs()
@@ -683,8 +849,10 @@ class AtomisticInMemoryDataset(InMemoryDataset):
 
     def atomref(self) -> Optional[Dict[int, float]]:
         """Published per-element reference energies ``{Z: eV}`` for this dataset's energies, or
-        :obj:`None` when there are none (use :meth:`fit_atomref`)."""
-        return None
+        :obj:`None` when there are none (use :meth:`fit_atomref`); for a dataset pulled with
+        ``AtomisticInMemoryDataset.from_hub``, the ones its Hub card records."""
+        table = (getattr(self, 'hub_card', None) or {}).get('atomref')
+        return None if table is None else {int(z): float(e) for z, e in table.items()}
 
     def fit_atomref(self, elements: Optional[Sequence[int]] = None,
                     energy_key: str = 'energy') -> Dict[int, float]:

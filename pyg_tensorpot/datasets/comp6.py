@@ -111,7 +111,7 @@ class COMP6(AtomisticInMemoryDataset):
             ``'gdb10to13'``, ``'tripeptides'``, ``'s66x8'`` or ``'all'`` (the whole suite in
             that order). (default: ``'all'``)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`. The checksums
             are the git blob ids of the GitHub repository (only a prefix for some files).
     """
@@ -130,6 +130,9 @@ class COMP6(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         key = str(subset).strip().lower().replace(' ', '')
         key = _ALIASES.get(key, key)
@@ -139,7 +142,7 @@ class COMP6(AtomisticInMemoryDataset):
         self.subset = key
         self.name = f'comp6v1_{key}'
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     def _files(self) -> List[Tuple[str, str, str]]:
         names = list(COMP6_SUBSETS) if self.subset == 'all' else [self.subset]

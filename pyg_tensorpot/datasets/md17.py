@@ -89,9 +89,10 @@ def _md17_key(molecule: str) -> str:
 
 # What numpy and zipfile raise on a damaged npz: a corrupt .npy header is parsed as a Python
 # literal (SyntaxError, TokenError), a corrupt shape can ask for more memory than exists.
+# RuntimeError: zipfile's "is encrypted, password required" for a flipped flag bit.
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
                NotImplementedError, SyntaxError, tokenize.TokenError, MemoryError,
-               OverflowError)
+               OverflowError, RuntimeError)
 
 
 def _npz_arrays(path: str, keys: Tuple[str, ...],
@@ -117,6 +118,8 @@ def _npz_arrays(path: str, keys: Tuple[str, ...],
                                        f"or incomplete; delete it and download it "
                                        f"again") from None
             return out
+    except RawFileError:  # a RuntimeError too: already names the file
+        raise
     except _NPZ_ERRORS as error:
         raise RawFileError(f"cannot read '{path}' as an npz archive ({type(error).__name__}: "
                            f"{error}); the file is corrupt or incomplete: delete it and "
@@ -206,7 +209,7 @@ class RMD17(AtomisticInMemoryDataset):
             malonaldehyde, naphthalene, paracetamol, salicylic acid (or salicylic), toluene,
             uracil``; ``'revised ethanol'`` (PyG's name) also works. (default: ``'aspirin'``)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = ('https://archive.materialscloud.org/record/file?filename=rmd17.tar.bz2'
@@ -226,11 +229,14 @@ class RMD17(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         self.molecule = _rmd17_key(molecule)
         self.name = 'rmd17_' + RMD17_MOLECULES[self.molecule]
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -298,7 +304,7 @@ class MD17(AtomisticInMemoryDataset):
         train (bool, optional): For the coupled-cluster sets, load the published training
             (:obj:`True`) or test (:obj:`False`) part. (default: :obj:`None`)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     url = 'http://quantum-machine.org/gdml/data/npz'
@@ -315,6 +321,9 @@ class MD17(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         self.molecule = _md17_key(molecule)
         self.file_name = MD17_FILES[self.molecule]
@@ -329,7 +338,7 @@ class MD17(AtomisticInMemoryDataset):
         self.name = self.file_name[:-4] + ('' if train is None else
                                            ('-train' if train else '-test'))
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     @property
     def raw_dir(self) -> str:

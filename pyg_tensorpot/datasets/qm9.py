@@ -110,7 +110,7 @@ class QM9(AtomisticInMemoryDataset):
             ``'U'`` (8), ``'H'`` (9), ``'G'`` (10) or an atomisation energy
             (``'U0_atom'`` ...). (default: ``'U0'``)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     raw_url = PygQM9.raw_url
@@ -129,6 +129,9 @@ class QM9(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         if isinstance(target, str):
             if target not in QM9_TARGETS:
@@ -139,7 +142,7 @@ class QM9(AtomisticInMemoryDataset):
                              f'{target}')
         self.target = int(target)
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     @property
     def raw_file_names(self) -> List[str]:

@@ -26,6 +26,35 @@ ANI1CCX_SELF_ENERGIES_HARTREE: Dict[int, float] = {
     8: -75.16043537275567}
 
 
+#: Every published self-energy table of the package by name, the one place each lives: the
+#: datasets (``ANI1x(self_energies=...)``, COMP6), examples and benchmarks take them from here.
+SELF_ENERGY_TABLES: Dict[str, Dict[int, float]] = {
+    'ani1': ANI1_SELF_ENERGIES_HARTREE,
+    'ani1x': ANI1X_SELF_ENERGIES_HARTREE,
+    'ani1ccx': ANI1CCX_SELF_ENERGIES_HARTREE,
+}
+
+#: The level of theory of each table of :data:`SELF_ENERGY_TABLES` (``'ani1'`` and
+#: ``'ani1x'`` are two fits at one level, kept both because published models use either).
+LEVELS_OF_THEORY: Dict[str, str] = {
+    'ani1': 'wB97X/6-31G(d)',
+    'ani1x': 'wB97X/6-31G(d)',
+    'ani1ccx': 'CCSD(T)*/CBS',
+}
+
+
+def self_energies_ev(name: str) -> Dict[int, float]:
+    """The table :obj:`name` of :data:`SELF_ENERGY_TABLES` as ``{Z: eV}``.
+
+    Raises:
+        KeyError: No table of that name (the message lists them).
+    """
+    if name not in SELF_ENERGY_TABLES:
+        raise KeyError(f"no reference-energy table {name!r}; the tables are "
+                       f"{', '.join(f'{k} ({LEVELS_OF_THEORY[k]})' for k in SELF_ENERGY_TABLES)}")
+    return hartree_to_ev(SELF_ENERGY_TABLES[name])
+
+
 def hartree_to_ev(table: Mapping[int, float]) -> Dict[int, float]:
     """Converts a ``{Z: Hartree}`` table to ``{Z: eV}``."""
     return {int(k): float(v) * HARTREE_TO_EV for k, v in table.items()}

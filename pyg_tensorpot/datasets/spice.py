@@ -110,7 +110,7 @@ class SPICE(AtomisticInMemoryDataset):
             ``scf_dipole`` (e*Angstrom), ``scf_quadrupole``; molecules lacking one of them are
             skipped (count logged). (default: ``()``)
         transform, pre_transform, pre_filter, log, force_reload, verify_checksums,
-            mmap: See
+            mmap, source, repo_id, revision: See
             :class:`~pyg_tensorpot.datasets.base.AtomisticInMemoryDataset`.
     """
     versions = tuple(SPICE_VERSIONS)
@@ -132,6 +132,9 @@ class SPICE(AtomisticInMemoryDataset):
         force_reload: bool = False,
         verify_checksums: bool = True,
         mmap: bool = False,
+        source: str = 'raw',
+        repo_id: Optional[str] = None,
+        revision: Optional[str] = None,
     ) -> None:
         version = str(version)
         if version not in SPICE_VERSIONS:
@@ -158,7 +161,7 @@ class SPICE(AtomisticInMemoryDataset):
         self.name = 'spice_' + version.replace('.', '_')
         self.checksums = {self.raw_file_names[0]: ('md5', SPICE_VERSIONS[version][1])}
         super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap)
+                         verify_checksums, mmap, source, repo_id, revision)
 
     @property
     def raw_file_names(self) -> List[str]:

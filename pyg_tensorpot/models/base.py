@@ -1,17 +1,23 @@
 """What every potential of the package shares: graph construction from ``z, pos, batch``,
 atom reference energies and standardisation, and the energy/forces helper."""
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from pyg_tensorpot.hub.mixin import HubMixin
 from pyg_tensorpot.models.properties import compute_properties
 from pyg_tensorpot.nn.graph import AtomGraph, atom_graph
-from pyg_tensorpot.utils.validation import check_atoms, check_total_charge
+from pyg_tensorpot.nn.script_graph import script_atom_graph
+from pyg_tensorpot.utils.validation import (
+    check_atoms,
+    check_total_charge,
+    script_check_total_charge,
+)
 
 
-class AtomisticModel(torch.nn.Module):
+class AtomisticModel(HubMixin, torch.nn.Module):
     r"""Base class of the package's potentials.
 
     A subclass computes per-atom energies :math:`\varepsilon_i`; this class turns them into
@@ -33,7 +39,15 @@ class AtomisticModel(torch.nn.Module):
             when exceeded). (default: :obj:`None`)
         supported_elements (Sequence[int], optional): The only atomic numbers the model accepts.
             (default: :obj:`None`)
+
+    TorchScript: :obj:`torch.jit.script(model)` compiles :meth:`forward`; in TorchScript the
+    graph is built by :func:`~pyg_tensorpot.nn.script_graph.script_atom_graph` (vesin-torch),
+    with the same checks and plainer messages.
     """
+    supported_elements: Optional[List[int]]
+    max_num_neighbors: Optional[int]
+    __jit_unused_properties__ = ['dtype']
+
     def __init__(self, cutoff: float, max_z: int, self_loops: bool,
                  max_num_neighbors: Optional[int] = None,
                  supported_elements: Optional[Sequence[int]] = None):
@@ -101,6 +115,48 @@ class AtomisticModel(torch.nn.Module):
     ) -> AtomGraph:
         r"""Validates the input and builds the :class:`~pyg_tensorpot.nn.graph.AtomGraph` with
         the model's cutoff (once per call; every layer receives it)."""
+        if torch.jit.is_scripting():
+            return self._script_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
+                                      num_graphs)
+        return self._eager_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
+                                 num_graphs)
+
+    def _script_graph(self, z: Tensor, pos: Tensor, batch: Optional[Tensor],
+                      edge_index: Optional[Tensor], cell: Optional[Tensor],
+                      pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
+                      num_graphs: Optional[int]) -> AtomGraph:
+        if pos.dtype != self.std.dtype:
+            raise TypeError('pos and the model have different dtypes; convert one of them')
+        if edge_index is not None and cell is not None:
+            raise ValueError('pass either edge_index or cell, not both: periodic images need '
+                             'the shifts that the model computes itself')
+        flags: Optional[Tensor] = None
+        if isinstance(pbc, bool):
+            flags = torch.tensor(pbc)
+        elif isinstance(pbc, Tensor):
+            flags = pbc
+        graph = script_atom_graph(z, pos, self.cutoff, self.self_loops, self.max_z,
+                                  self.supported_elements, batch, edge_index, cell, flags, None,
+                                  num_graphs)
+        self._check_budget(graph)
+        script_check_total_charge(total_charge, graph.num_graphs)
+        return graph
+
+    def _check_budget(self, graph: AtomGraph) -> None:
+        budget = self.max_num_neighbors
+        if budget is not None and graph.edge_index.size(1) > 0:
+            edges = graph.edge_index
+            real = (edges[0] != edges[1]) | (graph.edge_weight > 0)
+            counts = torch.bincount(edges[1][real], minlength=graph.batch.numel())
+            if int(counts.max()) > budget:
+                raise ValueError('an atom has more neighbours than max_num_neighbors='
+                                 + str(budget) + '; raise the budget (no pair is dropped)')
+
+    @torch.jit.unused
+    def _eager_graph(self, z: Tensor, pos: Tensor, batch: Optional[Tensor],
+                     edge_index: Optional[Tensor], cell: Optional[Tensor],
+                     pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
+                     num_graphs: Optional[int]) -> AtomGraph:
         check_atoms(z, pos, batch, self.max_z, self.supported_elements)
         if pos.dtype != self.dtype:
             raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '

@@ -34,6 +34,9 @@ class Ensemble(torch.nn.Module):
         >>> out = committee.compute(z, pos, properties=['energy', 'forces'])
         >>> out['energy'], out['energy_std'], out['forces_std']
     """
+    # Python-side conveniences, not part of the TorchScript module (torch.jit.script(ensemble)).
+    __jit_unused_properties__ = ['dtype', 'cutoff']
+
     def __init__(self, models: Sequence[torch.nn.Module]):
         super().__init__()
         models = list(models)
@@ -73,9 +76,15 @@ class Ensemble(torch.nn.Module):
                 total_charge: Optional[Tensor] = None,
                 num_graphs: Optional[int] = None) -> Tensor:
         """The members' mean energy :obj:`[num_graphs]`; arguments as every model's."""
-        energies = [model(z, pos, batch, edge_index, cell, pbc, total_charge,
-                          num_graphs=num_graphs) for model in self.models]
-        return torch.stack([e.reshape(-1) for e in energies]).mean(0)
+        # A loop (not a comprehension), so that TorchScript compiles it for every member.
+        energies: List[Tensor] = []
+        for model in self.models:
+            energy = model(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+            # HIPNN's forward may also return its hierarchicality: TorchScript sees a Union.
+            if not isinstance(energy, Tensor):
+                energy = energy[0]
+            energies.append(energy.reshape(-1))
+        return torch.stack(energies).mean(0)
 
     def atomic_energies(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                         edge_index: Optional[Tensor] = None, cell: Optional[Tensor] = None,

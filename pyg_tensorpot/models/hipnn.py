@@ -116,6 +116,8 @@ class HIPNN(AtomisticModel):
         self.energy_head = HierarchicalEnergyHead([num_species] +
                                                   [hidden_channels] * num_interactions)
 
+    __jit_unused_properties__ = ['dtype', 'elements', 'interactions']
+
     @property
     def elements(self) -> List[int]:
         return self.species.elements
@@ -137,9 +139,14 @@ class HIPNN(AtomisticModel):
         layout = HIPNNInteraction.neighbor_layout(graph.edge_index, z.size(0))
         features = [x]
         for block in self.blocks:
-            x = block[0](x, graph.edge_index, graph.edge_weight, graph.edge_vec, layout=layout)
-            for layer in block[1:]:
-                x = layer(x)
+            for layer in block:
+                # A constant of each layer (TorchScript compiles one branch per layer): the
+                # first layer of a block wraps the interaction, the others are on-site layers.
+                if layer.needs_graph:
+                    x = layer.combine(x, layer.layer(x, graph.edge_index, graph.edge_weight,
+                                                     graph.edge_vec, layout))
+                else:
+                    x = layer(x)
             features.append(x)
         return features
 

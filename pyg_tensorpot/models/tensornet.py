@@ -1,4 +1,4 @@
-from typing import Optional, Tuple, Union
+from typing import Final, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -53,6 +53,12 @@ class TensorNet(AtomisticModel):
         output (str, optional): :obj:`"energy"`, :obj:`"dipole"` or :obj:`"polarizability"`.
             (default: :obj:`"energy"`)
     """
+    # Which head the model has, as TorchScript constants: only that head's branch is compiled
+    # (isinstance on submodules is not reliable in TorchScript once a class has been compiled
+    # in two configurations in one process).
+    predicts_energy: Final[bool]
+    predicts_dipole: Final[bool]
+
     def __init__(
         self,
         hidden_channels: int = 128,
@@ -83,6 +89,8 @@ class TensorNet(AtomisticModel):
         self.activation = activation
         self.cutoff_lower = float(cutoff_lower)
         self.output = output
+        self.predicts_energy = output == 'energy'
+        self.predicts_dipole = output == 'dipole'
 
         if rbf_type == 'expnorm':
             self.rbf = ExpNormalSmearing(cutoff_lower, cutoff, num_rbf, trainable_rbf)
@@ -130,8 +138,8 @@ class TensorNet(AtomisticModel):
 
     def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
                      total_charge: Optional[Tensor] = None) -> Tensor:
-        if self.output != 'energy':
-            raise ValueError(f"this TensorNet predicts {self.output}, not energies")
+        if not self.predicts_energy:
+            raise ValueError("this TensorNet predicts " + self.output + ", not energies")
         x, _ = self.representation(z, graph, total_charge)
         return self.head(x) * self.std
 
@@ -151,12 +159,12 @@ class TensorNet(AtomisticModel):
         :meth:`~pyg_tensorpot.models.AtomisticModel.forward`; :obj:`total_charge` enters
         torchmd-net's :math:`(1 + 0.1 Q)` factor (and the dipole head's charge
         neutralisation)."""
-        if self.output == 'energy':
-            return super().forward(z, pos, batch, edge_index, cell, pbc, total_charge,
-                                   num_graphs)
         graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        if self.predicts_energy:
+            terms = self.atomic_terms(z, pos, graph, total_charge)
+            return self.reduce_energy(terms, z, graph.batch, graph.num_graphs)
         x, tensor = self.representation(z, graph, total_charge)
-        if self.output == 'dipole':
+        if self.predicts_dipole:
             return self.head(x, tensor, z, pos, graph.batch, graph.num_graphs, total_charge)
         return self.head(x, tensor, graph.batch, graph.num_graphs)
 

@@ -42,6 +42,21 @@ class AtomGraph(NamedTuple):
     num_graphs: int
 
 
+def graph_from_edges(edge_index: Tensor, edge_vec: Tensor, edge_weight: Tensor,
+                     pair_index: Tensor, first: Tensor, shifts: Optional[Tensor],
+                     batch: Tensor, num_graphs: int) -> AtomGraph:
+    r"""The :class:`AtomGraph` of edges whose vectors and lengths are known: the distance of
+    every pair (row :obj:`p` of :obj:`pair_index` takes the length of edge :obj:`first[p]`)
+    and the unit vectors (0 for self-loops, whose length is 0). Shared by the eager and the
+    TorchScript graph builders."""
+    pair_weight = edge_weight.index_select(0, first)
+    is_self = (edge_weight == 0).unsqueeze(-1)
+    edge_unit = edge_vec / torch.where(is_self, torch.ones_like(edge_weight).unsqueeze(-1),
+                                       edge_weight.unsqueeze(-1))
+    return AtomGraph(edge_index, edge_vec, edge_weight, edge_unit, pair_index, pair_weight,
+                     shifts, batch, num_graphs)
+
+
 def _check_cell(cell: Tensor, pbc: Tensor, num_graphs: int) -> None:
     if cell.dim() not in (2, 3) or cell.shape[-2:] != (3, 3) or (
             cell.dim() == 3 and cell.size(0) != num_graphs):
@@ -176,12 +191,8 @@ def atom_graph(
     first = torch.full((num_rows, ), edge_index.size(1), dtype=torch.long, device=pos.device)
     first = first.scatter_reduce(0, pair_index, torch.arange(edge_index.size(1),
                                                              device=pos.device), 'amin')
-    pair_weight = edge_weight.index_select(0, first)
-    is_self = (edge_weight == 0).unsqueeze(-1)
-    edge_unit = edge_vec / torch.where(is_self, torch.ones_like(edge_weight).unsqueeze(-1),
-                                       edge_weight.unsqueeze(-1))
-    return AtomGraph(edge_index, edge_vec, edge_weight, edge_unit, pair_index, pair_weight,
-                     shifts, batch, num_graphs)
+    return graph_from_edges(edge_index, edge_vec, edge_weight, pair_index, first, shifts,
+                            batch, num_graphs)
 
 
 def _caller_edges(edge_index: Tensor, num_atoms: int, batch: Tensor, self_loops: bool) -> Tensor:

@@ -58,8 +58,10 @@ class ScalarHead(torch.nn.Module):
         return f'{self.__class__.__name__}({self.in_channels})'
 
 
-def _center_of_mass(z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    masses = torch.tensor(MASSES, dtype=pos.dtype, device=pos.device)[z].unsqueeze(-1)
+def _center_of_mass(z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int,
+                    table: Tensor) -> Tensor:
+    # table: the masses of MASSES (a buffer: TorchScript cannot read module globals).
+    masses = table.to(device=pos.device, dtype=pos.dtype)[z].unsqueeze(-1)
     total = scatter(masses, batch, 0, dim_size=num_graphs, reduce='sum')
     return scatter(masses * pos, batch, 0, dim_size=num_graphs, reduce='sum') / total
 
@@ -92,6 +94,8 @@ class DipoleHead(torch.nn.Module):
         self.hidden_channels = hidden_channels
         self.charge = ScalarHead(hidden_channels, activation)
         self.vector_weight = torch.nn.Linear(hidden_channels, 1, bias=False)
+        self.register_buffer('masses', torch.tensor(MASSES, dtype=torch.float64),
+                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -107,7 +111,7 @@ class DipoleHead(torch.nn.Module):
         if total_charge is not None:
             excess = excess - total_charge.to(charges.dtype)
         charges = charges - (excess / count)[batch]
-        center = _center_of_mass(z, pos, batch, num_graphs)
+        center = _center_of_mass(z, pos, batch, num_graphs, self.masses)
         point = charges.unsqueeze(-1) * (pos - center[batch])
         _, antisymmetric, _ = decompose(tensor)
         atomic = self.vector_weight(skew_to_vector(antisymmetric)).squeeze(-1)

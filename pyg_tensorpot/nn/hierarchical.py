@@ -42,7 +42,10 @@ class HierarchicalEnergyHead(torch.nn.Module):
     def forward(self, features: List[Tensor]) -> Tensor:
         if len(features) != len(self.layers):
             raise ValueError(f'expected {len(self.layers)} feature tensors, got {len(features)}')
-        return torch.cat([layer(x) for layer, x in zip(self.layers, features)], dim=-1)
+        outputs: List[Tensor] = []
+        for n, layer in enumerate(self.layers):
+            outputs.append(layer(features[n]))
+        return torch.cat(outputs, dim=-1)
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}({self.feature_sizes})'

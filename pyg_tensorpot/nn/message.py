@@ -10,7 +10,7 @@ chunks, so that the per-edge temporaries stay small. Filters may be given per ra
 backward passes are written with differentiable operations: force training (double backward)
 works.
 """
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -107,8 +107,27 @@ def filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index: Tenso
     Returns:
         torch.Tensor: :obj:`[N, 10, H]`.
     """
+    if torch.jit.is_scripting():
+        return _plain_filtered_gather_scatter(features, filters, edge_index, radial_index)
+    return _fused_filtered_gather_scatter(features, filters, edge_index, radial_index)
+
+
+@torch.jit.unused
+def _fused_filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index: Tensor,
+                                   radial_index: Optional[Tensor]) -> Tensor:
+    # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export:
+    # those get the plain path (the same sums, with per-edge temporaries).
+    if torch.compiler.is_compiling():
+        return _plain_filtered_gather_scatter(features, filters, edge_index, radial_index)
     return _FilteredGatherScatter.apply(features, filters, radial_index, edge_index[0],
                                         edge_index[1])
+
+
+def _plain_filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index: Tensor,
+                                   radial_index: Optional[Tensor]) -> Tensor:
+    rows = filters if radial_index is None else filters.index_select(0, radial_index)
+    messages = scale_parts(features.index_select(0, edge_index[0]), rows)
+    return torch.zeros_like(features).index_add(0, edge_index[1], messages)
 
 
 class _EmbeddingScatter(torch.autograd.Function):
@@ -175,5 +194,28 @@ def embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edge_index
     Returns:
         torch.Tensor: :obj:`[N, 10, H]`.
     """
+    if torch.jit.is_scripting():
+        return _plain_embedding_scatter(radial, pair, geometry, edge_index, num_nodes,
+                                        radial_index)
+    return _fused_embedding_scatter(radial, pair, geometry, edge_index, num_nodes, radial_index)
+
+
+@torch.jit.unused
+def _fused_embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edge_index: Tensor,
+                             num_nodes: int, radial_index: Optional[Tensor]) -> Tensor:
+    if torch.compiler.is_compiling():
+        return _plain_embedding_scatter(radial, pair, geometry, edge_index, num_nodes,
+                                        radial_index)
     return _EmbeddingScatter.apply(radial, radial_index, pair, geometry, edge_index[1],
                                    num_nodes)
+
+
+def _plain_embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edge_index: Tensor,
+                             num_nodes: int, radial_index: Optional[Tensor]) -> Tensor:
+    rows = radial if radial_index is None else radial.index_select(0, radial_index)
+    filters = rows * pair.unsqueeze(1)
+    messages = torch.cat([filters[:, 0:1] * geometry[:, 0:1, None],
+                          filters[:, 1:2] * geometry[:, 1:4, None],
+                          filters[:, 2:3] * geometry[:, 4:10, None]], dim=1)
+    out = pair.new_zeros((num_nodes, geometry.size(1), pair.size(-1)))
+    return out.index_add(0, edge_index[1], messages)

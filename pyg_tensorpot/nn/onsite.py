@@ -1,5 +1,5 @@
 r"""HIP-NN's nonlinear wrapping of its layers and its on-site (atom) layers."""
-from typing import Optional, Union
+from typing import Final, Optional, Union
 
 import torch
 from torch import Tensor
@@ -36,6 +36,12 @@ class ResidualWrapper(torch.nn.Module):
         - **input:** :math:`(N, F_\mathrm{in})` and whatever else :math:`L` takes
         - **output:** :math:`(N, F_\mathrm{out})`
     """
+    # A TorchScript constant: whether the wrapped layer takes the graph (an interaction) or
+    # only x (an on-site layer), so that a model's loop over its layers compiles only the call
+    # each layer takes (isinstance on submodules is not reliable in TorchScript once a class
+    # has been compiled in two configurations in one process).
+    needs_graph: Final[bool]
+
     def __init__(self, layer: torch.nn.Module, in_channels: int, mid_channels: int,
                  out_channels: int, activation: Union[str, torch.nn.Module] = 'softplus',
                  residual: bool = True):
@@ -43,6 +49,7 @@ class ResidualWrapper(torch.nn.Module):
         if not residual and mid_channels != out_channels:
             raise ValueError('the plain (non-residual) form needs mid_channels == out_channels')
         self.layer = layer
+        self.needs_graph = True
         self.in_channels = in_channels
         self.mid_channels = mid_channels
         self.out_channels = out_channels
@@ -63,12 +70,21 @@ class ResidualWrapper(torch.nn.Module):
             if linear is not None:
                 linear.reset_parameters()
 
+    # Any layer signature: TorchScript code calls the layer itself and then combine().
+    @torch.jit.ignore
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        hidden = self.act(self.layer(x, *args, **kwargs))
-        if self.lin_residual is None:
+        return self.combine(x, self.layer(x, *args, **kwargs))
+
+    def combine(self, x: Tensor, inner: Tensor) -> Tensor:
+        r"""The wrapped output from the input :math:`\mathbf{x}` and the layer's output
+        :math:`L(\mathbf{x}, \dots)`."""
+        hidden = self.act(inner)
+        lin_residual = self.lin_residual
+        if lin_residual is None:
             return hidden
-        shortcut = x if self.lin_adjust is None else self.lin_adjust(x)
-        return self.lin_residual(hidden) + shortcut
+        lin_adjust = self.lin_adjust
+        shortcut = x if lin_adjust is None else lin_adjust(x)
+        return lin_residual(hidden) + shortcut
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.layer}, {self.in_channels}, '
@@ -106,10 +122,14 @@ class OnSiteLayer(ResidualWrapper):
         mid_channels = out_channels if mid_channels is None else mid_channels
         super().__init__(torch.nn.Linear(in_channels, mid_channels), in_channels, mid_channels,
                          out_channels, activation, residual)
+        self.needs_graph = False
 
     def reset_parameters(self):
         super().reset_parameters()
         torch.nn.init.xavier_normal_(self.layer.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.combine(x, self.layer(x))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, {self.out_channels}, '

@@ -44,8 +44,15 @@ def padded_neighbors(index: Tensor, num_nodes: int) -> PaddedNeighbors:
         raise ValueError(f'index must be one-dimensional, got shape {list(index.shape)}')
     num_edges = index.numel()
     counts = torch.bincount(index, minlength=num_nodes)
-    width = int(counts.max()) if num_edges > 0 else 0
-    if num_edges < 2 or bool((index[1:] >= index[:-1]).all()):  # e.g. radius_graph's receivers
+    if num_edges == 0:
+        width = 0
+    elif torch.jit.is_scripting():
+        width = int(counts.max())
+    else:
+        width = _max_degree(counts)
+    # Already sorted, e.g. radius_graph's receivers (a traced graph always sorts: same result).
+    if num_edges < 2 or (not torch.compiler.is_compiling()
+                         and bool((index[1:] >= index[:-1]).all())):
         order = torch.arange(num_edges, device=index.device)
         sorted_index = index
     else:
@@ -61,3 +68,13 @@ def padded_neighbors(index: Tensor, num_nodes: int) -> PaddedNeighbors:
     mask = torch.zeros(num_nodes * width, dtype=torch.bool, device=index.device)
     mask[sorted_slot] = True
     return PaddedNeighbors(slot, edge_of_slot, mask, num_nodes, width)
+
+
+@torch.jit.unused
+def _max_degree(counts: Tensor) -> int:
+    if torch.compiler.is_compiling():
+        # A data-dependent size for torch.export / torch.compile (an unbacked integer).
+        width = counts.max().item()
+        torch._check(width >= 1)
+        return width
+    return int(counts.max())

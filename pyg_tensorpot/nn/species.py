@@ -38,6 +38,8 @@ class SpeciesOneHot(torch.nn.Module):
         lookup[torch.tensor(elements)] = torch.arange(len(elements))
         self.register_buffer('lookup', lookup, persistent=False)
 
+    __jit_unused_properties__ = ['num_species']
+
     @property
     def num_species(self) -> int:
         return len(self.elements)
@@ -46,14 +48,22 @@ class SpeciesOneHot(torch.nn.Module):
         in_range = (z > 0) & (z < self.lookup.numel())
         column = self.lookup[torch.where(in_range, z, torch.zeros_like(z))]
         unknown = column < 0
-        if bool(unknown.any()):
-            bad = sorted(set(z[unknown].tolist()))
-            names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad)
-            known = ', '.join(symbol(e) for e in self.elements)
-            raise ValueError(f'unknown element {names}: this model only knows {known}')
-        eye = torch.eye(self.num_species, dtype=dtype or torch.get_default_dtype(),
-                        device=z.device)
+        # torch.compile / torch.export trace without the check (no host sync in the graph).
+        if not torch.compiler.is_compiling() and bool(unknown.any()):
+            if torch.jit.is_scripting():
+                raise ValueError('unknown element: this model only knows atomic numbers '
+                                 + str(self.elements))
+            self._raise_unknown(z, unknown)
+        # dtype None: torch's default dtype.
+        eye = torch.eye(len(self.elements), dtype=dtype, device=z.device)
         return eye.index_select(0, column)
+
+    @torch.jit.unused
+    def _raise_unknown(self, z: Tensor, unknown: Tensor) -> None:
+        bad = sorted(set(z[unknown].tolist()))
+        names = ', '.join(f'{symbol(v)} (Z={v})' for v in bad)
+        known = ', '.join(symbol(e) for e in self.elements)
+        raise ValueError(f'unknown element {names}: this model only knows {known}')
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}({self.elements})'

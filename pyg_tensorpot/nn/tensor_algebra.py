@@ -174,14 +174,29 @@ def mix_packed(components: Tensor, scalar_mixing: torch.nn.Module,
                symmetric_mixing: torch.nn.Module) -> Tensor:
     r"""Applies a channel mixing per irreducible part to packed components :obj:`[..., 10, H]`:
     the same as mixing :math:`I`, :math:`\mathbf{A}` and :math:`\mathbf{S}` as full tensors,
-    since a map on the channel axis commutes with packing."""
+    since a map on the channel axis commutes with packing. (Eager only; TorchScript code uses
+    :func:`mix_parts`.)"""
     mixings = (scalar_mixing, antisymmetric_mixing, symmetric_mixing)
     return torch.cat([mix(components[..., part, :]) for mix, part in zip(mixings, PART_SLICES)],
                      dim=-2)
 
 
+def mix_parts(components: Tensor, scalar_weight: Tensor, antisymmetric_weight: Tensor,
+              symmetric_weight: Tensor) -> Tensor:
+    r"""Bias-free channel mixing :math:`\mathbf{x} \mapsto \mathbf{W}\mathbf{x}` per
+    irreducible part of packed components :obj:`[..., 10, H]`, with one :obj:`[H', H]` weight per
+    part (those of bias-free :class:`torch.nn.Linear` layers, with identical results);
+    :func:`mix_packed` written for TorchScript."""
+    linear = torch.nn.functional.linear
+    return torch.cat([linear(components[..., 0:1, :], scalar_weight),
+                      linear(components[..., 1:4, :], antisymmetric_weight),
+                      linear(components[..., 4:10, :], symmetric_weight)], dim=-2)
+
+
 def scale_parts(components: Tensor, factors: Tensor) -> Tensor:
     r"""Multiplies the components :obj:`[..., 10, H]` of each irreducible part by that part's
     factor, :obj:`factors` :obj:`[..., 3, H]` in the order :math:`(I, \mathbf{A}, \mathbf{S})`."""
-    return torch.cat([components[..., part, :] * factors[..., k:k + 1, :]
-                      for k, part in enumerate(PART_SLICES)], dim=-2)
+    # The slices of PART_SLICES written out: TorchScript cannot iterate over a tuple of slices.
+    return torch.cat([components[..., 0:1, :] * factors[..., 0:1, :],
+                      components[..., 1:4, :] * factors[..., 1:2, :],
+                      components[..., 4:10, :] * factors[..., 2:3, :]], dim=-2)

@@ -31,10 +31,11 @@ def _registry(module_name: str, base: type) -> Dict[str, type]:
 
 
 def model_registry() -> Dict[str, type]:
-    """The models of :mod:`pyg_tensorpot.models` by class name."""
-    from pyg_tensorpot.models import AtomisticModel
-    registry = _registry('pyg_tensorpot.models', torch.nn.Module)
-    return {k: v for k, v in registry.items() if v is not AtomisticModel}
+    """The model classes by name: the one registry of :mod:`pyg_tensorpot.hub.registry`
+    (TensorNet, HIPNN and every class added with
+    :func:`~pyg_tensorpot.hub.register_model_class`)."""
+    from pyg_tensorpot.hub.registry import MODEL_CLASSES
+    return dict(MODEL_CLASSES)
 
 
 def dataset_registry() -> Dict[str, type]:
@@ -138,9 +139,9 @@ def load_init_model(init: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
 
     Args:
         init (str): A registered name (``"tensornet-ani1x"``, ``"hipnn-ts-ani1x"``), a folder
-            written by :func:`~pyg_tensorpot.save_pretrained` (also a run's ``model/``), a
-            run folder holding ``model.pt``, a ``model.pt`` of :func:`pyg_tensorpot.training.
-            export_model` or a Hub repository id (from the Hub cache when offline).
+            written by :func:`~pyg_tensorpot.save_pretrained` (also a run's ``model/`` of
+            :func:`~pyg_tensorpot.training.export_model`), a run folder, a Lightning
+            checkpoint of a run or a Hub repository id (from the Hub cache when offline).
 
     Returns:
         (torch.nn.Module, dict): The model (with its weights, reference energies and
@@ -152,12 +153,11 @@ def load_init_model(init: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     import os.path as osp
 
     from pyg_tensorpot.hub import CONFIG_NAME, PretrainedModelError, from_pretrained, model_kwargs
-    run_model = osp.join(init, 'model.pt') if osp.isdir(init) else None
-    if osp.isfile(init) or (run_model is not None and osp.isfile(run_model)
-                            and not osp.isfile(osp.join(init, CONFIG_NAME))):
-        from pyg_tensorpot.training.run import load_trained_model
+    from pyg_tensorpot.training.export import is_training_export, load_trained_model
+    if osp.isfile(init) or (osp.isdir(init) and not osp.isfile(osp.join(init, CONFIG_NAME))
+                            and is_training_export(init)):
         try:
-            model, config = load_trained_model(init if osp.isfile(init) else run_model)
+            model, config = load_trained_model(init)
         except (ValueError, KeyError, RuntimeError) as error:
             raise ConfigError(f"model.init: cannot load '{init}' ({error})") from None
         section = {k: v for k, v in config.model.items() if k not in MODEL_OPTIONS}

@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from pyg_tensorpot.utils.dtypes import PRECISIONS
+
 
 def _yaml():
     try:
@@ -425,7 +427,7 @@ class TrainingConfig:
             :obj:`"package.module:Class"`) plus the constructor's keyword arguments, and two
             options (:data:`MODEL_OPTIONS`): :obj:`init`, a pretrained model to fine-tune (a
             registered name such as :obj:`"tensornet-ani1x"`, a folder written by
-            :func:`~pyg_tensorpot.save_pretrained` or a run's ``model.pt``; the architecture
+            :func:`~pyg_tensorpot.save_pretrained` or a run folder (or its ``model/``); the architecture
             is then the pretrained one, and :obj:`name` and the arguments may be left out but
             must agree with it when given), and :obj:`freeze`, a list of parameter-name
             prefixes (e.g. :obj:`[embedding, layers.0]`) whose weights are not trained.
@@ -466,7 +468,7 @@ class TrainingConfig:
             raise ConfigError(f'model.freeze: expected a list of parameter-name prefixes, e.g. '
                               f'[embedding, layers.0], got {freeze!r}')
         _check_number('seed', self.seed, 0, MAX_SEED, integer=True)
-        _check_choice('precision', self.precision, (32, 64))
+        _check_choice('precision', self.precision, tuple(PRECISIONS))
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ConfigError(f'out_dir: expected a folder name, got {self.out_dir!r}')
         for name in _SECTIONS:

@@ -20,11 +20,10 @@ from pyg_tensorpot.training.sampling import (
     evaluation_loader,
     training_loader,
 )
+from pyg_tensorpot.utils.dtypes import to_dtype
 
 pl = require_lightning()
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-
-_DTYPES = {32: torch.float32, 64: torch.float64}
 
 
 class PotentialModule(pl.LightningModule):
@@ -62,7 +61,7 @@ class PotentialModule(pl.LightningModule):
             config = TrainingConfig.from_dict(config)
         self.config = config
         self.model = model
-        self.dtype_ = _DTYPES[config.precision]
+        self.dtype_ = to_dtype(config.precision)
         self.ema = (ExponentialMovingAverage(model, config.optim.ema_decay)
                     if config.optim.ema_decay > 0 else None)
         loss = config.loss

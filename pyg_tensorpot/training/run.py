@@ -1,10 +1,10 @@
 r"""Training and evaluation runs: what ``pyg-tensorpot train`` and ``evaluate`` do.
 
 Length: over 500 lines because the training path (statistics, fine-tuning start,
-ensembles, locking, export) and the evaluation report share the run-folder conventions.
+ensembles, locking) and the evaluation report share the run-folder conventions; the model
+export is :mod:`pyg_tensorpot.training.export`.
 """
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -32,19 +32,24 @@ from pyg_tensorpot.training.data import (
     make_split,
     prepare_data,
 )
+from pyg_tensorpot.training.export import (  # noqa: F401 (also imported from here)
+    LEGACY_MODEL_FILE,
+    PRETRAINED_DIR,
+    TRAINING_FILE,
+    export_model,
+    export_pretrained,
+    is_training_export,
+    load_trained_model,
+)
 from pyg_tensorpot.training.inference import evaluate_model
 from pyg_tensorpot.training.metrics import format_error_table
-from pyg_tensorpot.utils.files import atomic_open, atomic_write_text
+from pyg_tensorpot.utils.dtypes import to_dtype
+from pyg_tensorpot.utils.files import atomic_write_text
 
 logger = logging.getLogger('pyg_tensorpot.training')
 
-#: ``format`` tag of the model files written by :func:`export_model`.
-MODEL_FORMAT = 'pyg-tensorpot-model'
-_DTYPES = {32: torch.float32, 64: torch.float64}
 #: Lock file that a training run holds in its output folder while it runs.
 LOCK_NAME = '.train.lock'
-#: Folder of a run's :func:`~pyg_tensorpot.save_pretrained` export (safetensors + JSON).
-PRETRAINED_DIR = 'model'
 #: File of an ensemble run that lists its members (:func:`load_ensemble`).
 ENSEMBLE_FILE = 'ensemble.json'
 #: ``format`` tag of :data:`ENSEMBLE_FILE`.
@@ -93,11 +98,13 @@ class TrainResult:
     Args:
         out_dir (str): The run's folder.
         best_checkpoint (str): Lightning checkpoint with the best validation metric.
-        model_path (str): The exported best model (:func:`load_trained_model`).
-        pretrained_dir (str): The same model saved by :func:`~pyg_tensorpot.save_pretrained`
-            (``out_dir/model``: loadable by :func:`~pyg_tensorpot.from_pretrained`, by
-            :obj:`model.init` of another run, by an ensemble), or :obj:`None` for a model
-            that cannot be saved so (a custom class).
+        model_path (str): The folder of the exported best model, ``out_dir/model``
+            (:func:`export_model`, read by :func:`load_trained_model`).
+        pretrained_dir (str): The same folder where it is also a
+            :func:`~pyg_tensorpot.save_pretrained` folder (loadable by
+            :func:`~pyg_tensorpot.from_pretrained`, by :obj:`model.init` of another run, by
+            an ensemble), or :obj:`None` for a model that cannot be saved so (a custom class
+            not registered with :func:`~pyg_tensorpot.hub.register_model_class`).
         test_metrics (dict): Test errors by test-set name (eV, eV/Angstrom).
         statistics (dict): Fitted reference energies and standardisation.
         interrupted (bool): Training was interrupted (resume it with ``--resume``).
@@ -132,102 +139,6 @@ def find_resume_checkpoint(out_dir: str) -> Optional[str]:
     """``out_dir/checkpoints/last.ckpt`` if it exists."""
     path = osp.join(checkpoint_dir(out_dir), 'last.ckpt')
     return path if osp.isfile(path) else None
-
-
-def export_model(model: torch.nn.Module, config: TrainingConfig, path: str,
-                 statistics: Optional[Dict[str, Any]] = None) -> str:
-    r"""Writes a trained model as a plain file (configuration plus state dict) that
-    :func:`load_trained_model` reads back with ``torch.load(weights_only=True)`` (only
-    tensors, numbers, strings, lists and dictionaries: nothing that needs pickle's classes)."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    elements = getattr(model, 'supported_elements', None)
-    payload = {
-        'format': MODEL_FORMAT,
-        'version': 1,
-        'config': config.to_dict(),
-        'statistics': statistics,
-        'state_dict': {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        'supported_elements': None if elements is None else [int(z) for z in elements],
-    }
-    with atomic_open(path) as f:
-        torch.save(payload, f)
-    return path
-
-
-def load_trained_model(path: str, map_location: str = 'cpu'
-                       ) -> Tuple[torch.nn.Module, TrainingConfig]:
-    r"""Loads a model exported by :func:`export_model` or the weight average (else the raw
-    weights) of a Lightning checkpoint written by :func:`train`, with
-    ``torch.load(weights_only=True)``.
-
-    Returns:
-        (torch.nn.Module, TrainingConfig): The model in evaluation mode and its configuration.
-    """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - unpickling errors have many types
-        raise ValueError(f"'{path}' is not a pyg-tensorpot model or checkpoint ({error})") \
-            from None
-    elements = None
-    if isinstance(payload, dict) and payload.get('format') == MODEL_FORMAT:
-        config_dict, state = payload['config'], payload['state_dict']
-        elements = payload.get('supported_elements')
-    elif isinstance(payload, dict) and 'state_dict' in payload and isinstance(
-            payload.get('hyper_parameters'), dict) and 'config' in payload['hyper_parameters']:
-        config_dict = payload['hyper_parameters']['config']
-        full = payload['state_dict']
-        prefix = 'ema.module.' if any(k.startswith('ema.module.') for k in full) else 'model.'
-        state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-    else:
-        raise ValueError(f"'{path}' is neither a model exported by pyg-tensorpot nor a "
-                         f'checkpoint of pyg-tensorpot train')
-    config = TrainingConfig.from_dict(config_dict)
-    model = build_model(config.model, _DTYPES[config.precision])
-    model.load_state_dict(state)
-    if elements is not None:
-        model.supported_elements = [int(z) for z in elements]
-    model.eval()
-    return model, config
-
-
-def export_pretrained(model: torch.nn.Module, config: TrainingConfig, directory: str,
-                      metrics: Optional[Dict[str, Any]] = None,
-                      training: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    r"""Saves a trained model with :func:`~pyg_tensorpot.save_pretrained`
-    (``model.safetensors`` + ``config.json`` + ``README.md``, no pickle), recording the
-    training data and the test errors.
-
-    Args:
-        model (torch.nn.Module): The trained model.
-        config (TrainingConfig): Its experiment.
-        directory (str): The folder.
-        metrics (dict, optional): Test errors by test-set name. (default: :obj:`None`)
-        training (dict, optional): Training settings to record. (default: :obj:`None`)
-
-    Returns:
-        str or None: The folder, or :obj:`None` for a model that is not one of the
-        registered classes (:func:`~pyg_tensorpot.hub.register_model_class`).
-    """
-    from pyg_tensorpot.hub import MODEL_CLASSES, save_pretrained
-    if MODEL_CLASSES.get(type(model).__name__) is not type(model):
-        return None
-    data = config.data
-    training_data = {'dataset': data.dataset}
-    if data.path is not None:
-        training_data['file'] = osp.basename(data.path)
-    if config.model.get('init') is not None:
-        training_data['fine_tuned_from'] = config.model['init']
-    settings = {'seed': config.seed, 'loss': dataclasses.asdict(config.loss),
-                'optim': dataclasses.asdict(config.optim)}
-    if config.model.get('freeze'):
-        settings['frozen'] = list(config.model['freeze'])
-    settings.update(training or {})
-    return save_pretrained(model, directory, training_data=training_data,
-                           metrics=metrics or {}, training=settings,
-                           description=f'Trained with pyg-tensorpot train on {data.dataset}'
-                           + (f' ({osp.basename(data.path)})' if data.path else '') + '.')
 
 
 #: Lightning messages that say nothing to a user of this package's runs.
@@ -302,9 +213,9 @@ def train(config: TrainingConfig, resume: Optional[str] = None, verbose: bool = 
 
     Writes to :obj:`config.out_dir`: ``config.yaml``, ``splits.npz``,
     ``checkpoints/{best,last}.ckpt``, ``logs/metrics.csv``, ``learning_curves.png``,
-    ``test_metrics.json``, ``model.pt`` (the best weight average,
-    :func:`load_trained_model`) and the same model as a :func:`~pyg_tensorpot.save_pretrained`
-    folder ``model/`` (safetensors + JSON).
+    ``test_metrics.json`` and the best weight average as the :func:`export_model` folder
+    ``model/`` (safetensors + JSON, :func:`load_trained_model`; for the package's models also
+    a :func:`~pyg_tensorpot.save_pretrained` folder).
 
     With :obj:`model.init` the model starts from the pretrained weights (the architecture is
     the pretrained one, see :func:`~pyg_tensorpot.training.builders.resolve_init`), the
@@ -379,7 +290,7 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
         config.save(osp.join(out_dir, 'config.yaml'))
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    dtype = _DTYPES[config.precision]
+    dtype = to_dtype(config.precision)
     prepared = prepare_data(config.data, config.seed, osp.join(out_dir, 'splits.npz'))
     _check_monitor(config, prepared)
     model = build_model(config.model, dtype)
@@ -461,15 +372,16 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
             trainer.test(module, datamodule=datamodule, verbose=False)
         result.test_metrics = dict(module.test_results)
     if rank_zero:
-        result.model_path = export_model(module.eval_model, config,
-                                         osp.join(out_dir, 'model.pt'),
-                                         module.hparams.get('statistics'))
-        result.pretrained_dir = export_pretrained(
-            module.eval_model, config, osp.join(out_dir, PRETRAINED_DIR), result.test_metrics,
+        from pyg_tensorpot.hub.registry import is_registered
+        result.model_path = export_model(
+            module.eval_model, config, osp.join(out_dir, PRETRAINED_DIR),
+            module.hparams.get('statistics'), result.test_metrics,
             {'epochs': result.epochs, 'steps': result.steps,
              'training_structures': len(prepared.train)})
-        with open(osp.join(out_dir, 'test_metrics.json'), 'w') as f:
-            json.dump(result.test_metrics, f, indent=1)
+        if is_registered(type(module.eval_model)):
+            result.pretrained_dir = result.model_path
+        atomic_write_text(json.dumps(result.test_metrics, indent=1),
+                          osp.join(out_dir, 'test_metrics.json'))
         metrics_csv = osp.join(out_dir, 'logs', 'metrics.csv')
         if osp.isfile(metrics_csv):
             try:
@@ -482,9 +394,7 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
             title = (f'Test errors of the best {type(model).__name__} (weight average) on '
                      f'{int(metrics["num_structures"]):,} structures ({name})')
             _echo(format_error_table(metrics, title), verbose and report)
-        _echo(f'model: {result.model_path}'
-              + (f' (and {result.pretrained_dir}/)' if result.pretrained_dir else '')
-              + f'\nbest checkpoint: {best}', verbose and report)
+        _echo(f'model: {result.model_path}/\nbest checkpoint: {best}', verbose and report)
     return result
 
 
@@ -566,7 +476,7 @@ def train_ensemble(config: TrainingConfig, num_members: int, resume: Optional[st
         if missing:
             raise ConfigError(f"model.name: {config.model.get('name')} cannot be saved with "
                               f"save_pretrained (register_model_class), so no ensemble folder "
-                              f"was written; the members' model.pt are in {', '.join(missing)}")
+                              f"was written; the members' models are in {', '.join(missing)}")
         listing = {
             'format': ENSEMBLE_FORMAT,
             'version': 1,
@@ -688,7 +598,8 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
     the learning curves of the run, when its ``logs/metrics.csv`` is found).
 
     Args:
-        checkpoint (str): ``model.pt`` or a ``.ckpt`` written by :func:`train`.
+        checkpoint (str): A run folder, its ``model/`` folder or a ``.ckpt`` written by
+            :func:`train` (anything :func:`load_trained_model` reads).
         dataset, root, args, split, splits_file: See :func:`evaluation_sets`; with
             :obj:`data`, :obj:`args` are keyword arguments of
             :class:`~pyg_tensorpot.datasets.ExtXYZDataset` (e.g. :obj:`energy_key`,
@@ -722,7 +633,12 @@ def evaluate(checkpoint: str, dataset: Optional[str] = None, root: Optional[str]
     if group_by is not None and not str(group_by).strip():
         raise ConfigError('--group-by: give the name of a per-structure attribute, e.g. '
                           'subset')
-    model, config = load_trained_model(checkpoint)
+    from pyg_tensorpot.hub import PretrainedModelError
+    try:
+        model, config = load_trained_model(checkpoint)
+    except (ValueError, PretrainedModelError) as error:
+        # a corrupt or foreign file of the user's: named, exit status 2 on the command line
+        raise ConfigError(f'cannot evaluate {checkpoint!r}: {error}') from None
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     model = model.to(device)

@@ -1,6 +1,8 @@
-"""Atomic file writes: the one way every file of the package is written (datasets, splits,
-weights and model cards, reports, plots, run records)."""
+"""Atomic file writes, the one way every file of the package is written (datasets, splits,
+weights and model cards, reports, plots, run records), and the one SHA-256 helper every file
+check uses (saved weights, raw dataset files)."""
 import contextlib
+import hashlib
 import os
 import os.path as osp
 import tempfile
@@ -56,3 +58,29 @@ def atomic_write_bytes(data: bytes, path: str) -> str:
     with atomic_open(path, 'wb') as f:
         f.write(data)
     return path
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The SHA-256 digest of :obj:`data` as 64 lower-case hexadecimal digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: str, algorithm: str = 'sha256', chunk_size: int = 1 << 24) -> str:
+    """The hexadecimal :mod:`hashlib` digest of the file :obj:`path`, read in chunks of
+    :obj:`chunk_size` bytes so that a file of many GB needs little memory.
+
+    Args:
+        path (str): The file.
+        algorithm (str, optional): A :mod:`hashlib` name. (default: :obj:`"sha256"`)
+        chunk_size (int, optional): Bytes read at a time. (default: 16 MiB)
+    """
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 digest of the file :obj:`path` (64 lower-case hexadecimal digits)."""
+    return file_digest(path, 'sha256')

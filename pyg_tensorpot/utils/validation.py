@@ -1,5 +1,5 @@
 """Input checks shared by every model: they fail loudly, with messages a chemist understands."""
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -165,3 +165,66 @@ def check_num_graphs(batch: Optional[Tensor], num_atoms: int,
     if top > num_graphs:
         raise ValueError(f'batch refers to structure {top - 1} but num_graphs={num_graphs}')
     return num_graphs
+
+
+def script_check_atoms(z: Tensor, pos: Tensor, batch: Optional[Tensor], max_z: int,
+                       supported_elements: Optional[List[int]] = None) -> None:
+    r""":func:`check_atoms` for TorchScript: the same checks, with plainer messages."""
+    if z.dim() != 1:
+        raise ValueError('z (atomic numbers) must have shape [num_atoms]')
+    if z.dtype != torch.int64 and z.dtype != torch.int32:
+        raise TypeError('z (atomic numbers) must be an integer tensor (torch.long)')
+    if pos.dim() != 2 or pos.size(-1) != 3:
+        raise ValueError('pos must have shape [num_atoms, 3] (Angstrom)')
+    if pos.size(0) != z.size(0):
+        raise ValueError('z has ' + str(z.size(0)) + ' atoms but pos has ' + str(pos.size(0))
+                         + ' rows')
+    if not torch.is_floating_point(pos):
+        raise TypeError('pos must be a floating-point tensor')
+    if z.numel() == 0:
+        raise ValueError('the structure has no atoms')
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError('positions contain NaN or infinite values')
+    if bool((z <= 0).any()) or bool((z >= max_z).any()):
+        raise ValueError('unknown element: atomic numbers must be in 1..' + str(max_z - 1))
+    if supported_elements is not None:
+        allowed = torch.tensor(supported_elements, dtype=z.dtype, device=z.device)
+        if not bool(torch.isin(z, allowed).all()):
+            raise ValueError('unknown element: this model only knows atomic numbers '
+                             + str(supported_elements))
+    if batch is not None:
+        if batch.dim() != 1 or batch.size(0) != z.size(0):
+            raise ValueError('batch must have shape [num_atoms]')
+        if batch.dtype != torch.int64 and batch.dtype != torch.int32:
+            raise TypeError('batch must be an integer tensor (torch.long)')
+        if bool((batch < 0).any()):
+            raise ValueError('batch indices must be non-negative')
+
+
+def script_check_num_graphs(batch: Optional[Tensor], num_atoms: int,
+                            num_graphs: Optional[int] = None,
+                            max_empty: int = MAX_IMPLIED_EMPTY_STRUCTURES) -> int:
+    r""":func:`check_num_graphs` for TorchScript (module constants reach TorchScript as
+    default arguments)."""
+    top = int(batch.max()) + 1 if batch is not None and batch.numel() > 0 else 1
+    if num_graphs is None:
+        if top - num_atoms > max_empty:
+            raise ValueError('batch index ' + str(top - 1) + ' implies too many structures; '
+                             'pass num_graphs= if the batch really has that many')
+        return top
+    if num_graphs < 1:
+        raise ValueError('num_graphs must be at least 1')
+    if top > num_graphs:
+        raise ValueError('batch refers to structure ' + str(top - 1) + ' but num_graphs='
+                         + str(num_graphs))
+    return num_graphs
+
+
+def script_check_total_charge(total_charge: Optional[Tensor], num_graphs: int) -> None:
+    r""":func:`check_total_charge` for TorchScript."""
+    if total_charge is None:
+        return
+    if total_charge.dim() != 1 or total_charge.size(0) != num_graphs:
+        raise ValueError('total_charge must have shape [num_structures]')
+    if torch.is_floating_point(total_charge) and not bool(torch.isfinite(total_charge).all()):
+        raise ValueError('total_charge contains NaN or infinite values')

@@ -73,6 +73,11 @@ class HIPNNInteraction(MessagePassing):
           optionally the :meth:`neighbor_layout` of the edges
         - **output:** :math:`(N, F_\mathrm{out})`
     """
+    # Argument types of propagate(), for TorchScript.
+    propagate_type = {'features': Tensor, 'sensitivity': Tensor, 'angular': Optional[Tensor],
+                      'project_first': bool, 'by_source': PaddedNeighbors,
+                      'by_receiver': PaddedNeighbors}
+
     def __init__(self, in_channels: int, out_channels: int, num_sensitivities: int,
                  soft_min: float, soft_max: float, cutoff: float, max_order: int = 0,
                  cusp_reg: float = 1e-6, contraction: str = 'auto'):
@@ -130,7 +135,8 @@ class HIPNNInteraction(MessagePassing):
         unit = edge_vec / -edge_weight.unsqueeze(-1)  # r_j - r_i, hippynn's direction
         parts = [torch.ones_like(edge_weight).unsqueeze(-1), unit]
         if self.max_order == 2:
-            parts.append(traceless_outer(unit)[:, _QUADRUPOLE_COMPONENTS])
+            # _QUADRUPOLE_COMPONENTS written out (TorchScript cannot index with a global).
+            parts.append(traceless_outer(unit)[:, [0, 3, 4, 1, 5]])
         return torch.cat(parts, dim=-1)
 
     @staticmethod
@@ -165,14 +171,15 @@ class HIPNNInteraction(MessagePassing):
             m = m @ self.weight.permute(0, 2, 1).reshape(-1, self.out_channels)
 
         out = m[:, 0]
-        if self.max_order >= 1:
+        scale = self.scale  # None exactly when max_order == 0
+        if scale is not None and self.max_order >= 1:
             vector = m[:, 1:4]
             norm = torch.sqrt(vector.square().sum(1) + self.cusp_reg)
-            out = out + self.scale[0] * norm
-        if self.max_order >= 2:
+            out = out + scale[0] * norm
+        if scale is not None and self.max_order >= 2:
             quad = m[:, 4:9]
             frobenius = 2.0 * (quad.square().sum(1) + quad[:, 0] * quad[:, 3])
-            out = out + self.scale[1] * torch.sqrt(frobenius + self.cusp_reg)
+            out = out + scale[1] * torch.sqrt(frobenius + self.cusp_reg)
         return out + self.lin_self(x)
 
     def message(self, features: Tensor, sensitivity: Tensor, edge_index_j: Tensor,

@@ -8,7 +8,7 @@ from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import embedding_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
-    mix_packed,
+    mix_parts,
     packed_squared_norms,
     scale_parts,
     traceless_outer,
@@ -125,7 +125,9 @@ class TensorEmbedding(MessagePassing):
                                                 edge_unit, z.size(0), radial_index)
         norm_i, norm_a, norm_s = packed_squared_norms(components)
         gates = self.gate_mlp(self.norm(norm_i + norm_a + norm_s)).unflatten(-1, (3, H))
-        return unpack(scale_parts(mix_packed(components, *self.mixing), gates))
+        mixed = mix_parts(components, self.mixing[0].weight, self.mixing[1].weight,
+                          self.mixing[2].weight)
+        return unpack(scale_parts(mixed, gates))
 
     def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
         # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with

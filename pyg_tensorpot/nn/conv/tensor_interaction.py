@@ -9,7 +9,7 @@ from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import filtered_gather_scatter
 from pyg_tensorpot.nn.tensor_algebra import (
     matmul,
-    mix_packed,
+    mix_parts,
     o3_product,
     pack_tensor,
     scale_parts,
@@ -115,11 +115,12 @@ class TensorInteraction(MessagePassing):
         filters = filters.unflatten(-1, (3, self.hidden_channels))
 
         x = x / (squared_norm(x) + 1.0).unsqueeze(-2).unsqueeze(-2)
-        y = mix_packed(pack_tensor(x), *self.mixing_in)
+        y = mix_parts(pack_tensor(x), self.mixing_in[0].weight, self.mixing_in[1].weight,
+                      self.mixing_in[2].weight)
         message = unpack(self.message_and_aggregate(edge_index, y, filters, radial_index))
         y = unpack(y)
 
-        charge_factor = None
+        charge_factor: Optional[Tensor] = None
         if charge is not None:
             charge_factor = (1.0 + 0.1 * charge).to(x.dtype)[:, None, None, None]
         if self.equivariance == 'O(3)':
@@ -130,8 +131,9 @@ class TensorInteraction(MessagePassing):
             product = so3_product(message, y)
 
         inverse_norm = 1.0 / (squared_norm(product) + 1.0)
-        dx = unpack(mix_packed(pack_tensor(product) * inverse_norm.unsqueeze(-2),
-                               *self.mixing_out))
+        dx = unpack(mix_parts(pack_tensor(product) * inverse_norm.unsqueeze(-2),
+                              self.mixing_out[0].weight, self.mixing_out[1].weight,
+                              self.mixing_out[2].weight))
         square = matmul(dx, dx)
         if charge_factor is not None:
             square = charge_factor * square

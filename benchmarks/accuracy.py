@@ -82,7 +82,8 @@ def make_config(model: Dict[str, Any], data: Dict[str, Any], budget: float, out_
         # hippynn's objective, for every model: RMSE + MAE of energies and of forces in
         # kcal/mol (the weights convert from eV) plus, for HIP-NN, the hierarchicality
         'loss': {'energy_weight': EV_TO_KCAL_PER_MOL, 'force_weight': EV_TO_KCAL_PER_MOL,
-                 'type': 'rmse+mae', 'hierarchicality_weight': 1.0},
+                 'type': 'rmse+mae',
+                 'regularization': {'hierarchicality': 1.0} if model['name'] == 'HIPNN' else {}},
         'optim': {'lr': 1e-3, 'warmup_steps': 100, 'lr_factor': 0.8, 'lr_patience': 10,
                   'lr_min': 1e-6, 'gradient_clip': 100.0, 'ema_decay': 0.99},
         'trainer': {'max_epochs': 100000, 'max_time': budget / 60.0,

@@ -4,7 +4,6 @@ optimisation with :mod:`ase`.
 ASE is an optional dependency (``pip install 'pyg-tensorpot[ase]'``); :obj:`import
 pyg_tensorpot` never imports it, only importing this module does.
 """
-import copy
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -22,8 +21,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
         "'ase>=3.23')") from error
 
 from pyg_tensorpot.models.ensemble import Ensemble
-from pyg_tensorpot.models.properties import compute_properties, model_dtype
-from pyg_tensorpot.utils.devices import model_device, resolve_device
+from pyg_tensorpot.models.properties import compute_properties
+from pyg_tensorpot.utils.devices import inference_copy, resolve_device
 
 __all__ = ['TensorPotCalculator']
 
@@ -128,17 +127,7 @@ class TensorPotCalculator(Calculator):
         return self._convert(model, owned=False)
 
     def _convert(self, model: torch.nn.Module, owned: bool) -> torch.nn.Module:
-        needs_copy = (model.training or model_dtype(model) != self.dtype
-                      or model_device(model) not in (None, self.device))
-        if needs_copy and not owned:
-            model = copy.deepcopy(model)
-            owned = True
-        if owned:
-            model = model.to(device=self.device, dtype=self.dtype).eval()
-            # Only derivatives with respect to positions and strain are taken.
-            for parameter in model.parameters():
-                parameter.requires_grad_(False)
-        return model
+        return inference_copy(model, self.dtype, self.device, owned)
 
     # ------------------------------------------------------------------------------------------
     def _charge_of(self, atoms: Atoms) -> Optional[float]:

@@ -156,7 +156,7 @@ def test_bundled_sample_matches_its_card():
     sample_card = card('md17_ethanol_sample')
     dataset = datasets.MD17EthanolSample(log=False)
     assert len(dataset) == sample_card.structures
-    symbols = {symbol(z) for z in dataset._data.z.unique().tolist()}
+    symbols = {symbol(z) for z in dataset.storage().z.unique().tolist()}
     assert symbols == set(sample_card.elements)
     split = datasets.standard_split(dataset)
     standard = sample_card.splits[0]

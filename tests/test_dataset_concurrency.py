@@ -37,7 +37,7 @@ def build_in_child(root, start, results):
     start.wait()
     try:
         ds = RMD17(root, molecule='ethanol', log=False)
-        results.put((os.getpid(), len(calls), len(ds), ds._data.energy.sum().item(), None))
+        results.put((os.getpid(), len(calls), len(ds), ds.storage().energy.sum().item(), None))
     except BaseException as error:  # reported to the parent, which fails the test
         results.put((os.getpid(), len(calls), 0, 0.0, repr(error)))
 
@@ -70,10 +70,10 @@ def test_two_processes_build_the_same_root(tmp_path):
     single = RMD17(single_root, molecule='ethanol', log=False)
     shared = RMD17(root, molecule='ethanol', log=False)  # loads, the manifest checks out
     for key in ('z', 'pos', 'energy', 'forces', 'old_index', 'idx'):
-        assert torch.equal(shared._data[key], single._data[key]), key
+        assert torch.equal(shared.storage()[key], single.storage()[key]), key
     with open(shared.processed_paths[0], 'rb') as a, open(single.processed_paths[0], 'rb') as b:
         assert a.read() == b.read()  # byte-identical builds: the manifests agree too
-    assert all(r[3] == pytest.approx(single._data.energy.sum().item(), abs=0) for r in reports)
+    assert all(r[3] == pytest.approx(single.storage().energy.sum().item(), abs=0) for r in reports)
 
 
 def die_holding_lock(root, held):
@@ -99,4 +99,4 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
     lock.release()
     place_rmd17(root)
     ds = RMD17(root, molecule='ethanol', log=False)
-    assert len(ds) == 20 and np.isfinite(ds._data.energy.numpy()).all()
+    assert len(ds) == 20 and np.isfinite(ds.storage().energy.numpy()).all()

@@ -133,8 +133,8 @@ def test_pulled_dataset_equals_processed_one(tmp_path, build, max_shard_bytes, o
     for name in os.listdir(tmp_path / 'repo'):
         assert name.endswith(('.json', '.md', '.safetensors')), name
     # the whole storage (concatenated on demand for several shards) and batches agree too
-    for key in processed._data.keys():
-        assert torch.equal(processed._data[key], pulled._data[key]), key
+    for key in processed.storage().keys():
+        assert torch.equal(processed.storage()[key], pulled.storage()[key]), key
     for a, b in zip(DataLoader(processed, batch_size=7), DataLoader(pulled, batch_size=7)):
         assert torch.equal(a.pos, b.pos) and torch.equal(a.energy, b.energy)
         assert torch.equal(a.batch, b.batch)

@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import os.path as osp
+import warnings
 
 import numpy as np
 import pytest
@@ -60,8 +61,8 @@ def test_corrupt_processed_file_is_reprocessed(cached):
         f.write(bytes(data))
     with pytest.warns(UserWarning, match='SHA-256 differs'):
         ds = MD17EthanolSample(str(root), log=False)
-    assert torch.equal(ds._data.pos, reference._data.pos)
-    assert torch.equal(ds._data.energy, reference._data.energy)
+    assert torch.equal(ds.storage().pos, reference.storage().pos)
+    assert torch.equal(ds.storage().energy, reference.storage().energy)
 
 
 def test_interrupted_processing_is_never_loaded(cached):
@@ -106,8 +107,8 @@ def test_pre_transform_and_pre_filter(tmp_path):
     ds = MD17EthanolSample(str(tmp_path), pre_filter=keep_low, pre_transform=add_count,
                            log=False)
     full = MD17EthanolSample(log=False)
-    assert len(ds) == int((full._data.energy < -4214.7).sum())
-    assert ds[0].num_h.item() == 6 and (ds._data.energy < -4214.7).all()
+    assert len(ds) == int((full.storage().energy < -4214.7).sum())
+    assert ds[0].num_h.item() == 6 and (ds.storage().energy < -4214.7).all()
 
 
 def test_split_sizes_follow_torchmdnet():
@@ -156,7 +157,7 @@ def test_reference_energy_helpers():
     assert fit == pytest.approx(slow)
     # with a single composition the minimum-norm fit reproduces the mean energy exactly
     total = reference_energy_sum(ds[0].z, None, fit)
-    assert total.item() == pytest.approx(ds._data.energy[:500].mean().item(), abs=1e-6)
+    assert total.item() == pytest.approx(ds.storage().energy[:500].mean().item(), abs=1e-6)
     table = atomref_tensor({1: -13.6, 8: -2042.6}, max_z=10)
     assert table.shape == (10,) and table[8].item() == -2042.6 and table[6].item() == 0.0
     batch = torch.tensor([0, 0, 1])
@@ -188,3 +189,61 @@ def test_storage_builder_after_late_drops(tmp_path, kept):
     assert torch.equal(loaded['pos'], torch.from_numpy(pos.reshape(-1, 3)))
     assert loaded['z'].tolist() == [8, 1, 1] * kept
     assert loaded_slices['pos'].tolist() == list(range(0, 3 * kept + 1, 3))
+
+
+def test_shared_constructor_arguments_are_stated_once():
+    import inspect
+
+    from pyg_tensorpot.datasets import ANI1x, COMP6, MD17, QM9, RMD17, SPICE, ExtXYZDataset
+    from pyg_tensorpot.datasets.arguments import DatasetArguments, LocalDatasetArguments
+    shared = list(DatasetArguments.__annotations__)
+    local = list(LocalDatasetArguments.__annotations__)
+    for cls, own in [(QM9, ['target']), (RMD17, ['molecule']), (MD17, ['molecule', 'train']),
+                     (COMP6, ['subset']), (ANI1x, ['level', 'forces']),
+                     (SPICE, ['version', 'energy'])]:
+        params = inspect.signature(cls.__init__).parameters
+        assert list(params)[:2] == ['self', 'root'], cls
+        assert all(name in params for name in own), cls
+        assert list(params)[-len(shared):] == shared, cls
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in shared), cls
+        assert params['log'].default is True and params['source'].default == 'raw'
+        with pytest.raises(TypeError, match=f"{cls.__name__}.*unexpected keyword.*'lgo'"):
+            cls('unused', lgo=False)
+    params = inspect.signature(MD17EthanolSample.__init__).parameters
+    assert list(params) == ['self', 'root'] + local
+    # the bundled sample has no Hub copy and no checksum option: refused by name
+    with pytest.raises(TypeError, match="MD17EthanolSample.*'mmap'"):
+        MD17EthanolSample(mmap=True)
+    with pytest.raises(TypeError, match="'source'"):
+        ExtXYZDataset('unused', 'unused.xyz', source='hub')
+
+
+def test_processing_writes_only_checked_files(cached):
+    root, path = cached
+    # PyG's default process step (unchecked pickles of the hooks) is not run
+    assert sorted(os.listdir(root / 'processed')) == sorted([osp.basename(path),
+                                                             osp.basename(path) + '.json'])
+    ds = MD17EthanolSample(str(root), log=False)
+    assert not ds.has_download and not ds.has_process
+
+
+def test_index_selection_and_whole_storage(cached):
+    root, _ = cached
+    ds = MD17EthanolSample(str(root), log=False)
+    view = ds[torch.tensor([5, 2, 7])]
+    assert view.energies().tolist() == [ds[i].energy.item() for i in (5, 2, 7)]
+    assert view.num_atoms.tolist() == [9, 9, 9]
+    counts, elements = view.element_counts()
+    assert elements == [1, 6, 8] and counts.tolist() == [[6.0, 2.0, 1.0]] * 3
+    # storage() is the whole dataset whatever the view, and reads it without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert view.storage().energy.numel() == len(ds) == 2000
+
+
+def test_a_root_is_needed_to_download(tmp_path, monkeypatch):
+    from pyg_tensorpot.datasets import RMD17, RawFileError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RawFileError, match='no root folder'):
+        RMD17(None, molecule='ethanol', log=False)
+    assert os.listdir(tmp_path) == []  # nothing written into the working directory

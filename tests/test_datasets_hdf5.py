@@ -83,7 +83,7 @@ def test_ani1x_levels_self_energies_and_extras(ani_root, caplog):
     assert len(extra) == len(dipoles) == 4
     assert extra[0].wb97x_dz_dipole.shape == (1, 3)
     assert extra[0].wb97x_dz_cm5_charges.shape == extra[0].z.shape
-    assert torch.allclose(extra._data.wb97x_dz_dipole, torch.from_numpy(np.stack(dipoles)))
+    assert torch.allclose(extra.storage().wb97x_dz_dipole, torch.from_numpy(np.stack(dipoles)))
     with pytest.raises(ValueError, match='no forces'):
         ANI1x(ani_root, **UNCHECKED, level='ccsd(t)_cbs')
     with pytest.raises(ValueError, match='unknown ANI-1x level'):
@@ -116,9 +116,9 @@ def test_ani1x_nan_forces_dropped(tmp_path, caplog):
         ds = ANI1x(str(tmp_path), log=False, verify_checksums=False)
     assert len(ds) == 4 and 'dropped 2 conformations' in caplog.text
     expected = np.array([-76.1, -76.0, -40.5, -40.4]) * HARTREE_TO_EV
-    assert np.allclose(ds._data.energy.numpy(), expected, atol=1e-9)
+    assert np.allclose(ds.storage().energy.numpy(), expected, atol=1e-9)
     assert ds.num_atoms.tolist() == [3, 3, 5, 5]
-    assert ds._data.molecule.tolist() == [0, 0, 1, 1]
+    assert ds.storage().molecule.tolist() == [0, 0, 1, 1]
     # the fast least-squares path equals the per-structure one
     assert fit_reference_energies(ds) == pytest.approx(fit_reference_energies(list(ds)))
     split = standard_split(ds)
@@ -144,7 +144,7 @@ def test_comp6_s66x8_values(tmp_path):
     place(S66X8, str(tmp_path), 's66x8_wb97x6-31gd.h5')
     ds = COMP6(str(tmp_path), subset='s66x8', log=False)  # git blob id verified
     assert len(ds) == 528
-    assert sorted(ds._data.z.unique().tolist()) == [1, 6, 7, 8]
+    assert sorted(ds.storage().z.unique().tolist()) == [1, 6, 7, 8]
     assert ds.num_atoms.min().item() == 6 and ds.num_atoms.max().item() == 34
     with h5py.File(S66X8, 'r') as f:
         g = f['s66x8/mol00']
@@ -155,7 +155,7 @@ def test_comp6_s66x8_values(tmp_path):
         assert torch.allclose(ds[k].forces, torch.from_numpy(-gradient[k] * HARTREE_TO_EV),
                               rtol=1e-6)
     # the water dimer energy is lowest at the second separation (0.95 x equilibrium)
-    assert int(torch.argmin(ds._data.energy[:8])) == 1
+    assert int(torch.argmin(ds.storage().energy[:8])) == 1
     assert ds.atomref()[6] == pytest.approx(-37.8302333826 * HARTREE_TO_EV)
     batch = next(iter(DataLoader(ds, batch_size=16)))
     assert batch.energy.shape == (16,) and batch.subset.unique().tolist() == [5]
@@ -185,8 +185,8 @@ def test_comp6_whole_suite_order(tmp_path):
     ds = COMP6(str(tmp_path), subset='all', log=False, verify_checksums=False)
     n_files = sum(len(v) for v in COMP6_SUBSETS.values())
     assert len(ds) == n_files * 16
-    assert ds._data.subset.unique_consecutive().tolist() == list(range(6))
-    assert ds._data.molecule.max().item() == 2 * n_files - 1
+    assert ds.storage().subset.unique_consecutive().tolist() == list(range(6))
+    assert ds.storage().molecule.max().item() == 2 * n_files - 1
     gdb = COMP6(str(tmp_path), subset='gdb10to13', log=False, verify_checksums=False)
     assert len(gdb) == 4 * 16
     with pytest.raises(ValueError, match='unknown COMP6 v1 subset'):
@@ -209,7 +209,7 @@ def test_spice_checksum_is_checked(spice_root):
 def test_spice_values(spice_root):
     ds = SPICE(spice_root, version='1.1.4', log=False, verify_checksums=False)
     assert len(ds) == 55
-    assert sorted(ds._data.z.unique().tolist()) == [1, 6, 7, 11]
+    assert sorted(ds.storage().z.unique().tolist()) == [1, 6, 7, 11]
     with h5py.File(SPICE_SAMPLE, 'r') as f:
         g = f['103147721']
         bohr, grad = g['conformations'][3], g['dft_total_gradient'][3]
@@ -233,7 +233,7 @@ def test_spice_filters_and_extras(spice_root, caplog):
     assert len(SPICE(spice_root, subsets=['pubchem'], **kw)) == 50
     assert len(SPICE(spice_root, elements=['H', 'C', 'N', 'O'], **kw)) == 50
     full = SPICE(spice_root, **kw)
-    norms = full._data.forces.norm(dim=-1)
+    norms = full.storage().forces.norm(dim=-1)
     per_frame = torch.stack([norms[full.slices['forces'][i]:full.slices['forces'][i + 1]].max()
                              for i in range(len(full))])
     # halfway between two frames: the dataset's float64 norms and these float32 ones differ

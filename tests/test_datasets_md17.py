@@ -103,7 +103,7 @@ def test_rmd17_values(tmp_path):
     assert frame.old_index.item() == 300
     # PyG's and torchmd-net's names select the same molecule
     alias = RMD17(str(tmp_path), molecule='revised ethanol', log=False)
-    assert torch.equal(alias._data.energy, ds._data.energy)
+    assert torch.equal(alias.storage().energy, ds.storage().energy)
 
 
 def test_rmd17_official_split(tmp_path):
@@ -158,7 +158,7 @@ def test_rmd17_nan_frames_dropped_and_logged(tmp_path, caplog):
         ds = RMD17(str(tmp_path), molecule='ethanol', log=False)
     assert len(ds) == 18
     assert 'dropped 2 of 20 frames' in caplog.text
-    assert torch.isfinite(ds._data.energy).all()
+    assert torch.isfinite(ds.storage().energy).all()
 
 
 def test_md17_original_npz(tmp_path):
@@ -175,7 +175,7 @@ def test_md17_original_npz(tmp_path):
     ds = MD17(str(tmp_path), molecule='ethanol', log=False)
     assert len(ds) == frames and repr(ds) == "MD17(50, molecule='ethanol')"
     sample = MD17EthanolSample(log=False)
-    assert torch.allclose(ds._data.energy, sample._data.energy[:frames])
+    assert torch.allclose(ds.storage().energy, sample.storage().energy[:frames])
     assert torch.allclose(ds[7].forces, sample[7].forces)
 
 

@@ -78,7 +78,7 @@ def test_qm9_values(qm9_root):
     ds = QM9(qm9_root, log=False)
     assert len(ds) == 10 - len(SKIPPED)
     assert ds[0].idx.item() == 0 and ds[2].idx.item() == 3  # gdb_3 removed
-    assert 3 - 1 not in ds._data.idx.tolist() and 7 - 1 not in ds._data.idx.tolist()
+    assert 3 - 1 not in ds.storage().idx.tolist() and 7 - 1 not in ds.storage().idx.tolist()
     ch4 = ds[0]
     assert ch4.z.tolist() == [6, 1, 1, 1, 1]
     assert ch4.energy.dtype == torch.float64 and ch4.energy.shape == (1,)

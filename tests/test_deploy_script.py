@@ -2,7 +2,7 @@
 with engine-supplied pairs, for several atom counts through one compiled module; derivatives,
 save/load round trips and damaged files."""
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import pytest
 import torch
@@ -16,15 +16,8 @@ from pyg_tensorpot.deploy.export import (
 )
 from pyg_tensorpot.deploy.scripted import ScriptablePotential, script_model
 from pyg_tensorpot.models import HIPNN, AtomisticModel, TensorNet, compute_properties
-from pyg_tensorpot.nn import (
-    ExpNormalSmearing,
-    ScalarHead,
-    TensorEmbedding,
-    TensorInteraction,
-    TensorInvariantReadout,
-)
-from pyg_tensorpot.nn.graph import AtomGraph
 from pyg_tensorpot.structures import water_box
+from model_factories import ComposedPotential  # tests/ is on sys.path
 
 vesin_torch = pytest.importorskip('vesin_torch')
 
@@ -34,27 +27,6 @@ ETHANOL_POS = torch.tensor([[-0.0009, 0.5567, 0.0], [1.2108, -0.3613, 0.0],
                             [-0.0281, 1.2020, -0.8817], [2.1450, 0.2016, 0.0],
                             [1.1847, -1.0007, 0.8845], [1.1847, -1.0007, -0.8845],
                             [-1.9534, 0.3414, 0.0]], dtype=torch.float64)
-
-
-class ComposedPotential(AtomisticModel):
-    """A model built from the package's layers (as examples/custom_tensor_model.py), with the
-    typed atomic_terms() that TorchScript needs."""
-    def __init__(self, hidden: int = 8, num_rbf: int = 6, cutoff: float = 3.5):
-        super().__init__(cutoff=cutoff, max_z=10, self_loops=True)
-        self.rbf = ExpNormalSmearing(cutoff_upper=cutoff, num_rbf=num_rbf)
-        self.embedding = TensorEmbedding(hidden, num_rbf, cutoff, max_z=10)
-        self.interaction = TensorInteraction(hidden, num_rbf, cutoff, equivariance='O(3)')
-        self.readout = TensorInvariantReadout(hidden)
-        self.energy_head = ScalarHead(hidden)
-
-    def atomic_terms(self, z: Tensor, pos: Tensor, graph: AtomGraph,
-                     total_charge: Optional[Tensor] = None) -> Tensor:
-        rbf = self.rbf(graph.pair_weight)
-        x = self.embedding(z, graph.edge_index, graph.pair_weight, graph.edge_unit, rbf,
-                           graph.pair_index)
-        x = self.interaction(x, graph.edge_index, graph.pair_weight, rbf, None,
-                             graph.pair_index)
-        return self.energy_head(self.readout(x))
 
 
 def _build(kind: str) -> AtomisticModel:

@@ -211,7 +211,7 @@ def test_comp6_subsets_are_named(tmp_path):
     assert list(report['per_group']) == ['s66x8']
     assert report['per_group']['s66x8']['num_structures'] == 24
     assert report['per_group']['s66x8']['energy_mae'] == pytest.approx(metrics['energy_mae'])
-    assert set(report['per_element']) == set(symbol(int(z)) for z in ds._data.z[
+    assert set(report['per_element']) == set(symbol(int(z)) for z in ds.storage().z[
         :int(predictions['num_atoms'].sum())].unique())
 
 

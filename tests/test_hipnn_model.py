@@ -1,4 +1,5 @@
-"""HIP-NN / HIP-NN-TS layers and model: sizes, symmetries, forces, batching, errors."""
+"""HIP-NN / HIP-NN-TS layers and model: sizes, layer forms, second derivatives, errors.
+Symmetries, batching and forces of every model kind: tests/test_model_contract.py."""
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from pyg_tensorpot.nn import (
     OnSiteLayer,
     SpeciesOneHot,
     hierarchicality,
-    radius_graph,
+    neighbor_pairs,
 )
 from pyg_tensorpot.nn.neighbors import edge_vectors
 from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
@@ -43,16 +44,6 @@ def two_molecules():
                        dtype=torch.float64)
     batch = torch.tensor([0] * 3 + [1] * 6)
     return z, pos, batch
-
-
-def random_rotation(reflect=False):
-    q, r = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    if reflect:
-        q = q @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-    return q
 
 
 def closed_form(S, F, K, N, M):
@@ -114,7 +105,7 @@ def test_one_hot_species():
 @pytest.mark.parametrize('max_order', ORDERS)
 def test_contraction_orders_agree(max_order):
     z, pos, batch = two_molecules()
-    edge_index, _ = radius_graph(pos, 4.0, batch)
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
     edge_vec, edge_weight = edge_vectors(pos, edge_index)
     for in_channels in (4, 12):
         x = torch.randn(z.numel(), in_channels, dtype=torch.float64)
@@ -129,7 +120,7 @@ def test_contraction_orders_agree(max_order):
 def test_interaction_layer_matches_direct_sum():
     """The weight-tied tensor sensitivities, summed pair by pair."""
     z, pos, batch = two_molecules()
-    edge_index, _ = radius_graph(pos, 4.0, batch)
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
     edge_vec, edge_weight = edge_vectors(pos, edge_index)
     x = torch.randn(z.numel(), 3, dtype=torch.float64)
     layer = HIPNNInteraction(3, 4, 5, 0.75, 3.5, 4.0, max_order=2, cusp_reg=1e-6).double()
@@ -155,39 +146,6 @@ def test_interaction_layer_matches_direct_sum():
         torch.testing.assert_close(out[i], expected.detach())
 
 
-@pytest.mark.parametrize('max_order', ORDERS)
-def test_invariances(max_order):
-    model = small_model(max_order)
-    z, pos, batch = two_molecules()
-    energy = model(z, pos, batch)
-    for reflect in (False, True):
-        rotation = random_rotation(reflect)
-        shifted = pos @ rotation.T + torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64)
-        torch.testing.assert_close(model(z, shifted, batch), energy)
-    perm = torch.randperm(z.numel())
-    torch.testing.assert_close(model(z[perm], pos[perm], batch[perm]), energy)
-
-
-@pytest.mark.parametrize('max_order', ORDERS)
-def test_forces_equivariant_and_finite_differences(max_order):
-    model = small_model(max_order)
-    z = torch.tensor(METHANOL_Z)
-    pos = torch.tensor(METHANOL_POS, dtype=torch.float64)
-    energy, forces = model.energy_and_forces(z, pos)
-    rotation = random_rotation(reflect=True)
-    _, rotated = model.energy_and_forces(z, pos @ rotation.T)
-    torch.testing.assert_close(rotated, forces @ rotation.T)
-    h = 1e-5
-    numeric = torch.zeros_like(pos)
-    for a in range(pos.size(0)):
-        for k in range(3):
-            plus, minus = pos.clone(), pos.clone()
-            plus[a, k] += h
-            minus[a, k] -= h
-            numeric[a, k] = -(model(z, plus) - model(z, minus)).item() / (2 * h)
-    torch.testing.assert_close(forces, numeric, rtol=1e-6, atol=1e-8)
-
-
 def test_second_derivatives_for_force_training():
     """Forces are differentiable again (gradcheck of the forces = Hessian check)."""
     model = small_model(2, hidden_channels=4, num_sensitivities=3)
@@ -208,27 +166,10 @@ def test_second_derivatives_for_force_training():
         assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('max_order', ORDERS)
-def test_batching_independence(max_order):
-    model = small_model(max_order)
-    z, pos, batch = two_molecules()
-    energy, forces = model.energy_and_forces(z, pos, batch)
-    for m in range(2):
-        sel = batch == m
-        e, f = model.energy_and_forces(z[sel], pos[sel])
-        torch.testing.assert_close(e, energy[m:m + 1])
-        torch.testing.assert_close(f, forces[sel])
-    # Overlapping molecules in one batch must not see each other.
-    stacked = pos.clone()
-    stacked[3:] -= stacked[3:].mean(0) - stacked[:3].mean(0)
-    e_stacked = model(z, stacked, batch)
-    torch.testing.assert_close(e_stacked[0], energy[0])
-
-
 def test_caller_edge_index_equals_built_graph():
     model = small_model(2)
     z, pos, batch = two_molecules()
-    edge_index, _ = radius_graph(pos, 4.0, batch)
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
     shuffled = edge_index[:, torch.randperm(edge_index.size(1))]
     with_loops = torch.cat([shuffled, torch.arange(z.numel()).repeat(2, 1)], dim=1)
     expected = model(z, pos, batch)
@@ -272,12 +213,16 @@ def test_hierarchical_energy_and_hierarchicality():
 
     model = small_model(1)
     z, pos, batch = two_molecules()
-    energy, hier = model(z, pos, batch, return_hierarchicality=True)
+    energy, penalties = model.graph_outputs_and_regularization(z, pos, model.graph(z, pos, batch))
+    assert sorted(penalties) == sorted(model.regularizers) == ['hierarchicality', 'l2']
     terms = model.energy_terms(z, pos, model.graph(z, pos, batch))
     torch.testing.assert_close(energy, torch.zeros(2, dtype=torch.float64).index_add(
         0, batch, terms.sum(-1)))
-    torch.testing.assert_close(hier, hierarchicality(terms, batch))
+    torch.testing.assert_close(energy, model(z, pos, batch))
+    hier = hierarchicality(terms, batch)
     assert hier.shape == (2, ) and (hier > 0).all()
+    torch.testing.assert_close(penalties['hierarchicality'], hier.mean())
+    torch.testing.assert_close(penalties['l2'], model.l2_penalty())
 
 
 def test_standardization_and_atomref_leave_species_head_unscaled():

@@ -1,4 +1,25 @@
-"""HIP-NN / HIP-NN-TS against hippynn 0.1.3 reference outputs (float64 fixtures)."""
+"""HIP-NN / HIP-NN-TS against hippynn 0.1.3 reference outputs (float64 fixtures).
+
+Two references for the same state dicts and inputs:
+
+- ``NAME.npz`` holds the outputs recorded with the fixture kit. They are 1e-11 to 7e-11 off
+  (relative) in the energy and up to 3.5e-10 of the largest component in the forces, not
+  from any formula of ours: hippynn 0.1.3 itself, re-run on the stored parameters and positions
+  (float64, pure-PyTorch kernels), misses them by the same amounts and agrees with this package
+  to 1e-15. The computation is well conditioned (both of our contraction orders, and rounding
+  noise of 1e-16 on every parameter, move the outputs by at most 5e-15), so operation order or
+  a numba kernel's summation order, both rounding-level, cannot produce 1e-11. The recorded
+  forces still sum to zero per molecule to 4e-15, so they are the gradient of a smooth,
+  translation-invariant model, not noise added to the outputs; parameters that differ from the
+  stored ones by about 1e-12 relative (noise of that size gives 6e-12 to 3e-11 in the energy)
+  reproduce the size of the energy residual, while no shift of the positions alone fits energy
+  and forces together (three molecules tried). Which parameters the kit ran with cannot be
+  recovered from the outputs; for the tensor models the force residual is 4 to 30 times the
+  energy residual, more than that noise gives, so the recorded forces are checked only to
+  their measured offset.
+- ``hippynn_rerun.npz`` holds hippynn 0.1.3's own outputs for exactly the stored inputs, written
+  by ``fixtures/hipnn/rerun_hippynn.py``; it checks the implementation at rounding level.
+"""
 import json
 import os
 
@@ -10,6 +31,14 @@ from pyg_tensorpot import HIPNN
 from pyg_tensorpot.io import HippynnImportError, convert_hippynn_state_dict, load_hippynn
 
 FIXTURES = ['hipnn_l0_f16', 'hipnn_ts_l1_f16', 'hipnn_ts_l2_f16']
+# Measured against the re-run: 1.1e-15 (energy, relative) and 6.8e-15 (forces, of the largest
+# component), 1e-15 being float64 rounding over a few hundred terms; 1e-13 leaves room for the
+# summation order of another BLAS or SIMD width, which moves the outputs by up to 5e-15 here.
+RERUN_TOL = 1e-13
+# Measured against the recorded outputs: 6.6e-11 (energy) and 3.5e-10 (forces), the recorded
+# outputs' own offset from hippynn (see the module docstring).
+RECORDED_ENERGY_TOL = 1e-10
+RECORDED_FORCE_TOL = 5e-10
 
 
 def load_fixture(fixtures_dir, name):
@@ -27,6 +56,12 @@ def padded_to_batch(Z, R):
     mask = Z > 0
     batch = torch.arange(Z.size(0)).unsqueeze(1).expand_as(Z)[mask]
     return Z[mask], R[mask], batch, mask
+
+
+def load_rerun(fixtures_dir, name):
+    """hippynn 0.1.3's own energies (n_mol,) and padded forces for fixture :obj:`name`."""
+    data = np.load(os.path.join(fixtures_dir, 'hipnn', 'hippynn_rerun.npz'))
+    return torch.from_numpy(data[f'{name}/energy']), torch.from_numpy(data[f'{name}/forces'])
 
 
 @pytest.mark.parametrize('name', FIXTURES)
@@ -47,12 +82,18 @@ def test_fixture_parity(fixtures_dir, name):
     ref_energy = torch.from_numpy(data['energy'])
     ref_forces = torch.from_numpy(data['forces'])
     assert energy.dtype == torch.float64
-    torch.testing.assert_close(energy, ref_energy, rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(energy, ref_energy, rtol=RECORDED_ENERGY_TOL, atol=0.0)
     # Forces: error relative to the largest force component of the fixture.
     scale = ref_forces.abs().max()
-    assert (forces - ref_forces[mask]).abs().max() / scale < 1e-9
+    assert (forces - ref_forces[mask]).abs().max() / scale < RECORDED_FORCE_TOL
     # Padding rows of the reference are zero; nothing of ours maps there.
     assert ref_forces[~mask].abs().max() == 0
+
+    rerun_energy, rerun_forces = load_rerun(fixtures_dir, name)
+    torch.testing.assert_close(energy, rerun_energy, rtol=RERUN_TOL, atol=0.0)
+    scale = rerun_forces.abs().max()
+    assert (forces - rerun_forces[mask]).abs().max() / scale < RERUN_TOL
+    assert rerun_forces[~mask].abs().max() == 0
 
 
 def test_graph_module_keys_and_file(fixtures_dir, tmp_path):
@@ -70,7 +111,8 @@ def test_graph_module_keys_and_file(fixtures_dir, tmp_path):
     assert next(model.parameters()).dtype == torch.float64  # the weights, not just atomref
     z, pos, batch, _ = padded_to_batch(data['Z'], data['R'])
     energy = model(z, pos, batch)
-    torch.testing.assert_close(energy, torch.from_numpy(data['energy']), rtol=1e-9, atol=0.0)
+    rerun_energy, _ = load_rerun(fixtures_dir, 'hipnn_ts_l2_f16')
+    torch.testing.assert_close(energy, rerun_energy, rtol=RERUN_TOL, atol=0.0)
 
 
 def test_converter_reads_hyperparameters(fixtures_dir):

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from pyg_tensorpot.nn import edge_vectors, radius_graph
+from pyg_tensorpot.nn import NeighborPairs, edge_vectors, neighbor_pairs
 
 
 def brute_force_pairs(pos, cutoff, batch, cell=None, images=2):
@@ -35,14 +35,14 @@ def test_open_boundaries_batched_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     pos = torch.rand(40, 3, generator=g, dtype=torch.float64) * 6.0
     batch = torch.tensor([0] * 15 + [1] * 5 + [2] * 20)
-    edge_index, shifts = radius_graph(pos, 2.5, batch)
+    edge_index, shifts, _ = neighbor_pairs(pos, 2.5, batch)
     assert shifts is None
     assert graph_pairs(edge_index, None) == brute_force_pairs(pos, 2.5, batch)
 
 
 def test_self_loops_are_added_once():
     pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]])
-    edge_index, _ = radius_graph(pos, 2.0, loop=True)
+    edge_index = neighbor_pairs(pos, 2.0, loop=True).edge_index
     loops = edge_index[:, edge_index[0] == edge_index[1]]
     assert sorted(loops[0].tolist()) == [0, 1, 2]
     assert edge_index.size(1) == 2 + 3
@@ -58,7 +58,7 @@ def test_periodic_matches_brute_force(cell):
     pos = frac @ cell
     batch = torch.zeros(6, dtype=torch.long)
     for _ in range(3):  # the same graph every call
-        edge_index, shifts = radius_graph(pos, 3.3, cell=cell)
+        edge_index, shifts, _ = neighbor_pairs(pos, 3.3, cell=cell)
         assert graph_pairs(edge_index, shifts) == brute_force_pairs(pos, 3.3, batch, cell)
     vec, dist = edge_vectors(pos, edge_index, shifts)
     assert float(dist.max()) < 3.3 and float(dist.min()) > 0
@@ -71,13 +71,34 @@ def test_partial_periodicity_and_cell_per_structure():
     batch = torch.tensor([0, 0, 1, 1])
     cells = torch.stack([cell, cell * 1.5])
     pbc = torch.tensor([[False, False, True], [False, False, False]])
-    edge_index, shifts = radius_graph(pos, 1.3, batch, cell=cells, pbc=pbc)
+    edge_index, shifts, _ = neighbor_pairs(pos, 1.3, batch, cell=cells, pbc=pbc)
     # Structure 0: atoms 0 and 1 are 0.8 A apart through the z boundary only.
     pairs = graph_pairs(edge_index, shifts)
     assert (1, 0, (0.0, 0.0, -3.0)) in pairs and (0, 1, (0.0, 0.0, 3.0)) in pairs
     # Structure 1 is open: 1.2 A apart directly.
     assert (3, 2, (0.0, 0.0, 0.0)) in pairs
     assert len(pairs) == 4
+
+
+@pytest.mark.parametrize('cell', [None, torch.eye(3, dtype=torch.float64) * 3.1])
+def test_pair_index_joins_the_two_directions_and_the_loops(cell):
+    pos = torch.rand(7, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
+    pairs = neighbor_pairs(pos, 2.9, loop=True, cell=cell)
+    assert isinstance(pairs, NeighborPairs)
+    num_atoms, num_edges = pos.size(0), pairs.edge_index.size(1)
+    num_pairs = (num_edges - num_atoms) // 2
+    assert num_pairs > 0 and pairs.pair_index.shape == (num_edges, )
+    expected = torch.cat([torch.arange(num_pairs).repeat(2), torch.full((num_atoms, ), num_pairs)])
+    assert torch.equal(pairs.pair_index, expected)
+    # Edge p and edge p + P are the same pair reversed, the neighbour's image mirrored.
+    forward, backward = pairs.edge_index[:, :num_pairs], pairs.edge_index[:, num_pairs:-num_atoms]
+    assert torch.equal(forward, backward.flip(0))
+    if cell is not None:
+        assert torch.equal(pairs.shifts[:num_pairs], -pairs.shifts[num_pairs:-num_atoms])
+        assert bool((pairs.shifts[-num_atoms:] == 0).all())
+    # Exactly equal: the two vectors are negatives of each other in IEEE arithmetic.
+    _, dist = edge_vectors(pos, pairs.edge_index, pairs.shifts)
+    torch.testing.assert_close(dist[:num_pairs], dist[num_pairs:-num_atoms], rtol=0, atol=0)
 
 
 def test_edge_vectors_convention_and_self_loop_gradient():
@@ -94,15 +115,15 @@ def test_edge_vectors_convention_and_self_loop_gradient():
 def test_budget_exceeded_is_an_error():
     pos = torch.rand(30, 3, generator=torch.Generator().manual_seed(2)) * 2
     with pytest.raises(ValueError, match='more than max_num_neighbors=5'):
-        radius_graph(pos, 3.0, max_num_neighbors=5)
-    edge_index, _ = radius_graph(pos, 3.0, max_num_neighbors=29)
+        neighbor_pairs(pos, 3.0, max_num_neighbors=5)
+    edge_index = neighbor_pairs(pos, 3.0, max_num_neighbors=29).edge_index
     assert edge_index.size(1) == 30 * 29
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match='pos must have shape'):
-        radius_graph(torch.zeros(4, 2), 1.0)
+        neighbor_pairs(torch.zeros(4, 2), 1.0)
     with pytest.raises(ValueError, match='cutoff must be positive'):
-        radius_graph(torch.zeros(4, 3), 0.0)
+        neighbor_pairs(torch.zeros(4, 3), 0.0)
     with pytest.raises(ValueError, match='cell must have shape'):
-        radius_graph(torch.zeros(4, 3), 1.0, cell=torch.eye(2))
+        neighbor_pairs(torch.zeros(4, 3), 1.0, cell=torch.eye(2))

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 import pyg_tensorpot.nn.pair_search as pair_search
-from pyg_tensorpot.nn import radius_graph
+from pyg_tensorpot.nn import neighbor_pairs
 from pyg_tensorpot.structures import water_box
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUTOFF = 5.0
 
-# The inputs, built the same way in the child (where they go through radius_graph) and here
+# The inputs, built the same way in the child (where they go through neighbor_pairs) and here
 # (where brute force checks them). Every generator is seeded.
 CASES = textwrap.dedent('''
     import math
@@ -87,14 +87,14 @@ CASES = textwrap.dedent('''
 CHILD = textwrap.dedent('''
     import sys
     import torch
-    from pyg_tensorpot.nn import radius_graph
+    from pyg_tensorpot.nn import neighbor_pairs
     from pyg_tensorpot.structures import water_box
     exec(open(sys.argv[1]).read())
     cutoff = {cutoff}
     results = {{}}
     for name, pos in open_cases().items():
         print(name, flush=True)
-        results[name] = radius_graph(pos, cutoff)[0]
+        results[name] = neighbor_pairs(pos, cutoff).edge_index
     print('TensorNet on three_atoms_2000A', flush=True)
     from pyg_tensorpot.models import TensorNet
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ CHILD = textwrap.dedent('''
     results['tensornet_energy'] = model(z=torch.tensor([8, 1, 1]), pos=pos).detach()
     for name, (pos, cell, pbc) in periodic_cases().items():
         print(name, flush=True)
-        edge_index, shifts = radius_graph(pos, cutoff, cell=cell, pbc=torch.tensor(pbc))
+        edge_index, shifts, _ = neighbor_pairs(pos, cutoff, cell=cell, pbc=torch.tensor(pbc))
         results[name] = edge_index
         results[name + ':shifts'] = shifts
     # 100,000 water molecules, each its own structure, in one call: identical copies (the old
@@ -112,7 +112,7 @@ CHILD = textwrap.dedent('''
     batch = torch.arange(n).repeat_interleave(3)
     for name, pos in (('copies', water_box(1)[1].repeat(n, 1)), ('liquid', water_box(n)[1])):
         print('100k water molecules,', name, flush=True)
-        edge_index = radius_graph(pos, cutoff, batch)[0]
+        edge_index = neighbor_pairs(pos, cutoff, batch).edge_index
         results['water_100k:' + name] = edge_index[:, :edge_index.size(1) // 2].clone()
     torch.save(results, sys.argv[2])
 ''').format(cutoff=CUTOFF)
@@ -210,7 +210,7 @@ def brute_periodic(pos, cutoff, cell, pbc):
 
 
 def graph_pairs(edge_index, shifts=None):
-    """The first half of radius_graph's edges (each pair once) as canonical pairs."""
+    """The first half of neighbor_pairs' edges (each pair once) as canonical pairs."""
     half = edge_index.size(1) // 2
     if shifts is None:
         shifts = torch.zeros(half, 3, dtype=torch.float64)
@@ -288,7 +288,7 @@ def test_periodic_triclinic_both_methods(method, pbc):
                         dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
     pos = (torch.rand(25, 3, generator=g, dtype=torch.float64) * 3.0 - 1.0) @ cell
-    edge_index, shifts = radius_graph(pos, 3.3, cell=cell, pbc=torch.tensor(pbc))
+    edge_index, shifts, _ = neighbor_pairs(pos, 3.3, cell=cell, pbc=torch.tensor(pbc))
     assert graph_pairs(edge_index, shifts) == brute_periodic(pos, 3.3, cell, pbc)
 
 
@@ -300,7 +300,7 @@ def test_batched_periodic_both_methods(method):
     pos = torch.rand(30, 3, generator=g, dtype=torch.float64) * 5.0
     batch = torch.tensor([0] * 12 + [1] * 18)
     pbc = torch.tensor([[True, True, True], [False, False, False]])
-    edge_index, shifts = radius_graph(pos, 2.6, batch, cell=cells, pbc=pbc)
+    edge_index, shifts, _ = neighbor_pairs(pos, 2.6, batch, cell=cells, pbc=pbc)
     expected = brute_periodic(pos[:12], 2.6, cells[0], [True] * 3)
     expected |= {(a + 12, b + 12, (0.0, 0.0, 0.0)) for a, b in brute_open(pos[12:], 2.6)}
     assert graph_pairs(edge_index, shifts) == expected
@@ -332,23 +332,23 @@ def test_vesin_grid_criterion():
 def test_clear_errors():
     pos = torch.tensor([[0.0, 0.0, 0.0], [float('nan'), 0.0, 1.0]])
     with pytest.raises(ValueError, match='atom 1 .* non-finite position'):
-        radius_graph(pos, CUTOFF)
+        neighbor_pairs(pos, CUTOFF)
     with pytest.raises(ValueError, match='atom 1 .* non-finite position'):
-        radius_graph(pos, CUTOFF, cell=torch.eye(3) * 10)
+        neighbor_pairs(pos, CUTOFF, cell=torch.eye(3) * 10)
     with pytest.raises(ValueError, match='linearly dependent'):
-        radius_graph(torch.zeros(2, 3), CUTOFF,
-                     cell=torch.tensor([[3.0, 0, 0], [6.0, 0, 0], [0, 0, 3.0]]))
+        neighbor_pairs(torch.zeros(2, 3), CUTOFF,
+                       cell=torch.tensor([[3.0, 0, 0], [6.0, 0, 0], [0, 0, 3.0]]))
     with pytest.raises(ValueError, match='periodic images of the cell'):
-        radius_graph(torch.zeros(2, 3), CUTOFF, cell=torch.eye(3) * 0.01)
+        neighbor_pairs(torch.zeros(2, 3), CUTOFF, cell=torch.eye(3) * 0.01)
     with pytest.raises(ValueError, match='non-finite cell'):
-        radius_graph(torch.zeros(2, 3), CUTOFF, cell=torch.eye(3) * float('inf'))
+        neighbor_pairs(torch.zeros(2, 3), CUTOFF, cell=torch.eye(3) * float('inf'))
 
 
 def test_empty_and_single_atom():
     for n in (0, 1):
-        edge_index, shifts = radius_graph(torch.zeros(n, 3), CUTOFF)
+        edge_index, shifts, _ = neighbor_pairs(torch.zeros(n, 3), CUTOFF)
         assert edge_index.shape == (2, 0) and shifts is None
     # One atom in a small cell sees its own images.
-    edge_index, shifts = radius_graph(torch.zeros(1, 3, dtype=torch.float64), 2.5,
-                                      cell=torch.eye(3, dtype=torch.float64) * 2.0)
+    edge_index, shifts, _ = neighbor_pairs(torch.zeros(1, 3, dtype=torch.float64), 2.5,
+                                           cell=torch.eye(3, dtype=torch.float64) * 2.0)
     assert edge_index.size(1) == 2 * 3 and bool((shifts.norm(dim=-1) == 2.0).all())

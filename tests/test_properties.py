@@ -92,7 +92,8 @@ def test_stress_is_strain_derivative(name, triclinic):
     torch.testing.assert_close(out['virial'][0], -stress * volume)
 
 
-@pytest.mark.parametrize('name', list(FACTORIES))
+# The package's own model kinds: tests/test_model_contract.py; here the example's model.
+@pytest.mark.parametrize('name', ['custom'])
 def test_forces_are_minus_gradient(name):
     model = make(name)
     z, pos, cell = small_box(False)
@@ -296,3 +297,44 @@ def test_total_charge_reaches_the_model_from_a_batch():
         out = compute_properties(model, batch)
         torch.testing.assert_close(out['energy'], explicit['energy'])
         assert float((out['energy'] - neutral['energy']).abs().min()) > 1e-8
+
+
+def test_regularization_terms_come_from_the_model_contract():
+    # HIP-NN adds its two penalty terms, from the same pass as the energy and its forces;
+    # TensorNet declares none.
+    z, pos, _ = small_box(False)
+    model = make('hipnn-ts')
+    out = compute_properties(model, z, pos, regularization=True)
+    assert {key for key in out if key.startswith('regularization.')} == {
+        'regularization.hierarchicality', 'regularization.l2'}
+    plain = compute_properties(model, z, pos)
+    torch.testing.assert_close(out['energy'], plain['energy'], rtol=0, atol=0)
+    torch.testing.assert_close(out['forces'], plain['forces'], rtol=0, atol=0)
+    torch.testing.assert_close(out['regularization.l2'], model.l2_penalty().detach())
+    tensornet = compute_properties(make('tensornet'), z, pos, regularization=True)
+    assert sorted(tensornet) == ['energy', 'forces']
+    with pytest.raises(ValueError, match='two calls'):
+        compute_properties(model, z, pos, properties=['energies'], regularization=True)
+
+
+def test_per_atom_energies_of_a_plain_module_get_a_clear_error():
+    from pyg_tensorpot import Ensemble
+
+    class Totals(torch.nn.Module):
+        # Follows the forward contract but is not an AtomisticModel.
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, z, pos, batch):
+            return self.scale * pos.square().sum().reshape(1)
+
+    z, pos, _ = small_box(False)
+    assert compute_properties(Totals(), z, pos)['energy'].shape == (1, )
+    for model in (Totals(), Ensemble([make('tensornet'), Totals()])):
+        with pytest.raises(ValueError, match='returns only the total energy'):
+            compute_properties(model, z, pos, properties=['energies'])
+    committee = Ensemble([make('tensornet'), make('hipnn')])
+    out = compute_properties(committee, z, pos, properties=['energy', 'energies'])
+    torch.testing.assert_close(out['energies'].sum(), out['energy'].sum(), rtol=1e-12,
+                               atol=1e-9)

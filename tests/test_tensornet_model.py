@@ -1,11 +1,13 @@
-"""Symmetry, force, batching and input-validation properties of TensorNet."""
+"""TensorNet-specific properties: caller graphs, standardisation, heads, periodic images and
+input validation. Symmetries, batching, forces and float32 of every model kind:
+tests/test_model_contract.py."""
 import math
 
 import pytest
 import torch
 
 from pyg_tensorpot import TensorNet
-from pyg_tensorpot.nn import radius_graph
+from pyg_tensorpot.nn import neighbor_pairs
 
 # Ethanol (C2H5OH), Angstrom.
 ETHANOL_Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
@@ -50,84 +52,12 @@ def two_molecules():
     return z, pos, batch
 
 
-@pytest.mark.parametrize('equivariance', ['O(3)', 'SO(3)'])
-def test_rotation_and_translation_invariance(equivariance):
-    model = make_model(equivariance)
-    z, pos, batch = two_molecules()
-    energy, forces = model.energy_and_forces(z, pos, batch)
-    rot = random_rotation(1)
-    shift = torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64)
-    energy2, forces2 = model.energy_and_forces(z, pos @ rot.T + shift, batch)
-    torch.testing.assert_close(energy2, energy, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(forces2, forces @ rot.T, rtol=1e-10, atol=1e-12)
-
-
-def test_reflection_o3_invariant_so3_not():
-    z, pos, batch = two_molecules()
-    mirror = random_rotation(2, proper=False)
-    assert torch.det(mirror) < 0
-    o3 = make_model('O(3)')
-    e, f = o3.energy_and_forces(z, pos, batch)
-    e2, f2 = o3.energy_and_forces(z, pos @ mirror.T, batch)
-    torch.testing.assert_close(e2, e, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(f2, f @ mirror.T, rtol=1e-10, atol=1e-12)
-    so3 = make_model('SO(3)')
-    # A chiral arrangement: the SO(3) model may tell it from its mirror image.
-    chiral_z = torch.tensor([6, 1, 8, 7, 9])
-    chiral_pos = torch.tensor([[0.0, 0.0, 0.0], [0.63, 0.63, 0.63], [-0.8, -0.7, 0.6],
-                               [-0.6, 0.75, -0.65], [0.72, -0.6, -0.7]], dtype=torch.float64)
-    chiral_pos = chiral_pos * 1.6
-    e_so3 = so3(chiral_z, chiral_pos)
-    e_so3_mirror = so3(chiral_z, chiral_pos @ mirror.T)
-    assert not torch.allclose(e_so3, e_so3_mirror, rtol=1e-6, atol=1e-9)
-    e_o3 = o3(chiral_z, chiral_pos)
-    torch.testing.assert_close(o3(chiral_z, chiral_pos @ mirror.T), e_o3, rtol=1e-12,
-                               atol=1e-12)
-
-
-def test_permutation_equivariance():
-    model = make_model()
-    z, pos, batch = ETHANOL_Z, ETHANOL_POS, None
-    energy, forces = model.energy_and_forces(z, pos, batch)
-    perm = torch.randperm(z.numel(), generator=torch.Generator().manual_seed(3))
-    energy2, forces2 = model.energy_and_forces(z[perm], pos[perm], batch)
-    torch.testing.assert_close(energy2, energy, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(forces2, forces[perm], rtol=1e-10, atol=1e-12)
-
-
-def test_forces_match_finite_differences():
-    model = make_model()
-    z, pos = ETHANOL_Z, ETHANOL_POS.clone()
-    _, forces = model.energy_and_forces(z, pos)
-    h = 1e-5
-    numeric = torch.zeros_like(pos)
-    for atom in range(pos.size(0)):
-        for axis in range(3):
-            plus, minus = pos.clone(), pos.clone()
-            plus[atom, axis] += h
-            minus[atom, axis] -= h
-            numeric[atom, axis] = -(model(z, plus) - model(z, minus)).item() / (2 * h)
-    torch.testing.assert_close(forces, numeric, rtol=1e-6, atol=1e-8)
-
-
-def test_molecule_energy_same_alone_and_in_batch():
-    model = make_model()
-    z, pos, batch = two_molecules()
-    energy, forces = model.energy_and_forces(z, pos, batch)
-    alone, alone_forces = model.energy_and_forces(ETHANOL_Z, ETHANOL_POS)
-    torch.testing.assert_close(energy[:1], alone, rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(forces[:9], alone_forces, rtol=1e-12, atol=1e-13)
-    # Molecules placed on top of each other in space still do not see each other.
-    overlapping = torch.cat([ETHANOL_POS, WATER_POS + 0.05])
-    e_overlap = model(z, overlapping, batch)
-    torch.testing.assert_close(e_overlap[0], alone[0], rtol=1e-13, atol=1e-13)
-
-
 def test_caller_supplied_edge_index():
     model = make_model()
     z, pos, batch = two_molecules()
     reference = model(z, pos, batch)
-    edge_index, _ = radius_graph(pos, model.cutoff, batch)  # no self-loops: the model adds them
+    # No self-loops: the model adds them.
+    edge_index = neighbor_pairs(pos, model.cutoff, batch).edge_index
     torch.testing.assert_close(model(z, pos, batch, edge_index=edge_index), reference,
                                rtol=1e-13, atol=1e-13)
     # A graph with extra pairs beyond the cutoff gives the same energy (the envelope is 0).
@@ -135,22 +65,6 @@ def test_caller_supplied_edge_index():
     full = torch.cat([full, full.flip(0)], dim=1)
     torch.testing.assert_close(model(ETHANOL_Z, ETHANOL_POS, edge_index=full),
                                reference[:1], rtol=1e-13, atol=1e-13)
-
-
-def test_float32_and_float64_agree():
-    model = make_model()
-    z, pos, batch = two_molecules()
-    e64, f64 = model.energy_and_forces(z, pos, batch)
-    model32 = model.float()
-    e32, f32 = model32.energy_and_forces(z, pos.float(), batch)
-    # Energies are summed in float64 whatever the model's dtype; forces keep the model's.
-    assert e32.dtype == torch.float64 and f32.dtype == torch.float32
-    # float32 error measured under AVX-512, AVX2 and scalar kernels, 1 and 2 threads: at most
-    # 1/68 of the energy tolerance and 1/36 of the force tolerance
-    torch.testing.assert_close(e32.double(), e64, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(f32.double(), f64, rtol=1e-4, atol=1e-5)
-    with pytest.raises(TypeError, match='float64 but the model is torch.float32'):
-        model32(z, pos, batch)
 
 
 def test_standardisation_and_atomref():

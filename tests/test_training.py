@@ -7,6 +7,7 @@ import os
 import os.path as osp
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from pyg_tensorpot.training import (  # noqa: E402
     format_error_table,
     load_config,
 )
-from pyg_tensorpot.training.config import parse_overrides  # noqa: E402
+from pyg_tensorpot.training.config import TrainingConfig, parse_overrides  # noqa: E402
 from pyg_tensorpot.training.sampling import training_loader  # noqa: E402
 from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL  # noqa: E402
 
@@ -87,12 +88,36 @@ def test_config_yaml_overrides_and_scientific_notation(tmp_path):
     (['optimizer.lr=1'], ["'optimizer'", "'optim'"]),
     (['data.reference_energies=guess'], ['data.reference_energies', "'fit'", "'dataset'"]),
     (['loss.energy_weight=0', 'loss.force_weight=0'], ['nothing would be trained']),
+    (['loss.regularization.hierarchicality=1'],
+     ['loss.regularization.hierarchicality', 'TensorNet', "no 'hierarchicality'", 'none']),
+    (['model.name=HIPNN', 'loss.regularization.l3=1'], ["no 'l3'", 'hierarchicality, l2']),
+    (['loss.regularization=1'], ['loss.regularization', 'mapping']),
+    (['model.name=HIPNN', 'loss.regularization.l2=-1'], ['loss.regularization.l2', '>= 0']),
 ])
 def test_bad_config_names_key_and_allowed_values(override, words):
     with pytest.raises(ConfigError) as info:
         load_config(None, override)
     for word in words:
         assert word in str(info.value)
+
+
+def test_former_regularizer_keys_are_read_as_regularization_weights():
+    with pytest.warns(FutureWarning, match='loss.regularization.hierarchicality'):
+        config = load_config(None, ['model.name=HIPNN', 'loss.hierarchicality_weight=0.5',
+                                    'loss.l2_weight=0'])
+    assert config.loss.regularization == {'hierarchicality': 0.5}
+    assert 'hierarchicality_weight' not in config.to_dict()['loss']
+    # as before, a model without the term ignores the former key (with the warning)
+    with pytest.warns(FutureWarning, match='loss.regularization.l2'):
+        assert load_config(None, ['loss.l2_weight=1e-6']).loss.regularization == {}
+    # the zero weights every saved run holds are dropped without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        old_run = {'loss': {'hierarchicality_weight': 0.0, 'l2_weight': 0.0}}
+        assert TrainingConfig.from_dict(old_run).loss.regularization == {}
+    with pytest.raises(ConfigError, match='contradicts'), pytest.warns(FutureWarning):
+        load_config(None, ['model.name=HIPNN', 'loss.l2_weight=1',
+                           'loss.regularization.l2=2'])
 
 
 def test_bad_model_and_dataset_arguments(tmp_path):
@@ -165,9 +190,13 @@ def test_loss_terms_types_and_energy_ema():
     assert math.isclose(mae['loss'].item(), (0.5 + 0.5) / 2)
     both = EnergyForceLoss(1.0, 0.0, 'rmse+mae')(energy, target, atoms)
     assert math.isclose(both['loss'].item(), math.sqrt(2.5) + 1.5, rel_tol=1e-6)
-    hier = EnergyForceLoss(1.0, 0.0, hierarchicality_weight=0.5)(
-        energy, target, atoms, hierarchicality=torch.tensor([0.2, 0.4]))
-    assert math.isclose(hier['loss'].item(), 2.5 + 0.5 * 0.3, rel_tol=1e-6)
+    # penalty terms are weighted by name; a term without a weight is not added
+    terms = {'hierarchicality': torch.tensor(0.3, dtype=torch.float64),
+             'l2': torch.tensor(7.0, dtype=torch.float64)}
+    hier = EnergyForceLoss(1.0, 0.0, regularization={'hierarchicality': 0.5})(
+        energy, target, atoms, regularization_terms=terms)
+    assert math.isclose(hier['loss'].item(), 2.5 + 0.5 * 0.3, rel_tol=1e-12)
+    assert 'l2' not in hier and math.isclose(hier['hierarchicality'].item(), 0.3)
     # torchmd-net's energy-loss EMA: the second step's loss is alpha*L + (1-alpha)*EMA and its
     # gradient is scaled by alpha
     smooth = EnergyForceLoss(1.0, 0.0, energy_loss_ema=0.1)
@@ -205,6 +234,25 @@ def test_weight_average_follows_parameters_and_copies_buffers():
     for _ in range(20):
         ema.update(model)
     assert ema.current_decay() == 0.5
+
+
+def test_published_reference_energies_are_the_dataset_atomref():
+    from pyg_tensorpot.models import TensorNet
+    from pyg_tensorpot.training import DataConfig, fit_training_statistics
+
+    class Published(list):
+        def atomref(self):
+            return {1: -0.5, 8: -75.0}
+
+    water = Data(z=torch.tensor([8, 1, 1]), energy=torch.tensor([-76.0]),
+                 pos=torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]))
+    model = TensorNet(hidden_channels=8, num_layers=1, num_rbf=4, cutoff=3.0)
+    config = DataConfig(reference_energies='dataset', standardize=False)
+    stats = fit_training_statistics(model, Published([water]), config)
+    assert stats['reference_energies'] == {1: -0.5, 8: -75.0}
+    assert float(model.atomref[8]) == -75.0
+    with pytest.raises(ConfigError, match=r"list publishes no reference energies; use 'fit'"):
+        fit_training_statistics(model, [water], config)
 
 
 def test_error_accumulator_and_table():
@@ -433,12 +481,12 @@ def test_hipnn_ts_trains_with_hierarchicality_and_frozen_species_energies(tmp_pa
     hipnn_ts = ['model.name=HIPNN', 'model.max_order=2', 'model.hidden_channels=8',
                 'model.num_interactions=1', 'model.num_atom_layers=1',
                 'model.num_sensitivities=4', 'model.soft_max=4.0', 'model.cutoff=4.5']
-    config = tiny_config(tmp_path, 'loss.type=rmse+mae', 'loss.l2_weight=1e-6',
-                         'loss.hierarchicality_weight=1', 'trainer.max_epochs=1',
+    config = tiny_config(tmp_path, 'loss.type=rmse+mae', 'loss.regularization.l2=1e-6',
+                         'loss.regularization.hierarchicality=1', 'trainer.max_epochs=1',
                          model=hipnn_ts)
     result = train(config, verbose=False)
     series = read_metrics_csv(osp.join(tmp_path, 'logs', 'metrics.csv'))
-    assert series['train_hierarchicality_loss'][0] > 0
+    assert series['train_hierarchicality_loss'][0] > 0 and series['train_l2_loss'][0] > 0
     model, _ = load_trained_model(result.model_path)
     # hippynn's hierarchical initialisation: w_0 is the least-squares fit and stays frozen
     head = model.energy_head.layers[0].weight.detach().flatten()
@@ -488,6 +536,10 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match='set_standardization'):
         train(tiny_config(tmp_path / 'run2', 'data.reference_energies=none', model=user),
               verbose=False)
+    # the model contract: only an AtomisticModel has reference energies to fit
+    with pytest.raises(ConfigError, match="not an AtomisticModel.*use 'none'"):
+        train(tiny_config(tmp_path / 'run3', 'data.reference_energies=fit',
+                          'data.standardize=false', model=user), verbose=False)
 
 
 def test_lightning_is_optional_for_configs_and_evaluation():

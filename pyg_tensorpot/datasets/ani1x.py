@@ -1,17 +1,20 @@
 """The ANI-1x dataset (wB97X/6-31G(d) energies and forces, plus CCSD(T)/CBS and other levels)."""
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     StorageBuilder,
     check_allocation,
-    check_kind,
+    checked_molecule_group,
     logger,
+    molecule_groups,
+    open_hdf5,
     progress,
     raw_read_errors,
     require_h5py,
@@ -110,16 +113,7 @@ class ANI1x(AtomisticInMemoryDataset):
         forces: bool = True,
         self_energies: Optional[Union[str, Mapping[int, float]]] = None,
         extra_keys: Sequence[str] = (),
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
         level = str(level).lower()
         if level not in ANI1X_LEVELS:
@@ -134,8 +128,7 @@ class ANI1x(AtomisticInMemoryDataset):
         self.self_energies = (self_energies if isinstance(self_energies, (str, type(None)))
                               else 'custom')
         self.extra_keys = tuple(extra_keys)
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     @staticmethod
     def _resolve_self_energies(value) -> Optional[Dict[int, float]]:
@@ -174,20 +167,14 @@ class ANI1x(AtomisticInMemoryDataset):
             return self._read_raw(position)
 
     def _read_raw(self, position):
-        h5py = require_h5py('ANI-1x')
+        require_h5py('ANI-1x')  # names the dataset if h5py is missing
         path = self.raw_paths[0]
         energy_keys, forces_key = ANI1X_LEVELS[self.level]
         if not self.use_forces:
             forces_key = None
-        try:
-            f = h5py.File(path, 'r')
-        except OSError as error:
-            raise RawFileError(f"cannot open '{path}' as HDF5 ({error}): the file is corrupt or "
-                               f"incomplete; delete it and download it again") from error
+        f = open_hdf5(path)
         with f:
-            groups = [name for name, item in f.items() if isinstance(item, h5py.Group)]
-            if not groups:
-                raise RawFileError(f"'{path}' has no molecule groups: not the ANI-1x release")
+            groups = molecule_groups(f, path, 'the ANI-1x release')
             # Pass 1: energies only (8 bytes per conformation), to size the output exactly.
             plans = []
             total_confs = total_atoms = 0
@@ -197,17 +184,7 @@ class ANI1x(AtomisticInMemoryDataset):
                 position.group = name
                 needed = ('atomic_numbers', 'coordinates') + energy_keys + (
                     (forces_key,) if forces_key else ()) + self.extra_keys
-                missing = [k for k in needed if k not in group]
-                if missing:
-                    raise RawFileError(f"group '{name}' of '{path}' lacks {missing}: not the "
-                                       f"ANI-1x release layout")
-                check_kind(group['atomic_numbers'], 'iu', path)
-                for key in ('coordinates',) + needed[2:]:
-                    check_kind(group[key], 'f', path)
-                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64).reshape(-1)
-                if z.size == 0 or z.min() < 1 or z.max() > 118:
-                    raise RawFileError(f"group '{name}' of '{path}': atomic numbers "
-                                       f"{z.tolist()[:20]} are not all from 1 to 118")
+                z = checked_molecule_group(group, name, path, needed, 'ANI-1x release layout')
                 shape = group['coordinates'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
                     raise RawFileError(f"group '{name}' of '{path}': coordinates {shape} do "

@@ -30,13 +30,14 @@ import os.path as osp
 import re
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_tensorpot.datasets.arguments import LocalDatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
@@ -347,11 +348,7 @@ class ASEFileDataset(AtomisticInMemoryDataset):
         atomref: Union[Mapping, str, None] = None,
         split: Optional[Tuple[Size, Size, Size]] = None,
         split_seed: int = 1,
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
+        **kwargs: Unpack[LocalDatasetArguments],
     ) -> None:
         require_ase(type(self).__name__)
         if root is None:
@@ -388,8 +385,7 @@ class ASEFileDataset(AtomisticInMemoryDataset):
         self.file_sha256 = file_hash(self.path)
         stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', osp.splitext(osp.basename(self.path))[0])
         self.name = f'{self.kind}_{stem}'
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums=False)
+        super().__init__(root, verify_checksums=False, **kwargs)
         self.resolved_units = self._read_units()
         self.split: Optional[Split] = None
         if self.split_sizes is not None:

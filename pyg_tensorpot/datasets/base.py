@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
+from pyg_tensorpot.datasets.arguments import with_shared_arguments
 from pyg_tensorpot.utils.files import atomic_open, atomic_write_text, file_digest
 
 logger = logging.getLogger('pyg_tensorpot.datasets')
@@ -83,6 +84,52 @@ def require_h5py(what: str = 'this dataset'):
         raise ImportError(f"reading {what} needs h5py: pip install 'pyg-tensorpot[data]' "
                           f"(or pip install h5py)") from error
     return h5py
+
+
+def open_hdf5(path: str):
+    """Opens an HDF5 raw file for reading (an :class:`h5py.File`); one that is not HDF5, or
+    is damaged, raises :class:`RawFileError` naming it."""
+    h5py = require_h5py()
+    try:
+        return h5py.File(path, 'r')
+    except OSError as error:
+        raise RawFileError(f"cannot open '{path}' as HDF5 ({error}): the file is corrupt or "
+                           f"incomplete; delete it and download it again") from error
+
+
+def group_atomic_numbers(group: Any, name: str, path: str) -> np.ndarray:
+    """The ``atomic_numbers`` of an HDF5 molecule group as ``int64`` ``(n,)``; raises
+    :class:`RawFileError` naming the group unless they are all from 1 to 118."""
+    z = np.asarray(group['atomic_numbers'][()], dtype=np.int64).reshape(-1)
+    if z.size == 0 or z.min() < 1 or z.max() > 118:
+        raise RawFileError(f"group '{name}' of '{path}': atomic numbers "
+                           f"{z.tolist()[:20]} are not all from 1 to 118")
+    return z
+
+
+def molecule_groups(f: Any, path: str, what: str) -> List[str]:
+    """The names of the molecule groups of an open HDF5 file, in file order; a file without
+    any raises :class:`RawFileError` saying it is not :obj:`what` (e.g. ``'a SPICE file'``)."""
+    h5py = require_h5py(what)
+    names = [name for name, item in f.items() if isinstance(item, h5py.Group)]
+    if not names:
+        raise RawFileError(f"'{path}' has no molecule groups: not {what}")
+    return names
+
+
+def checked_molecule_group(group: Any, name: str, path: str, needed: Sequence[str],
+                           layout: str) -> np.ndarray:
+    """Checks that the HDF5 molecule group :obj:`name` holds the datasets :obj:`needed`
+    (``'atomic_numbers'`` first, then floating-point arrays) and returns its atomic numbers
+    (:func:`group_atomic_numbers`); raises :class:`RawFileError` naming the group, the file
+    and what is missing or of the wrong kind (``not the <layout>``)."""
+    missing = [key for key in needed if key not in group]
+    if missing:
+        raise RawFileError(f"group '{name}' of '{path}' lacks {missing}: not the {layout}")
+    check_kind(group[needed[0]], 'iu', path)
+    for key in needed[1:]:
+        check_kind(group[key], 'f', path)
+    return group_atomic_numbers(group, name, path)
 
 
 def progress(iterable: Iterable, total: Optional[int] = None, desc: str = '',
@@ -435,11 +482,19 @@ class AtomisticInMemoryDataset(InMemoryDataset):
     :meth:`options` (everything that changes the processed content), :obj:`checksums`
     (``{raw_file_name: (algorithm, hex)}`` of the published files, where known) and
     :meth:`process_storage`, which returns ``(storage, slices)`` built with
-    :func:`collate_storage`.
+    :func:`collate_storage`. Their ``__init__`` states only their own options and passes the
+    shared arguments on as ``**kwargs: Unpack[DatasetArguments]`` (see
+    :mod:`pyg_tensorpot.datasets.arguments`), which gives it the full signature.
+
+    Downloading and processing run in :meth:`__init__` itself, under the build lock, with the
+    checksum and manifest checks described in the module docstring; PyG's own download and
+    process steps are switched off through its public :obj:`has_download` and
+    :obj:`has_process` properties.
 
     Args:
         root (str): Root folder; raw files in ``root/raw``, processed files in
-            ``root/processed``.
+            ``root/processed``. :obj:`None` processes the raw files in memory, for a dataset
+            whose raw files need no root (a bundled file).
         transform (callable, optional): Applied to every sample on access. (default: :obj:`None`)
         pre_transform (callable, optional): Applied to every sample before saving (this makes
             processing go through one :class:`Data` per structure). (default: :obj:`None`)
@@ -498,27 +553,65 @@ class AtomisticInMemoryDataset(InMemoryDataset):
                                  '(use transform, or source="raw")')
             self._init_from_hub(transform, log, repo_id, revision)
             return
-        lock_root = None if root is None else osp.expanduser(osp.normpath(root))
+        if root is None:
+            super().__init__(None, transform, pre_transform, pre_filter, log, force_reload)
+            self._check_raw_files(in_memory=True)
+            if self.verify_checksums:
+                self.verify_raw_files()
+            storage, slices = self._processed_storage()
+            self.data, self.slices = Data.from_dict(storage), slices
+            return
+        lock_root = osp.expanduser(osp.normpath(root))
         with build_lock(lock_root, type(self).__name__):
             super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
+            self._check_raw_files(in_memory=False)
+            self._build_processed_file()
             self.load(self.processed_paths[0])
 
-    # ------------------------------------------------------------------ Hugging Face Hub
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get('__init__')
+        if init is not None:
+            cls.__init__ = with_shared_arguments(init, AtomisticInMemoryDataset.__init__)
+
     @property
-    def _data(self) -> Optional[Data]:
-        # A dataset pulled as several shards serves samples shard by shard (see get); code
-        # that needs the whole collated storage gets it concatenated here, once, in memory.
-        data = self.__dict__.get('_data')
-        if data is None and self.__dict__.get('_shards') is not None:
+    def has_download(self) -> bool:
+        # __init__ fetches the raw files itself (under the build lock, with error messages
+        # naming the files to place by hand), not through PyG's default download step.
+        return False
+
+    @property
+    def has_process(self) -> bool:
+        # __init__ processes itself, checking the manifest and checksums, not through PyG's
+        # default process step (which would write and read unchecked pickles).
+        return False
+
+    def storage(self) -> Data:
+        r"""The collated storage of the whole dataset (all structures, whatever the index
+        selection of this view); a dataset pulled from the Hub as several shards is
+        concatenated in memory on the first call.
+
+        PyG exposes this storage only through its deprecated :obj:`data` property, which
+        warns on every read; this is the one place that reads it.
+        """
+        shards = self.__dict__.get('_shards')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            data = self.data
+        if data is None and shards is not None:
             from pyg_tensorpot.datasets.shards import concatenate
-            data = Data.from_dict(concatenate(self.__dict__['_shards'])[0])
-            self.__dict__['_data'] = data
+            data = Data.from_dict(concatenate(shards)[0])
+            self.data = data
         return data
 
-    @_data.setter
-    def _data(self, value: Optional[Data]) -> None:
-        self.__dict__['_data'] = value
+    def _view(self, values: Tensor) -> Tensor:
+        """The rows of per-structure :obj:`values` that this view selects."""
+        index = self.indices()
+        if isinstance(index, range) and index == range(values.size(0)):
+            return values
+        return values[torch.as_tensor(list(index) if isinstance(index, range) else index)]
 
+    # ------------------------------------------------------------------ Hugging Face Hub
     def _init_from_hub(self, transform: Optional[Callable], log: bool, repo_id: Optional[str],
                        revision: Optional[str]) -> None:
         from pyg_tensorpot.datasets import remote
@@ -546,12 +639,12 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         if splits is not None:
             self.split = splits
         if len(shards) == 1:
-            self._data, self.slices = shards[0].data, shards[0].slices
+            self.data, self.slices = shards[0].data, shards[0].slices
         else:
             self.__dict__['_shards'] = shards
             self._shard_starts = [shard.start for shard in shards]
             self.slices = global_slices(shards)
-            self._data = None
+            self.data = None
 
     @classmethod
     def from_hub(
@@ -643,11 +736,6 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         return separate(cls=shard.data.__class__, batch=shard.data, idx=idx - shard.start,
                         slice_dict=shard.slices, decrement=False)
 
-    def _download(self) -> None:
-        if getattr(self, 'source', 'raw') == 'hub':
-            return
-        self._download_raw()
-
     # ------------------------------------------------------------------ file names
     def options(self) -> Dict[str, Any]:
         """Everything that changes the processed content (hashed into the file name)."""
@@ -664,10 +752,15 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         return self.processed_paths[0] + '.json'
 
     # ------------------------------------------------------------------ download / process
-    def _download_raw(self) -> None:
+    def _check_raw_files(self, in_memory: bool) -> None:
+        """Downloads the raw files that are missing (into the root; without one, i.e.
+        :obj:`in_memory`, a missing file is an error)."""
         missing = [p for p in self.raw_paths if not osp.exists(p)]
         if not missing:
             return
+        if in_memory:
+            raise RawFileError(f'{type(self).__name__}: the raw files {missing} are missing and '
+                               f'there is no root folder to download them into; pass root=...')
         os.makedirs(self.raw_dir, exist_ok=True)
         try:
             self.download()
@@ -699,9 +792,9 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         names = self.raw_file_names
         return [names] if isinstance(names, str) else list(names)
 
-    def _process(self) -> None:
-        if getattr(self, 'source', 'raw') == 'hub':
-            return
+    def _build_processed_file(self) -> None:
+        """Processes the raw files unless a valid processed file (manifest, size and SHA-256
+        checked) is already there."""
         path = self.processed_paths[0]
         if not self.force_reload and self._processed_is_valid(path):
             self._check_transform_reprs()
@@ -713,10 +806,15 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         self.process()
 
     def process(self) -> None:
+        """Processes the raw files into the processed file (and its manifest)."""
+        storage, slices = self._processed_storage()
+        self.save_storage(storage, slices, self.processed_paths[0])
+
+    def _processed_storage(self) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         storage, slices = self.process_storage()
         if self.pre_filter is not None or self.pre_transform is not None:
             storage, slices = self._apply_pre_hooks(storage, slices)
-        self.save_storage(storage, slices, self.processed_paths[0])
+        return storage, slices
 
     def process_storage(self) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         raise NotImplementedError
@@ -724,7 +822,7 @@ class AtomisticInMemoryDataset(InMemoryDataset):
     def _apply_pre_hooks(self, storage, slices):
         tmp = InMemoryDataset.__new__(InMemoryDataset)
         InMemoryDataset.__init__(tmp, None, log=False)
-        tmp._data, tmp.slices = Data.from_dict(storage), slices
+        tmp.data, tmp.slices = Data.from_dict(storage), slices
         data_list = [tmp.get(i) for i in range(tmp.len())]
         if self.pre_filter is not None:
             data_list = [d for d in data_list if self.pre_filter(d)]
@@ -810,9 +908,8 @@ class AtomisticInMemoryDataset(InMemoryDataset):
             raise ProcessedFileError(f"the processed file '{path}' does not hold "
                                      f"(storage, slices) tensor dicts; delete it and run again")
         storage, slices = loaded
-        self._data = data_cls.from_dict(storage)
+        self.data = data_cls.from_dict(storage)  # the setter also drops PyG's sample cache
         self.slices = slices
-        self._data_list = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -820,32 +917,28 @@ class AtomisticInMemoryDataset(InMemoryDataset):
         """Number of atoms of every structure (of this view, honouring index selection)."""
         ptr = self.slices['z']
         counts = ptr[1:] - ptr[:-1]
-        return counts if self._indices is None else counts[torch.as_tensor(self.indices())]
+        return self._view(counts)
 
     def element_counts(self) -> Tuple[Tensor, List[int]]:
         """``([num_structures, num_elements] float64 counts, elements)``: how many atoms of each
         element present each structure has (vectorised; honours index selection)."""
         ptr = self.slices['z']
         n = ptr.numel() - 1
-        z = self._data.z.long()
+        z = self.storage().z.long()
         elements, column = torch.unique(z, return_inverse=True)
         owner = torch.repeat_interleave(torch.arange(n), ptr[1:] - ptr[:-1])
         counts = torch.zeros(n, elements.numel(), dtype=torch.float64)
         counts.index_put_((owner, column), torch.ones(z.numel(), dtype=torch.float64),
                           accumulate=True)
-        if self._indices is not None:
-            counts = counts[torch.as_tensor(self.indices())]
-        return counts, elements.tolist()
+        return self._view(counts), elements.tolist()
 
     def energies(self, key: str = 'energy') -> Tensor:
         """All energies of this view as a float64 vector (honours index selection)."""
-        if key not in self._data:
+        store = self.storage()
+        if key not in store:
             raise KeyError(f"{type(self).__name__} has no '{key}'; it has "
-                           f"{sorted(self._data.keys())}")
-        values = self._data[key].reshape(-1).to(torch.float64)
-        if self._indices is not None:
-            values = values[torch.as_tensor(self.indices())]
-        return values
+                           f"{sorted(store.keys())}")
+        return self._view(store[key].reshape(-1).to(torch.float64))
 
     def atomref(self) -> Optional[Dict[int, float]]:
         """Published per-element reference energies ``{Z: eV}`` for this dataset's energies, or

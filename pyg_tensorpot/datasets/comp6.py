@@ -1,10 +1,11 @@
 """The COMP6 v1 benchmark suite (wB97X/6-31G(d)), the external test set of ANI-1x."""
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 
+from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
@@ -12,6 +13,7 @@ from pyg_tensorpot.datasets.base import (
     check_allocation,
     check_kind,
     logger,
+    open_hdf5,
     progress,
     raw_read_errors,
     require_h5py,
@@ -123,16 +125,7 @@ class COMP6(AtomisticInMemoryDataset):
         self,
         root: str,
         subset: str = 'all',
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
         key = str(subset).strip().lower().replace(' ', '')
         key = _ALIASES.get(key, key)
@@ -141,8 +134,7 @@ class COMP6(AtomisticInMemoryDataset):
                              f"{list(COMP6_SUBSETS) + ['all']}")
         self.subset = key
         self.name = f'comp6v1_{key}'
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     def _files(self) -> List[Tuple[str, str, str]]:
         names = list(COMP6_SUBSETS) if self.subset == 'all' else [self.subset]
@@ -177,11 +169,7 @@ class COMP6(AtomisticInMemoryDataset):
         try:
             for subset, _, file in self._files():
                 path = osp.join(self.raw_dir, file)
-                try:
-                    handle = h5py.File(path, 'r')
-                except OSError as error:
-                    raise RawFileError(f"cannot open '{path}' as HDF5 ({error}): the file is "
-                                       f"corrupt or incomplete") from error
+                handle = open_hdf5(path)
                 handles.append(handle)
                 for group in _molecule_groups(h5py, handle, path):
                     where = f"'{path}', group '{group.name}'"

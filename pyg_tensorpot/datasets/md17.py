@@ -9,13 +9,13 @@ import re
 import tokenize
 import zipfile
 import zlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data, InMemoryDataset
 
+from pyg_tensorpot.datasets.arguments import DatasetArguments, LocalDatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
@@ -71,19 +71,12 @@ def _normalise_name(name: str) -> str:
     return key
 
 
-def _rmd17_key(molecule: str) -> str:
+def _molecule_key(molecule: str, table: Dict[str, str], what: str) -> str:
+    """The key of :obj:`table` that :obj:`molecule` names (see :func:`_normalise_name`)."""
     key = _normalise_name(molecule)
-    if key not in RMD17_MOLECULES:
-        raise ValueError(f"unknown rMD17 molecule '{molecule}'; choose one of "
-                         f"{sorted(RMD17_MOLECULES)}")
-    return key
-
-
-def _md17_key(molecule: str) -> str:
-    key = _normalise_name(molecule)
-    if key not in MD17_FILES:
-        raise ValueError(f"unknown MD17 molecule '{molecule}'; choose one of "
-                         f"{sorted(MD17_FILES)}")
+    if key not in table:
+        raise ValueError(f"unknown {what} molecule '{molecule}'; choose one of "
+                         f"{sorted(table)}")
     return key
 
 
@@ -222,21 +215,11 @@ class RMD17(AtomisticInMemoryDataset):
         self,
         root: str,
         molecule: str = 'aspirin',
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
-        self.molecule = _rmd17_key(molecule)
+        self.molecule = _molecule_key(molecule, RMD17_MOLECULES, 'rMD17')
         self.name = 'rmd17_' + RMD17_MOLECULES[self.molecule]
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -314,18 +297,9 @@ class MD17(AtomisticInMemoryDataset):
         root: str,
         molecule: str = 'ethanol',
         train: Optional[bool] = None,
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
-        self.molecule = _md17_key(molecule)
+        self.molecule = _molecule_key(molecule, MD17_FILES, 'MD17')
         self.file_name = MD17_FILES[self.molecule]
         self.coupled_cluster = self.file_name.endswith('.zip')
         if self.coupled_cluster and train is None:
@@ -337,8 +311,7 @@ class MD17(AtomisticInMemoryDataset):
         self.train = train
         self.name = self.file_name[:-4] + ('' if train is None else
                                            ('-train' if train else '-test'))
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     @property
     def raw_dir(self) -> str:
@@ -525,27 +498,9 @@ class MD17EthanolSample(AtomisticInMemoryDataset):
     checksums = {file_name: ('sha256',
                              'c610eb9113939e21c2c4d9afcc5736671a33884fc5df45f4cf036a377ec699d4')}
 
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-    ) -> None:
-        self._cached = root is not None
-        if self._cached:
-            super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
-            return
-        self.verify_checksums = True
-        InMemoryDataset.__init__(self, None, transform, pre_transform, pre_filter, log)
-        self.verify_raw_files()
-        storage, slices = self.process_storage()
-        if pre_transform is not None or pre_filter is not None:
-            storage, slices = self._apply_pre_hooks(storage, slices)
-        self._data = Data.from_dict(storage)
-        self.slices = slices
+    def __init__(self, root: Optional[str] = None,
+                 **kwargs: Unpack[LocalDatasetArguments]) -> None:
+        super().__init__(root, **kwargs)
 
     @staticmethod
     def bundled_path() -> str:
@@ -559,17 +514,11 @@ class MD17EthanolSample(AtomisticInMemoryDataset):
 
     @property
     def raw_file_names(self) -> List[str]:
-        return [self.file_name]
+        return [osp.basename(self.bundled_path())]
 
-    def _download(self) -> None:
-        if not osp.exists(self.bundled_path()):
-            raise RawFileError(f"the bundled file '{self.bundled_path()}' is missing: the "
-                               f"package installation is incomplete")
-
-    def _process(self) -> None:
-        if not self._cached:
-            return
-        super()._process()
+    def download(self) -> None:
+        raise RawFileError(f"the bundled file '{self.bundled_path()}' is missing: the package "
+                           f"installation is incomplete")
 
     def process_storage(self):
         path = self.bundled_path()

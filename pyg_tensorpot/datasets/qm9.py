@@ -1,13 +1,14 @@
 """QM9 from PyG's raw files (``gdb9.sdf``, ``gdb9.sdf.csv``, ``uncharacterized.txt``)."""
 import os
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch_geometric.datasets import QM9 as PygQM9
 from torch_geometric.datasets.qm9 import HAR2EV, KCALMOL2EV, atomrefs, conversion
 
+from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
@@ -122,16 +123,7 @@ class QM9(AtomisticInMemoryDataset):
         self,
         root: str,
         target: Union[int, str] = 'U0',
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
         if isinstance(target, str):
             if target not in QM9_TARGETS:
@@ -141,8 +133,7 @@ class QM9(AtomisticInMemoryDataset):
             raise ValueError(f'the energy target must be an energy column of y (eV), got '
                              f'{target}')
         self.target = int(target)
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     @property
     def raw_file_names(self) -> List[str]:

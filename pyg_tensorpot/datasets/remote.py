@@ -257,7 +257,8 @@ def save_to_folder(
         raise ValueError(f'max_shard_bytes must be positive, got {max_shard_bytes}')
     splits = check_split_indices(split if split is not None else getattr(dataset, 'split', None),
                                  _num_structures(dataset))
-    storage = {key: dataset._data[key] for key in dataset._data.keys()}
+    store = dataset.storage()
+    storage = {key: store[key] for key in store.keys()}
     slices = {key: dataset.slices[key] for key in storage}
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
@@ -334,24 +335,12 @@ def push_to_hub(
 # pulling
 # ----------------------------------------------------------------------------------------------
 def _hub_error(repo_id: str, revision: Optional[str], error: Exception) -> HubDatasetError:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from pyg_tensorpot.hub.remote import hub_failure
     where = f"Hub dataset repository '{repo_id}'" + (f' at revision {revision!r}'
                                                      if revision else '')
-    if isinstance(error, LocalEntryNotFoundError):
-        reason = ('it is not in the Hub cache and downloads are disabled (HF_HUB_OFFLINE is set)'
-                  if constants.HF_HUB_OFFLINE else
-                  'it is not in the Hub cache and the Hub could not be reached')
+    reason = hub_failure(error, f"Hub dataset repository '{repo_id}'", revision)
+    if reason is not None:
         return HubDatasetError(f'cannot pull {where}: {reason}')
-    if isinstance(error, RepositoryNotFoundError):
-        return HubDatasetError(f'{where} does not exist (or is private: pass token=...)')
-    if isinstance(error, RevisionNotFoundError):
-        return HubDatasetError(f"Hub dataset repository '{repo_id}' has no revision "
-                               f"{revision!r}")
     return HubDatasetError(f'cannot pull {where}: {type(error).__name__}: {error}')
 
 

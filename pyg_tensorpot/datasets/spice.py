@@ -1,17 +1,20 @@
 """The SPICE dataset (wB97M-D3(BJ)/def2-TZVPPD), versions 1.1.x and 2.0.1."""
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
 from pyg_tensorpot.datasets.base import (
     AtomisticInMemoryDataset,
     RawFileError,
     StorageBuilder,
     check_allocation,
-    check_kind,
+    checked_molecule_group,
     logger,
+    molecule_groups,
+    open_hdf5,
     progress,
     raw_read_errors,
     require_h5py,
@@ -125,16 +128,7 @@ class SPICE(AtomisticInMemoryDataset):
         max_force: Optional[float] = None,
         subsample_molecules: int = 1,
         extra_keys: Sequence[str] = (),
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        log: bool = True,
-        force_reload: bool = False,
-        verify_checksums: bool = True,
-        mmap: bool = False,
-        source: str = 'raw',
-        repo_id: Optional[str] = None,
-        revision: Optional[str] = None,
+        **kwargs: Unpack[DatasetArguments],
     ) -> None:
         version = str(version)
         if version not in SPICE_VERSIONS:
@@ -160,8 +154,7 @@ class SPICE(AtomisticInMemoryDataset):
         self.extra_keys = tuple(extra_keys)
         self.name = 'spice_' + version.replace('.', '_')
         self.checksums = {self.raw_file_names[0]: ('md5', SPICE_VERSIONS[version][1])}
-        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload,
-                         verify_checksums, mmap, source, repo_id, revision)
+        super().__init__(root, **kwargs)
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -182,7 +175,7 @@ class SPICE(AtomisticInMemoryDataset):
         energies are zero; total energies have no published table here (use
         :meth:`fit_atomref`)."""
         if self.energy_kind == 'formation':
-            elements = self.elements or sorted(set(self._data.z.unique().tolist()))
+            elements = self.elements or sorted(set(self.storage().z.unique().tolist()))
             return {int(z): 0.0 for z in elements}
         return None
 
@@ -199,20 +192,14 @@ class SPICE(AtomisticInMemoryDataset):
             return self._read_raw(position)
 
     def _read_raw(self, position):
-        h5py = require_h5py('SPICE')
+        require_h5py('SPICE')  # names the dataset if h5py is missing
         path = self.raw_paths[0]
         energy_key = 'formation_energy' if self.energy_kind == 'formation' else \
             'dft_total_energy'
-        try:
-            f = h5py.File(path, 'r')
-        except OSError as error:
-            raise RawFileError(f"cannot open '{path}' as HDF5 ({error}): the file is corrupt or "
-                               f"incomplete; delete it and download it again") from error
+        f = open_hdf5(path)
         counts = {'filtered': 0, 'bad_layout': 0, 'missing_extra': 0, 'nan': 0, 'force': 0}
         with f:
-            names = [n for n, item in f.items() if isinstance(item, h5py.Group)]
-            if not names:
-                raise RawFileError(f"'{path}' has no molecule groups: not a SPICE file")
+            names = molecule_groups(f, path, 'a SPICE file')
             names = names[::self.subsample_molecules]
             plans = []
             total_confs = total_atoms = 0
@@ -221,17 +208,7 @@ class SPICE(AtomisticInMemoryDataset):
                 group = f[name]
                 position.group = name
                 needed = ('atomic_numbers', 'conformations', energy_key, 'dft_total_gradient')
-                missing = [k for k in needed if k not in group]
-                if missing:
-                    raise RawFileError(f"group '{name}' of '{path}' lacks {missing}: not the "
-                                       f"SPICE layout")
-                check_kind(group['atomic_numbers'], 'iu', path)
-                for key in needed[1:]:
-                    check_kind(group[key], 'f', path)
-                z = np.asarray(group['atomic_numbers'][()], dtype=np.int64).reshape(-1)
-                if z.size == 0 or z.min() < 1 or z.max() > 118:
-                    raise RawFileError(f"group '{name}' of '{path}': atomic numbers "
-                                       f"{z.tolist()[:20]} are not all from 1 to 118")
+                z = checked_molecule_group(group, name, path, needed, 'SPICE layout')
                 shape = group['conformations'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
                     counts['bad_layout'] += 1

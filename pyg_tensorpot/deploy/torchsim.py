@@ -27,7 +27,6 @@ plain dict), and whose per-system extras may carry a ``total_charge``; 0.6's int
 plain functions (``nve_init(state, model, kT=...)``, ``nve_step(state, model, dt=...)``) where
 0.3.0 has factories (``nve(model, dt=..., kT=...)`` returning the init and update functions).
 """
-import copy
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -44,7 +43,7 @@ except ImportError as error:  # pragma: no cover - exercised only without TorchS
 
 from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
-from pyg_tensorpot.utils.devices import model_device, resolve_device
+from pyg_tensorpot.utils.devices import inference_copy, model_device, resolve_device
 
 __all__ = ['TensorPotModel']
 
@@ -123,16 +122,7 @@ class TensorPotModel(ModelInterface):
         current_dtype, current_device = model_dtype(module), model_device(module)
         self._dtype = current_dtype if dtype is None else dtype
         self._device = requested or current_device or torch.device('cpu')
-        if module.training or self._dtype != current_dtype or current_device not in (
-                None, self._device):
-            if not owned:
-                module = copy.deepcopy(module)
-            owned = True
-        if owned:
-            module = module.to(device=self._device, dtype=self._dtype).eval()
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-        self.model = module
+        self.model = inference_copy(module, self._dtype, self._device, owned)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
         # Radial cutoff: the memory per system grows with atoms times density (TorchSim's

@@ -14,27 +14,35 @@ from pyg_tensorpot.hub.weights import load_from_directory, save_pretrained
 from pyg_tensorpot.models import AtomisticModel
 
 
-def _hub_error(repo_id: str, filename: str, revision: Optional[str], error: Exception
-               ) -> PretrainedModelError:
+def hub_failure(error: Exception, repo: str, revision: Optional[str]) -> Optional[str]:
+    r"""Why :mod:`huggingface_hub` could not serve the repository :obj:`repo` (e.g.
+    ``"Hub repository 'org/name'"``), in words, for the errors the model and dataset Hubs
+    share; :obj:`None` for any other error."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    if isinstance(error, LocalEntryNotFoundError):
+        return ('it is not in the Hub cache and downloads are disabled (HF_HUB_OFFLINE is set)'
+                if constants.HF_HUB_OFFLINE else
+                'it is not in the Hub cache and the Hub could not be reached')
+    if isinstance(error, RepositoryNotFoundError):
+        return f'{repo} does not exist (or is private: pass token=...)'
+    if isinstance(error, RevisionNotFoundError):
+        return f'{repo} has no revision {revision!r}'
+    return None
+
+
+def _hub_error(repo_id: str, filename: str, revision: Optional[str], error: Exception
+               ) -> PretrainedModelError:
+    from huggingface_hub.errors import EntryNotFoundError
     where = f"'{filename}' of Hub repository '{repo_id}'" + (
         f' at revision {revision!r}' if revision else '')
-    if isinstance(error, LocalEntryNotFoundError):
-        reason = ('it is not in the Hub cache and downloads are disabled (HF_HUB_OFFLINE is set)'
-                  if constants.HF_HUB_OFFLINE else
-                  'it is not in the Hub cache and the Hub could not be reached')
+    reason = hub_failure(error, f"Hub repository '{repo_id}'", revision)
+    if reason is not None:
         return PretrainedModelError(f'cannot load {where}: {reason}')
-    if isinstance(error, RepositoryNotFoundError):
-        return PretrainedModelError(f"Hub repository '{repo_id}' does not exist (or is private:"
-                                    f" pass token=...)")
-    if isinstance(error, RevisionNotFoundError):
-        return PretrainedModelError(f"Hub repository '{repo_id}' has no revision {revision!r}")
     if isinstance(error, EntryNotFoundError):
         return PretrainedModelError(f'{where} does not exist: not a pyg-tensorpot model')
     return PretrainedModelError(f'cannot download {where}: {error}')

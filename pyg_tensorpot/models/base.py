@@ -1,6 +1,6 @@
 """What every potential of the package shares: graph construction from ``z, pos, batch``,
 atom reference energies and standardisation, and the energy/forces helper."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -47,6 +47,10 @@ class AtomisticModel(HubMixin, torch.nn.Module):
     supported_elements: Optional[List[int]]
     max_num_neighbors: Optional[int]
     __jit_unused_properties__ = ['dtype']
+    #: The training contract: names of the penalty terms that
+    #: :meth:`graph_outputs_and_regularization` adds to a training loss, weighted by name in a
+    #: configuration's ``loss.regularization``. A class attribute (not seen by TorchScript).
+    regularizers: Tuple[str, ...] = ()
 
     def __init__(self, cutoff: float, max_z: int, self_loops: bool,
                  max_num_neighbors: Optional[int] = None,
@@ -114,7 +118,8 @@ class AtomisticModel(HubMixin, torch.nn.Module):
         num_graphs: Optional[int] = None,
     ) -> AtomGraph:
         r"""Validates the input and builds the :class:`~pyg_tensorpot.nn.graph.AtomGraph` with
-        the model's cutoff (once per call; every layer receives it)."""
+        the model's cutoff (once per call; every layer receives it). Arguments as in
+        :meth:`forward`."""
         if torch.jit.is_scripting():
             return self._script_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
                                       num_graphs)
@@ -183,9 +188,13 @@ class AtomisticModel(HubMixin, torch.nn.Module):
         total_charge: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
     ) -> Tensor:
-        r"""Energies of every structure, :obj:`[num_graphs]`, in float64 (the sum over atoms
-        and the reference energies are accumulated in float64; the network runs in the model's
-        dtype).
+        r"""What the model predicts for every structure, from the graph built once
+        (:meth:`graph`) by :meth:`graph_outputs`: for potentials the energies
+        :obj:`[num_graphs]`, in float64 (the sum over atoms and the reference energies are
+        accumulated in float64; the network runs in the model's dtype).
+
+        The one documented place of the arguments that :meth:`graph`, :meth:`atomic_energies`
+        and the models' own :meth:`forward` take:
 
         Args:
             z (torch.Tensor): Atomic numbers :obj:`[num_atoms]`.
@@ -203,6 +212,14 @@ class AtomisticModel(HubMixin, torch.nn.Module):
                 (default: :obj:`None`)
         """
         graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        return self.graph_outputs(z, pos, graph, total_charge)
+
+    def graph_outputs(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                      total_charge: Optional[Tensor] = None) -> Tensor:
+        r"""The result of :meth:`forward` from its graph: the energies :math:`\mu + \sum_i
+        (\sigma\varepsilon_i + E^\mathrm{ref}_{z_i})` of every structure, float64
+        :obj:`[num_graphs]`. A model that predicts something else (TensorNet's dipoles)
+        overrides this, not :meth:`forward`."""
         terms = self.atomic_terms(z, pos, graph, total_charge)
         return self.reduce_energy(terms, z, graph.batch, graph.num_graphs)
 
@@ -240,6 +257,44 @@ class AtomisticModel(HubMixin, torch.nn.Module):
                            reduce='sum') > 0
         return scatter(atomic, batch, 0, dim_size=num_graphs, reduce='sum') + torch.where(
             occupied, self.mean, torch.zeros_like(self.mean))
+
+    def graph_outputs_and_regularization(
+            self, z: Tensor, pos: Tensor, graph: AtomGraph,
+            total_charge: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        r"""The training contract: :meth:`graph_outputs` (the energies) and, from the same
+        pass, the model's unweighted penalty terms, one scalar per name of
+        :attr:`regularizers` (none by default; a model that declares some overrides this).
+        Training weights them by name (``loss.regularization``). Python only: not part of the
+        TorchScript module.
+
+        Returns:
+            (torch.Tensor, dict): Energies :obj:`[num_graphs]` (float64) and
+            :obj:`{name: scalar}`.
+        """
+        return self.graph_outputs(z, pos, graph, total_charge), {}
+
+    @torch.no_grad()
+    def fit_reference_energies(self, dataset: Iterable[Any], *,
+                               energy_key: str = 'energy') -> Dict[int, float]:
+        r"""Fits the per-element reference energies :math:`E^\mathrm{ref}` by least squares
+        to the energies of :obj:`dataset`
+        (:func:`~pyg_tensorpot.datasets.fit_reference_energies`; fit on the training split
+        only) and sets them (:meth:`set_atomref`). Models with their own initialisation
+        (HIP-NN's hierarchical one) override it.
+
+        Args:
+            dataset (Iterable[Data]): Structures (or batches) with :obj:`z` and an energy.
+            energy_key (str, optional): Name of the energy attribute.
+                (default: :obj:`"energy"`)
+
+        Returns:
+            dict: :obj:`{Z: energy}` in the units of the data.
+        """
+        # Imported here: the datasets package pulls in optional dependencies.
+        from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
+        refs = fit_reference_energies(dataset, None, energy_key)
+        self.set_atomref(refs)
+        return refs
 
     def energy_and_forces(self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                           create_graph: Optional[bool] = None,

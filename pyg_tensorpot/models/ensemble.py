@@ -80,9 +80,6 @@ class Ensemble(torch.nn.Module):
         energies: List[Tensor] = []
         for model in self.models:
             energy = model(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
-            # HIPNN's forward may also return its hierarchicality: TorchScript sees a Union.
-            if not isinstance(energy, Tensor):
-                energy = energy[0]
             energies.append(energy.reshape(-1))
         return torch.stack(energies).mean(0)
 
@@ -91,7 +88,8 @@ class Ensemble(torch.nn.Module):
                         pbc: Optional[Union[bool, Tensor]] = None,
                         total_charge: Optional[Tensor] = None,
                         num_graphs: Optional[int] = None) -> Tensor:
-        """The members' mean per-atom energies :obj:`[num_atoms]`."""
+        """The members' mean per-atom energies :obj:`[num_atoms]` (every member must be an
+        :class:`~pyg_tensorpot.models.AtomisticModel`)."""
         return torch.stack([
             model.atomic_energies(z, pos, batch, edge_index, cell, pbc, total_charge,
                                   num_graphs=num_graphs) for model in self.models
@@ -120,8 +118,6 @@ class Ensemble(torch.nn.Module):
         ]
         out: Dict[str, Tensor] = {}
         for key in members[0]:
-            if key == 'aux':
-                continue
             stacked = torch.stack([member[key] for member in members])
             out[key] = stacked.mean(0)
             out[f'{key}_std'] = stacked.std(0, unbiased=True)

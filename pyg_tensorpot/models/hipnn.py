@@ -37,7 +37,9 @@ class HIPNN(AtomisticModel):
     where :math:`\hat{E}^0_i` are per-species reference energies (fitted by
     :meth:`fit_reference_energies`) and :math:`\mu = 0`, :math:`\sigma = 1`,
     :math:`E^\mathrm{ref} = 0` unless set. Forces are :math:`-\partial E/\partial\mathbf{r}_i`
-    (:meth:`energy_and_forces`). The defaults are the ANI-1x size of hippynn's examples.
+    (:meth:`energy_and_forces`). For training, the model adds hippynn's regularisers
+    :obj:`"hierarchicality"` and :obj:`"l2"` (:meth:`graph_outputs_and_regularization`;
+    weighted by ``loss.regularization``). The defaults are the ANI-1x size of hippynn's examples.
 
     Args:
         hidden_channels (int, optional): Width :math:`F` of every layer. (default: :obj:`128`)
@@ -117,6 +119,7 @@ class HIPNN(AtomisticModel):
                                                   [hidden_channels] * num_interactions)
 
     __jit_unused_properties__ = ['dtype', 'elements', 'interactions']
+    regularizers = ('hierarchicality', 'l2')
 
     @property
     def elements(self) -> List[int]:
@@ -163,36 +166,23 @@ class HIPNN(AtomisticModel):
                      total_charge: Optional[Tensor] = None) -> Tensor:
         return self._atomic(self.energy_terms(z, pos, graph))
 
-    def forward(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        cell: Optional[Tensor] = None,
-        pbc: Optional[Union[bool, Tensor]] = None,
-        total_charge: Optional[Tensor] = None,
-        num_graphs: Optional[int] = None,
-        return_hierarchicality: bool = False,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""Energies :obj:`[num_graphs]` (float64). Arguments as in
-        :meth:`~pyg_tensorpot.models.AtomisticModel.forward` (:obj:`total_charge` is accepted
-        and not used: HIP-NN has no charge input), and
+    def graph_outputs_and_regularization(
+            self, z: Tensor, pos: Tensor, graph: AtomGraph,
+            total_charge: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        r"""The energies of :obj:`graph` and hippynn's two regularisers from the same pass:
 
-        Args:
-            return_hierarchicality (bool, optional): Also return the hierarchicality of every
-                structure (:func:`~pyg_tensorpot.nn.hierarchicality`), a training penalty.
-                (default: :obj:`False`)
-
-        Returns:
-            Energies :obj:`[num_graphs]` (and hierarchicalities :obj:`[num_graphs]`).
+        * :obj:`"hierarchicality"`: the batch mean of every structure's hierarchicality
+          (:func:`~pyg_tensorpot.nn.hierarchicality`), which keeps each interaction's energy
+          correction smaller than the previous one's;
+        * :obj:`"l2"`: :meth:`l2_penalty`, hippynn's ``l2reg``.
         """
-        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
         terms = self.energy_terms(z, pos, graph)
         energy = self.reduce_energy(self._atomic(terms), z, graph.batch, graph.num_graphs)
-        if return_hierarchicality:
-            return energy, hierarchicality(terms, graph.batch, graph.num_graphs)
-        return energy
+        penalties = {
+            'hierarchicality': hierarchicality(terms, graph.batch, graph.num_graphs).mean(),
+            'l2': self.l2_penalty(),
+        }
+        return energy, penalties
 
     @torch.no_grad()
     def fit_reference_energies(self, dataset: Iterable[Data], decay_factor: float = 1e-2,

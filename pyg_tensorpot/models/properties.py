@@ -65,15 +65,17 @@ def compute_properties(
     properties: Sequence[str] = ('energy', 'forces'),
     create_graph: Optional[bool] = None,
     num_graphs: Optional[int] = None,
-    model_kwargs: Optional[Dict[str, Any]] = None,
+    regularization: bool = False,
 ) -> Dict[str, Tensor]:
     r"""Energies and, on request, forces, stress, virial, per-atom energies and the Hessian of
     a (batch of) structure(s), by automatic differentiation of the model's energy.
 
     The model is any module whose ``forward(z, pos, batch, edge_index, cell, pbc,
     total_charge, ...)`` returns per-structure energies (every model of the package, or one a
-    user composes from its layers); per-atom energies need its ``atomic_energies``.
-    Positions and cell are converted to the model's dtype.
+    user composes from its layers); per-atom energies need an
+    :class:`~pyg_tensorpot.models.AtomisticModel` or an
+    :class:`~pyg_tensorpot.models.Ensemble` of them. Positions and cell are converted to the
+    model's dtype.
 
     Args:
         model (torch.nn.Module): The potential.
@@ -96,14 +98,18 @@ def compute_properties(
             (default: :obj:`None`)
         num_graphs (int, optional): Number of structures (saves a device sync).
             (default: :obj:`None`)
-        model_kwargs (dict, optional): Further keyword arguments of the model's forward; a
-            tuple output is split into the energy and :obj:`"aux"`. (default: :obj:`None`)
+        regularization (bool, optional): Also return the model's penalty terms for a
+            training loss as :obj:`"regularization.<name>"`, computed in the same pass as the
+            energy (the model's :meth:`graph_outputs_and_regularization`; none for modules
+            that are not an :class:`~pyg_tensorpot.models.AtomisticModel`). Not with
+            :obj:`"energies"`. (default: :obj:`False`)
 
     Returns:
         dict: :obj:`"energy"` :obj:`[B]` (eV), :obj:`"forces"` :obj:`[N, 3]` (eV/A),
         :obj:`"stress"` :obj:`[B, 3, 3]` (eV/A^3), :obj:`"virial"` :obj:`[B, 3, 3]` (eV),
         :obj:`"energies"` :obj:`[N]` (eV), :obj:`"hessian"` :obj:`[3N, 3N]` (eV/A^2,
-        :math:`\partial^2 E / \partial r_{a} \partial r_{b}` with :math:`a = 3i + \alpha`).
+        :math:`\partial^2 E / \partial r_{a} \partial r_{b}` with :math:`a = 3i + \alpha`),
+        and with :obj:`regularization` one scalar per penalty term.
     """
     if isinstance(z, Data):
         inputs = _inputs_of(z)
@@ -136,7 +142,9 @@ def compute_properties(
     num_graphs = check_num_graphs(batch, z.size(0), num_graphs)
     strained = bool(want & {'stress', 'virial'})
     derivatives = bool(want & {'forces', 'stress', 'virial', 'hessian'})
-    kwargs = dict(model_kwargs or {})
+    if regularization and 'energies' in want:
+        raise ValueError('per-atom energies and regularisation terms are not computed together;'
+                         ' ask for them in two calls')
     result: Dict[str, Tensor] = {}
 
     with torch.enable_grad():
@@ -148,18 +156,20 @@ def compute_properties(
         args, options = _model_inputs(model, z, pos_in, batch, edge_index, cell_in, pbc,
                                       total_charge, num_graphs)
         if 'energies' in want:
-            if not hasattr(model, 'atomic_energies'):
-                raise ValueError(f'{type(model).__name__} has no atomic_energies(): per-atom '
-                                 'energies are not available for it')
+            _check_atomic_energies(model)
             energies = model.atomic_energies(*args, **options)
             energy = scatter(energies, _batch_of(batch, z), 0, dim_size=num_graphs,
                              reduce='sum')
             result['energies'] = energies
-        else:
-            out = model(*args, **options, **kwargs)
-            if isinstance(out, (tuple, list)):
-                out, result['aux'] = out[0], out[1]
+        elif regularization and _is_atomistic(model):
+            graph = model.graph(*args, **options)
+            out, penalties = model.graph_outputs_and_regularization(z, pos_in, graph,
+                                                                    total_charge)
             energy = out.reshape(-1)
+            for name, value in penalties.items():
+                result[f'regularization.{name}'] = value
+        else:
+            energy = model(*args, **options).reshape(-1)
         result['energy'] = energy
         if derivatives:
             wrt = [pos] + ([] if strain is None else [strain])
@@ -191,12 +201,28 @@ def _volumes(cell: Tensor, pbc: Optional[Union[bool, Tensor]], num_graphs: int) 
     return volume.reshape(-1, 1, 1)
 
 
+def _is_atomistic(model: torch.nn.Module) -> bool:
+    from pyg_tensorpot.models.base import AtomisticModel
+    return isinstance(model, AtomisticModel)
+
+
+def _check_atomic_energies(model: torch.nn.Module) -> None:
+    # The model contract: every AtomisticModel, and an Ensemble whose members all are, has
+    # atomic_energies(); a plain module returns only totals.
+    from pyg_tensorpot.models.ensemble import Ensemble
+    members = list(model.models) if isinstance(model, Ensemble) else [model]
+    for member in members:
+        if not _is_atomistic(member):
+            raise ValueError(f'per-atom energies need a model of the package (an '
+                             f'AtomisticModel); {type(member).__name__} returns only the total '
+                             f'energy of each structure')
+
+
 def _model_inputs(model: torch.nn.Module, z: Tensor, pos: Tensor, batch: Optional[Tensor],
                   edge_index: Optional[Tensor], cell: Optional[Tensor],
                   pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
                   num_graphs: int) -> Tuple[tuple, Dict[str, Any]]:
-    from pyg_tensorpot.models.base import AtomisticModel
-    if isinstance(model, AtomisticModel):
+    if _is_atomistic(model):
         return (z, pos, batch, edge_index, cell, pbc, total_charge), {'num_graphs': num_graphs}
     # A plain module written as forward(z, pos, batch, ...): only the inputs it was given.
     options = {key: value for key, value in (('edge_index', edge_index), ('cell', cell),

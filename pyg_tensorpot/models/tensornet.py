@@ -1,4 +1,4 @@
-from typing import Final, Optional, Tuple, Union
+from typing import Final, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -143,23 +143,12 @@ class TensorNet(AtomisticModel):
         x, _ = self.representation(z, graph, total_charge)
         return self.head(x) * self.std
 
-    def forward(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        cell: Optional[Tensor] = None,
-        pbc: Optional[Union[bool, Tensor]] = None,
-        total_charge: Optional[Tensor] = None,
-        num_graphs: Optional[int] = None,
-    ) -> Tensor:
-        r"""Energies :obj:`[B]` (float64), dipoles :obj:`[B, 3]` or polarizabilities
-        :obj:`[B, 3, 3]`, by :obj:`output`. Arguments as in
-        :meth:`~pyg_tensorpot.models.AtomisticModel.forward`; :obj:`total_charge` enters
-        torchmd-net's :math:`(1 + 0.1 Q)` factor (and the dipole head's charge
-        neutralisation)."""
-        graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+    def graph_outputs(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                      total_charge: Optional[Tensor] = None) -> Tensor:
+        r"""What :meth:`~pyg_tensorpot.models.AtomisticModel.forward` returns, by
+        :obj:`output`: energies :obj:`[B]` (float64), dipoles :obj:`[B, 3]` or
+        polarizabilities :obj:`[B, 3, 3]`; :obj:`total_charge` enters torchmd-net's
+        :math:`(1 + 0.1 Q)` factor (and the dipole head's charge neutralisation)."""
         if self.predicts_energy:
             terms = self.atomic_terms(z, pos, graph, total_charge)
             return self.reduce_energy(terms, z, graph.batch, graph.num_graphs)

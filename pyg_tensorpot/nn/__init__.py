@@ -4,7 +4,7 @@ from pyg_tensorpot.nn.activations import ShiftedSoftplus, activation_resolver
 from pyg_tensorpot.nn.conv import TensorEmbedding, TensorInteraction
 from pyg_tensorpot.nn.cutoff import CosineCutoff, CosineSquaredCutoff
 from pyg_tensorpot.nn.heads import DipoleHead, PolarizabilityHead, ScalarHead
-from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
+from pyg_tensorpot.nn.neighbors import NeighborPairs, edge_vectors, neighbor_pairs
 from pyg_tensorpot.nn.radial import ExpNormalSmearing, GaussianSmearing
 from pyg_tensorpot.nn.readout import TensorInvariantReadout
 from pyg_tensorpot.nn.conv import HIPNNInteraction
@@ -16,8 +16,8 @@ from pyg_tensorpot.nn.species import SpeciesOneHot
 __all__ = [
     'tensor_algebra', 'ShiftedSoftplus', 'activation_resolver', 'TensorEmbedding',
     'TensorInteraction', 'CosineCutoff', 'CosineSquaredCutoff', 'DipoleHead',
-    'PolarizabilityHead', 'ScalarHead', 'edge_vectors', 'radius_graph', 'ExpNormalSmearing',
-    'GaussianSmearing', 'TensorInvariantReadout',
+    'PolarizabilityHead', 'ScalarHead', 'edge_vectors', 'NeighborPairs', 'neighbor_pairs',
+    'ExpNormalSmearing', 'GaussianSmearing', 'TensorInvariantReadout',
     'HIPNNInteraction', 'HierarchicalEnergyHead', 'hierarchicality', 'OnSiteLayer',
     'ResidualWrapper', 'InverseGaussianSensitivity', 'SpeciesOneHot'
 ]

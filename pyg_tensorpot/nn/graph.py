@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from pyg_tensorpot.nn.neighbors import edge_vectors, radius_graph
+from pyg_tensorpot.nn.neighbors import edge_vectors, neighbor_pairs
 from pyg_tensorpot.utils.validation import check_min_distance, check_num_graphs
 
 
@@ -166,18 +166,9 @@ def atom_graph(
     if edge_index is None:
         if flags is not None and not bool(flags.any()):
             cell, flags = None, None
-        edge_index, shifts = radius_graph(pos, cutoff, batch, loop=False,
-                                          max_num_neighbors=max_num_neighbors, cell=cell,
-                                          pbc=flags)
-        num_pairs = edge_index.size(1) // 2
-        pair_index = torch.arange(num_pairs, device=pos.device).repeat(2)
-        if self_loops:
-            # Every self-loop has d = 0: one shared row.
-            loops = torch.arange(num_atoms, device=pos.device).repeat(2, 1)
-            edge_index = torch.cat([edge_index, loops], dim=1)
-            pair_index = torch.cat([pair_index, torch.full_like(z, num_pairs)])
-            if shifts is not None:
-                shifts = torch.cat([shifts, shifts.new_zeros(num_atoms, 3)])
+        edge_index, shifts, pair_index = neighbor_pairs(
+            pos, cutoff, batch, loop=self_loops, max_num_neighbors=max_num_neighbors,
+            cell=cell, pbc=flags)
     else:
         if cell is not None:
             raise ValueError('pass either edge_index or cell, not both: periodic images need '

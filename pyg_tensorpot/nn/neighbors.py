@@ -1,5 +1,9 @@
-r"""Neighbour lists on top of `vesin <https://github.com/Luthaf/vesin>`_ (and an exact hashed
+r"""Neighbour pairs on top of `vesin <https://github.com/Luthaf/vesin>`_ (and an exact hashed
 cell list for the boxes vesin cannot handle safely, :mod:`pyg_tensorpot.nn.pair_search`).
+
+Models do not call :func:`neighbor_pairs` themselves: their one graph builder is
+:func:`~pyg_tensorpot.nn.graph.atom_graph`, which adds the geometry (edge vectors, distances,
+unit vectors) to these pairs.
 
 Edge convention (PyG's ``flow="source_to_target"``): ``edge_index[0]`` is the neighbour
 :math:`j` (source of the message) and ``edge_index[1]`` the receiving atom :math:`i`. The edge
@@ -7,7 +11,7 @@ vector is :math:`\mathbf{r}_{ij} = \mathbf{r}_i - (\mathbf{r}_j + \mathbf{s}_{ij
 minus neighbour, where :math:`\mathbf{s}_{ij}` is the Cartesian lattice translation of the
 periodic image of :math:`j` (zero without periodic boundaries).
 """
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -15,7 +19,25 @@ from torch import Tensor
 from pyg_tensorpot.nn.pair_search import open_boundary_pairs, periodic_pairs
 
 
-def radius_graph(
+class NeighborPairs(NamedTuple):
+    r"""The directed edges between atoms of the same structure closer than the cutoff.
+
+    Shapes:
+        - **edge_index** :math:`(2, E)`: row 0 the neighbour :math:`j`, row 1 the receiver
+          :math:`i`. The :math:`P` pairs found come first, then the same :math:`P` pairs
+          reversed, then the self-loops if requested, so :math:`E = 2P` (or :math:`2P + N`).
+        - **shifts** :math:`(E, 3)` or :obj:`None`: Cartesian image translations
+          :math:`\mathbf{s}_{ij}` of the neighbours in Angstrom (with a cell only).
+        - **pair_index** :math:`(E)`: the pair of every edge, in :math:`0, \dots, P - 1`; the
+          two directions of a pair share it, and all self-loops share :math:`P`, so that
+          functions of the distance only can be evaluated once per pair.
+    """
+    edge_index: Tensor
+    shifts: Optional[Tensor]
+    pair_index: Tensor
+
+
+def neighbor_pairs(
     pos: Tensor,
     cutoff: float,
     batch: Optional[Tensor] = None,
@@ -23,12 +45,14 @@ def radius_graph(
     max_num_neighbors: Optional[int] = None,
     cell: Optional[Tensor] = None,
     pbc: Optional[Union[bool, Tensor]] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    r"""Builds the graph of all atom pairs of the same structure closer than :obj:`cutoff`.
+) -> NeighborPairs:
+    r"""Finds all atom pairs of the same structure closer than :obj:`cutoff`, periodic images
+    included.
 
     Pairs are found in :math:`O(N)` with vesin's cell lists, or, for boxes vesin cannot handle
     safely (flat, elongated or mostly empty), with an exact hashed cell list (see
-    :mod:`pyg_tensorpot.nn.pair_search`), in float64 whatever the dtype of :obj:`pos`; the graph is not differentiable, the edge vectors computed from it with
+    :mod:`pyg_tensorpot.nn.pair_search`), in float64 whatever the dtype of :obj:`pos`. The
+    pairs are not differentiable; the edge vectors computed from them with
     :func:`edge_vectors` are. Every pair is stored in both directions.
 
     Args:
@@ -37,8 +61,9 @@ def radius_graph(
         batch (torch.Tensor, optional): Structure index of every atom. (default: :obj:`None`)
         loop (bool, optional): If :obj:`True`, adds the self-loop :math:`(i, i)` of every atom.
             (default: :obj:`False`)
-        max_num_neighbors (int, optional): Neighbour budget per atom. An atom with more
-            neighbours raises an error instead of silently losing pairs. (default: :obj:`None`)
+        max_num_neighbors (int, optional): Neighbour budget per atom (self-loops not counted).
+            An atom with more neighbours raises an error instead of silently losing pairs.
+            (default: :obj:`None`)
         cell (torch.Tensor, optional): Lattice vectors as rows, shape :obj:`[3, 3]` or
             :obj:`[num_structures, 3, 3]`, Angstrom. (default: :obj:`None`)
         pbc (bool or torch.Tensor, optional): Periodic directions, a bool or :obj:`[3]` bools
@@ -46,12 +71,8 @@ def radius_graph(
             given. (default: :obj:`None`)
 
     Returns:
-        (edge_index, shifts): :obj:`edge_index` of shape :obj:`[2, num_edges]` and, with a cell,
-        the Cartesian image translations :obj:`[num_edges, 3]` of the neighbours (else
-        :obj:`None`). The edges come in a fixed order: the :math:`P` pairs found, the same
-        :math:`P` pairs reversed, then the self-loops if requested, so that edge :math:`e` and
-        edge :math:`e + P` have the same length (models use this to evaluate radial filters
-        once per pair).
+        NeighborPairs: :obj:`edge_index`, :obj:`shifts` (:obj:`None` without a cell) and
+        :obj:`pair_index`, on the device of :obj:`pos`.
     """
     if pos.dim() != 2 or pos.size(-1) != 3:
         raise ValueError(f'pos must have shape [num_atoms, 3], got {list(pos.shape)}')
@@ -69,6 +90,7 @@ def radius_graph(
         i, j = open_boundary_pairs(points, batch_cpu, cutoff)
     else:
         i, j, shifts = periodic_pairs(points, batch_cpu, cutoff, cell, pbc)
+    num_pairs = i.numel()
 
     # Both directions; seen from j, the image of i is at -s.
     if shifts is not None:
@@ -84,15 +106,16 @@ def radius_graph(
 
     # vesin's (i, j) pair has its vector pointing from i to j; i receives the message.
     edge_index = torch.stack([j, i], dim=0)
+    pair_index = torch.arange(num_pairs, device=device).repeat(2)
     if loop:
-        self_loops = torch.arange(num_atoms).repeat(2, 1)
-        edge_index = torch.cat([edge_index, self_loops], dim=1)
+        edge_index = torch.cat([edge_index, torch.arange(num_atoms).repeat(2, 1)], dim=1)
+        # Every self-loop has d = 0: one shared row.
+        pair_index = torch.cat(
+            [pair_index, torch.full((num_atoms, ), num_pairs, device=device)])
         if shifts is not None:
             shifts = torch.cat([shifts, shifts.new_zeros(num_atoms, 3)], dim=0)
-    edge_index = edge_index.to(device)
-    if shifts is not None:
-        shifts = shifts.to(device)
-    return edge_index, shifts
+    return NeighborPairs(edge_index.to(device), None if shifts is None else shifts.to(device),
+                         pair_index)
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor,

@@ -50,7 +50,7 @@ def padded_neighbors(index: Tensor, num_nodes: int) -> PaddedNeighbors:
         width = int(counts.max())
     else:
         width = _max_degree(counts)
-    # Already sorted, e.g. radius_graph's receivers (a traced graph always sorts: same result).
+    # Already sorted, e.g. neighbor_pairs' receivers (a traced graph always sorts: same result).
     if num_edges < 2 or (not torch.compiler.is_compiling()
                          and bool((index[1:] >= index[:-1]).all())):
         order = torch.arange(num_edges, device=index.device)

@@ -1,4 +1,4 @@
-r"""Pair search behind :func:`~pyg_tensorpot.nn.radius_graph`: which atoms of the same
+r"""Pair search behind :func:`~pyg_tensorpot.nn.neighbor_pairs`: which atoms of the same
 structure (or which periodic images) are closer than the cutoff.
 
 Length: over 500 lines because it holds both exact pair searches (vesin behind its safety

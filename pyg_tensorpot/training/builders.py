@@ -1,7 +1,7 @@
 r"""Models and datasets by name: the package's own, or ``"package.module:Class"``."""
 import importlib
 import inspect
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -125,13 +125,12 @@ def build_dataset(name: str, root: Optional[str], args: Dict[str, Any],
             from None
 
 
-def supports_keyword(fn, name: str) -> bool:
-    """Whether :obj:`fn` names the keyword argument :obj:`name` explicitly (a catch-all
-    ``**kwargs`` does not count: it does not promise to honour it)."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+def regularizers_of(model: Union[type, torch.nn.Module]) -> Tuple[str, ...]:
+    """The penalty terms that :obj:`model` (a class or an instance) adds to a training loss:
+    :attr:`~pyg_tensorpot.models.AtomisticModel.regularizers`; none for any other module."""
+    from pyg_tensorpot.models.base import AtomisticModel
+    cls = model if isinstance(model, type) else type(model)
+    return tuple(cls.regularizers) if issubclass(cls, AtomisticModel) else ()
 
 
 def load_init_model(init: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:

@@ -27,6 +27,7 @@ import inspect
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -236,7 +237,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    r"""The ``loss`` section: :math:`L = w_E L_E + w_F L_F + w_H L_H`.
+    r"""The ``loss`` section: :math:`L = w_E L_E + w_F L_F + w_S L_S + \sum_k w_k R_k`.
 
     Args:
         energy_weight (float, optional): :math:`w_E`. (default: :obj:`1.0`)
@@ -251,33 +252,40 @@ class LossConfig:
             the training energy loss is smoothed over batches, :math:`\alpha L +
             (1-\alpha)\,\mathrm{EMA}`, which also scales its gradient by :math:`\alpha`; 1
             switches it off. (default: :obj:`1.0`)
-        hierarchicality_weight (float, optional): :math:`w_H`, the weight of the
-            hierarchicality regulariser of models that have one (HIP-NN); ignored for others.
-            hippynn uses 1 next to RMSE + MAE losses in kcal/mol (:obj:`type: rmse+mae`,
-            energy and force weights 23.06, see ``examples/HIPNN-ANI1x.yaml``); next to an MSE
-            in eV² a weight of 1 would outweigh the energy error and shift the energies.
-            (default: :obj:`0.0`)
-        l2_weight (float, optional): Weight of the model's :obj:`l2_penalty()` (HIP-NN's
-            ``l2reg``); ignored for models without one. (default: :obj:`0.0`)
         stress_weight (float, optional): :math:`w_S`, the weight of the error of the stress
             tensor (eV/A^3, every component) of periodic structures that carry one; 0 computes
             no stress. (default: :obj:`0.0`)
+        regularization (dict, optional): :math:`w_k` by name of the penalty terms
+            :math:`R_k` the model adds (its
+            :attr:`~pyg_tensorpot.models.AtomisticModel.regularizers`; a name the model does
+            not add is an error). HIP-NN adds :obj:`hierarchicality` and :obj:`l2` (hippynn's
+            ``l2reg``): hippynn weights the hierarchicality by 1 next to RMSE + MAE losses in
+            kcal/mol (:obj:`type: rmse+mae`, energy and force weights 23.06, see
+            ``examples/HIPNN-ANI1x.yaml``); next to an MSE in eV² a weight of 1 would outweigh
+            the energy error and shift the energies. The former keys
+            :obj:`hierarchicality_weight` and :obj:`l2_weight` are read as these entries (with
+            a :class:`FutureWarning`). (default: :obj:`{}`)
     """
     energy_weight: float = 1.0
     force_weight: float = 100.0
     type: str = 'mse'
     per_atom_energy: bool = False
     energy_loss_ema: float = 1.0
-    hierarchicality_weight: float = 0.0
-    l2_weight: float = 0.0
     stress_weight: float = 0.0
+    regularization: Dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check_number('loss.energy_weight', self.energy_weight, 0)
         _check_number('loss.force_weight', self.force_weight, 0)
-        _check_number('loss.hierarchicality_weight', self.hierarchicality_weight, 0)
-        _check_number('loss.l2_weight', self.l2_weight, 0)
         _check_number('loss.stress_weight', self.stress_weight, 0)
+        if not isinstance(self.regularization, dict):
+            raise ConfigError(f'loss.regularization: expected a mapping of penalty-term names '
+                              f'to weights, e.g. {{hierarchicality: 1.0}}, got '
+                              f'{self.regularization!r}')
+        for name, weight in self.regularization.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f'loss.regularization: {name!r} is not a penalty-term name')
+            _check_number(f'loss.regularization.{name}', weight, 0)
         if self.energy_weight == 0 and self.force_weight == 0 and self.stress_weight == 0:
             raise ConfigError('loss: energy_weight, force_weight and stress_weight are all 0; '
                               'nothing would be trained')
@@ -480,7 +488,9 @@ class TrainingConfig:
             from pyg_tensorpot.training.builders import model_class
             kwargs = {k: v for k, v in self.model.items()
                       if k != 'name' and k not in MODEL_OPTIONS}
-            check_constructor_kwargs('model', model_class(self.model['name']), kwargs)
+            cls = model_class(self.model['name'])
+            check_constructor_kwargs('model', cls, kwargs)
+            check_regularization(cls, self.loss.regularization)
         return self
 
     def _resolve_data_path(self) -> None:
@@ -528,6 +538,8 @@ class TrainingConfig:
             _check_plain(key, value, count)
         kwargs: Dict[str, Any] = {}
         for key, value in values.items():
+            if key == 'loss' and isinstance(value, dict):
+                value = _upgrade_loss(value, values.get('model', {}))
             if key in _SECTIONS:
                 kwargs[key] = _build_section(key, _SECTIONS[key], value)
             elif key == 'model':
@@ -545,6 +557,62 @@ class TrainingConfig:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, 'w') as f:
             _yaml().safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+#: Former ``loss`` keys and the ``loss.regularization`` entries they now are.
+DEPRECATED_LOSS_KEYS = {'hierarchicality_weight': 'hierarchicality', 'l2_weight': 'l2'}
+
+
+def _upgrade_loss(loss: Dict[str, Any], model: Any) -> Dict[str, Any]:
+    """Reads the former keys ``loss.hierarchicality_weight`` and ``loss.l2_weight`` as
+    ``loss.regularization`` entries. They were ignored for models without the term, so they
+    still are (a zero weight, which every saved run has, is dropped silently)."""
+    if not any(key in loss for key in DEPRECATED_LOSS_KEYS):
+        return loss
+    from pyg_tensorpot.training.builders import model_class, regularizers_of
+    declared: Optional[Sequence[str]] = None
+    if isinstance(model, dict) and 'init' not in model:
+        model = {'name': 'TensorNet', **model}  # the default model, as from_dict builds it
+    if isinstance(model, dict) and isinstance(model.get('name'), str):
+        try:
+            declared = regularizers_of(model_class(model['name']))
+        except ConfigError:
+            pass  # reported by validate()
+    loss = dict(loss)
+    regularization = loss.get('regularization', {})
+    regularization = dict(regularization) if isinstance(regularization, dict) else regularization
+    for old, name in DEPRECATED_LOSS_KEYS.items():
+        if old not in loss:
+            continue
+        weight = loss.pop(old)
+        _check_number(f'loss.{old}', weight, 0)
+        if weight == 0:
+            continue
+        warnings.warn(f'loss.{old} is deprecated; write loss.regularization.{name} instead',
+                      FutureWarning, stacklevel=4)
+        if not isinstance(regularization, dict) or (declared is not None
+                                                    and name not in declared):
+            continue
+        if name in regularization and regularization[name] != weight:
+            raise ConfigError(f'loss.{old} ({weight}) contradicts loss.regularization.{name} '
+                              f'({regularization[name]}); keep only the latter')
+        regularization[name] = weight
+    if regularization:
+        loss['regularization'] = regularization
+    return loss
+
+
+def check_regularization(model: Any, weights: Dict[str, float]) -> None:
+    """Raises :class:`ConfigError` for a weight of ``loss.regularization`` that names a
+    term the model (a class or an instance) does not add."""
+    from pyg_tensorpot.training.builders import regularizers_of
+    declared = regularizers_of(model)
+    for name in weights:
+        if name not in declared:
+            cls = model if isinstance(model, type) else type(model)
+            adds = ', '.join(declared) if declared else 'none'
+            raise ConfigError(f"loss.regularization.{name}: {cls.__name__} adds no '{name}' "
+                              f'term to the loss (its terms: {adds})')
 
 
 #: Most values (leaves and containers) a configuration may hold; YAML aliases can make a

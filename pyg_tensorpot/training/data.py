@@ -9,6 +9,8 @@ from torch import Tensor
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
+from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset
+from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.training.builders import build_dataset
 from pyg_tensorpot.training.config import ConfigError, DataConfig
 
@@ -117,9 +119,10 @@ def _num_graphs(batch) -> int:
 def dataset_elements(dataset) -> List[int]:
     r"""The atomic numbers present in :obj:`dataset` (an in-memory dataset, a subset of one
     or any iterable of :class:`~torch_geometric.data.Data`), sorted."""
-    store = getattr(dataset, '_data', None)
-    if getattr(dataset, '_indices', None) is None and getattr(store, 'z', None) is not None:
-        return sorted(int(v) for v in torch.unique(store.z))
+    if isinstance(dataset, AtomisticInMemoryDataset):  # vectorised, honours index selection
+        counts, elements = dataset.element_counts()
+        present = counts.sum(0) > 0
+        return sorted(int(e) for e, keep in zip(elements, present.tolist()) if keep)
     seen = set()
     for data in dataset:
         seen.update(int(v) for v in torch.unique(data.z))
@@ -188,6 +191,17 @@ def _refit_reference_energies(model: torch.nn.Module, loader, key: str) -> Dict[
     return refs
 
 
+def _published_reference_energies(dataset, train, alternatives: str) -> Dict[int, float]:
+    # data.reference_energies: dataset, the dataset's own atomref() table
+    source = dataset if dataset is not None else train
+    getter = getattr(source, 'atomref', None)
+    refs = getter() if callable(getter) else None
+    if not refs:
+        raise ConfigError(f'data.reference_energies: {type(source).__name__} publishes no '
+                          f'reference energies; use {alternatives}')
+    return refs
+
+
 @torch.no_grad()
 def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
                             dataset=None, batch_size: int = 4096,
@@ -196,8 +210,8 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
     them on :obj:`model`:
 
     1. :obj:`reference_energies`: ``"fit"`` uses the model's own hierarchical initialisation
-       when it has one (HIP-NN's :meth:`fit_reference_energies`), else the least-squares fit
-       :func:`~pyg_tensorpot.datasets.fit_reference_energies` and :meth:`set_atomref`;
+       :meth:`~pyg_tensorpot.models.AtomisticModel.fit_reference_energies` (the least-squares
+       fit, or the model's own initialisation: HIP-NN's hierarchical one);
        ``"dataset"`` the dataset's published :meth:`atomref`; a mapping is used as given.
     2. :obj:`standardize`: the mean :math:`\mu` and standard deviation :math:`\sigma` of the
        training energies minus the reference energies become :meth:`set_standardization`
@@ -222,7 +236,6 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
     Returns:
         dict: :obj:`reference_energies` (``{Z: eV}`` or :obj:`None`), :obj:`mean`, :obj:`std`.
     """
-    from pyg_tensorpot.datasets import fit_reference_energies
     key = config.energy_key
     loader = DataLoader(train, batch_size=batch_size, shuffle=False)
     first = next(iter(loader))
@@ -248,13 +261,8 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
             model.set_atomref(refs)
         elif choice == 'dataset' or isinstance(choice, dict):
             if choice == 'dataset':
-                source = dataset if dataset is not None else train
-                getter = getattr(source, 'atomref', None)
-                choice = getter() if callable(getter) else None
-                if not choice:
-                    raise ConfigError(f"data.reference_energies: {type(source).__name__} "
-                                      f"publishes no reference energies; use 'refit' or "
-                                      f"'pretrained'")
+                choice = _published_reference_energies(dataset, train,
+                                                       "'refit' or 'pretrained'")
             refs = dict(choice)
             model.set_atomref(refs)
         elif choice == 'none':
@@ -268,28 +276,22 @@ def fit_training_statistics(model: torch.nn.Module, train, config: DataConfig,
         if isinstance(choice, dict):
             refs = dict(choice)
         elif choice == 'dataset':
-            source = dataset if dataset is not None else train
-            getter = getattr(source, 'atomref', None)
-            refs = getter() if callable(getter) else None
-            if not refs:
-                raise ConfigError(f"data.reference_energies: {type(source).__name__} publishes no "
-                                  f"reference energies; use 'fit' (least squares on the "
-                                  f'training split) or give {{Z: eV}}')
-        if choice == 'fit' and hasattr(model, 'fit_reference_energies'):
+            refs = _published_reference_energies(
+                dataset, train, "'fit' (least squares on the training split) or give {Z: eV}")
+        if not isinstance(model, AtomisticModel):
+            raise ConfigError(f'data.reference_energies: {type(model).__name__} is not an '
+                              f"AtomisticModel and has no set_atomref(); use 'none'")
+        if choice == 'fit':
             refs = model.fit_reference_energies(loader, energy_key=key)
         else:
-            if choice == 'fit':
-                refs = fit_reference_energies(loader, None, key)
-            if not hasattr(model, 'set_atomref'):
-                raise ConfigError(f'data.reference_energies: {type(model).__name__} has no '
-                                  f"set_atomref(); use 'none'")
             model.set_atomref(refs)
     mean, std = 0.0, 1.0
     if config.standardize or config.energy_std is not None:
-        if not hasattr(model, 'set_standardization'):
+        if not isinstance(model, AtomisticModel):
             option = 'standardize' if config.standardize else 'energy_std'
-            raise ConfigError(f'data.{option}: {type(model).__name__} has no '
-                              f'set_standardization(); use data.standardize: false and '
+            raise ConfigError(f'data.{option}: {type(model).__name__} is not an '
+                              f'AtomisticModel and has no set_standardization(); use '
+                              f'data.standardize: false and '
                               f'data.energy_std: null')
     if config.standardize:
         ref_table = torch.zeros(256, dtype=torch.float64)

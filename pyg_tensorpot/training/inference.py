@@ -1,5 +1,5 @@
 r"""Predictions of any potential on batches and whole datasets (no Lightning needed)."""
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,10 +15,10 @@ def predict(
     batch,
     forces: bool,
     create_graph: bool = False,
-    hierarchicality: bool = False,
+    regularization: bool = False,
     stress: bool = False,
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    r"""Energies (and forces, stress, the hierarchicality) of a batch through
+) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor], Optional[Tensor]]:
+    r"""Energies (and forces, stress, the model's penalty terms) of a batch through
     :func:`~pyg_tensorpot.models.properties.compute_properties`; the batch's :obj:`cell`,
     :obj:`pbc` and :obj:`total_charge` are passed to the model, positions converted to its
     dtype.
@@ -30,21 +30,24 @@ def predict(
         forces (bool): Compute forces by autograd.
         create_graph (bool, optional): Keep the graph of the derivatives (for a force or
             stress loss). (default: :obj:`False`)
-        hierarchicality (bool, optional): Ask the model for its hierarchicality
-            (``forward(..., return_hierarchicality=True)``). (default: :obj:`False`)
+        regularization (bool, optional): Also compute the model's penalty terms for the
+            loss (:meth:`~pyg_tensorpot.models.AtomisticModel.graph_outputs_and_regularization`).
+            (default: :obj:`False`)
         stress (bool, optional): Compute the stress of the (periodic) structures.
             (default: :obj:`False`)
 
     Returns:
-        (energy, forces, hierarchicality, stress): :obj:`[num_graphs]`, :obj:`[num_atoms, 3]`
-        or :obj:`None`, :obj:`[num_graphs]` or :obj:`None`, :obj:`[num_graphs, 3, 3]` or
-        :obj:`None`.
+        (energy, forces, penalties, stress): :obj:`[num_graphs]`, :obj:`[num_atoms, 3]` or
+        :obj:`None`, :obj:`{name: scalar}` (empty unless requested), :obj:`[num_graphs, 3, 3]`
+        or :obj:`None`.
     """
     wanted = ['energy'] + (['forces'] if forces else []) + (['stress'] if stress else [])
-    kwargs: Dict[str, Any] = {'return_hierarchicality': True} if hierarchicality else {}
     out = compute_properties(model, batch, properties=wanted, create_graph=create_graph,
-                             model_kwargs=kwargs)
-    return (out['energy'].reshape(-1), out.get('forces'), out.get('aux'), out.get('stress'))
+                             regularization=regularization)
+    prefix = 'regularization.'
+    penalties = {key[len(prefix):]: value for key, value in out.items()
+                 if key.startswith(prefix)}
+    return out['energy'].reshape(-1), out.get('forces'), penalties, out.get('stress')
 
 
 def batch_targets(batch, energy_key: str, forces_key: str, dtype: torch.dtype

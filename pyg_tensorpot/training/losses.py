@@ -1,5 +1,5 @@
 r"""The training objective: weighted energy and force errors plus model regularisers."""
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -27,11 +27,13 @@ class EnergyForceLoss(torch.nn.Module):
 
     .. math::
         L = w_E\,\ell(E, \hat E) + w_F\,\ell(\mathbf{F}, \hat{\mathbf{F}})
-        + w_H\,\langle H \rangle + w_2\,\|\theta\|^2,
+        + w_S\,\ell(\boldsymbol{\sigma}, \hat{\boldsymbol{\sigma}}) + \sum_k w_k R_k,
 
     with :math:`\ell` the mean squared or absolute error (energies per molecule, or per atom
-    :math:`(E-\hat E)/N`; forces per Cartesian component), :math:`H` the hierarchicality of
-    models that return one (HIP-NN) and :math:`\|\theta\|^2` the model's :obj:`l2_penalty()`.
+    :math:`(E-\hat E)/N`; forces and stress per Cartesian component) and :math:`R_k` the
+    penalty terms the model adds
+    (:meth:`~pyg_tensorpot.models.AtomisticModel.graph_outputs_and_regularization`, e.g. HIP-NN's
+    :obj:`"hierarchicality"` and :obj:`"l2"`), weighted by name.
 
     With :obj:`energy_loss_ema` :math:`=\alpha<1` the energy term of the training loss is
     smoothed over batches as in torchmd-net, :math:`\alpha\,\ell + (1-\alpha)\,
@@ -46,13 +48,14 @@ class EnergyForceLoss(torch.nn.Module):
         per_atom_energy (bool, optional): Energy errors per atom. (default: :obj:`False`)
         energy_loss_ema (float, optional): :math:`\alpha`; 1 disables the smoothing.
             (default: :obj:`1.0`)
-        hierarchicality_weight (float, optional): :math:`w_H`. (default: :obj:`0.0`)
-        l2_weight (float, optional): :math:`w_2`. (default: :obj:`0.0`)
+        stress_weight (float, optional): :math:`w_S`. (default: :obj:`0.0`)
+        regularization (Mapping[str, float], optional): :math:`w_k` by term name; terms
+            without a weight are not added. (default: :obj:`None`)
     """
     def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0,
                  loss_type: str = 'mse', per_atom_energy: bool = False,
-                 energy_loss_ema: float = 1.0, hierarchicality_weight: float = 0.0,
-                 l2_weight: float = 0.0, stress_weight: float = 0.0):
+                 energy_loss_ema: float = 1.0, stress_weight: float = 0.0,
+                 regularization: Optional[Mapping[str, float]] = None):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
@@ -63,9 +66,9 @@ class EnergyForceLoss(torch.nn.Module):
         self.loss_type = loss_type
         self.per_atom_energy = per_atom_energy
         self.energy_loss_ema = float(energy_loss_ema)
-        self.hierarchicality_weight = float(hierarchicality_weight)
-        self.l2_weight = float(l2_weight)
         self.stress_weight = float(stress_weight)
+        self.regularization = {str(k): float(w) for k, w in (regularization or {}).items()
+                               if float(w) > 0}
         self._ema_value: Optional[float] = None
 
     def energy_error_terms(self, energy: Tensor, target: Tensor, num_atoms: Tensor) -> Tensor:
@@ -80,8 +83,7 @@ class EnergyForceLoss(torch.nn.Module):
         num_atoms: Tensor,
         forces: Optional[Tensor] = None,
         forces_target: Optional[Tensor] = None,
-        hierarchicality: Optional[Tensor] = None,
-        l2_penalty: Optional[Tensor] = None,
+        regularization_terms: Optional[Mapping[str, Tensor]] = None,
         smooth: bool = False,
         reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
         stress: Optional[Tensor] = None,
@@ -95,10 +97,8 @@ class EnergyForceLoss(torch.nn.Module):
             forces (torch.Tensor, optional): Predicted forces :obj:`[num_atoms, 3]`.
                 (default: :obj:`None`)
             forces_target (torch.Tensor, optional): Reference forces. (default: :obj:`None`)
-            hierarchicality (torch.Tensor, optional): Per-structure hierarchicality.
-                (default: :obj:`None`)
-            l2_penalty (torch.Tensor, optional): The model's weight penalty.
-                (default: :obj:`None`)
+            regularization_terms (Mapping[str, torch.Tensor], optional): The model's
+                scalar penalty terms by name. (default: :obj:`None`)
             smooth (bool, optional): Apply (and update) the energy-loss EMA (training only).
                 (default: :obj:`False`)
             reduce_mean (callable, optional): Averages a scalar over the processes of a
@@ -110,7 +110,8 @@ class EnergyForceLoss(torch.nn.Module):
 
         Returns:
             dict: :obj:`loss` (the total) and its unweighted parts :obj:`energy`,
-            :obj:`forces`, :obj:`stress`, :obj:`hierarchicality`, :obj:`l2` where present.
+            :obj:`forces`, :obj:`stress` and every weighted penalty term (by its name) where
+            present.
         """
         parts: Dict[str, Tensor] = {}
         total: Optional[Tensor] = None
@@ -137,15 +138,12 @@ class EnergyForceLoss(torch.nn.Module):
             parts['stress'] = loss_s
             term = self.stress_weight * loss_s
             total = term if total is None else total + term
-        if hierarchicality is not None and self.hierarchicality_weight > 0:
-            loss_h = hierarchicality.mean()
-            parts['hierarchicality'] = loss_h
-            term = self.hierarchicality_weight * loss_h
-            total = term if total is None else total + term
-        if l2_penalty is not None and self.l2_weight > 0:
-            parts['l2'] = l2_penalty
-            term = self.l2_weight * l2_penalty
-            total = term if total is None else total + term
+        for name, value in (regularization_terms or {}).items():
+            weight = self.regularization.get(name)
+            if weight is not None:
+                parts[name] = value
+                term = weight * value
+                total = term if total is None else total + term
         if total is None:
             raise ValueError('nothing to train on: the batch has no energies with '
                              'energy_weight > 0 and no forces with force_weight > 0')
@@ -163,5 +161,4 @@ class EnergyForceLoss(torch.nn.Module):
                 f'stress_weight={self.stress_weight}, '
                 f"loss_type='{self.loss_type}', per_atom_energy={self.per_atom_energy}, "
                 f'energy_loss_ema={self.energy_loss_ema}, '
-                f'hierarchicality_weight={self.hierarchicality_weight}, '
-                f'l2_weight={self.l2_weight}')
+                f'regularization={self.regularization}')

@@ -9,7 +9,7 @@ from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL
 
 #: Names of the running sums, in a fixed order (so they can be all-reduced as one tensor).
 _SUMS = ('n_structures', 'energy_abs', 'energy_sq', 'energy_atom_abs', 'energy_atom_sq',
-         'n_force_components', 'forces_abs', 'forces_sq', 'hierarchicality')
+         'n_force_components', 'forces_abs', 'forces_sq')
 
 
 class ErrorAccumulator:
@@ -33,8 +33,7 @@ class ErrorAccumulator:
     @torch.no_grad()
     def update(self, energy: Optional[Tensor], energy_target: Optional[Tensor],
                num_atoms: Tensor, forces: Optional[Tensor] = None,
-               forces_target: Optional[Tensor] = None,
-               hierarchicality: Optional[Tensor] = None) -> None:
+               forces_target: Optional[Tensor] = None) -> None:
         """Adds one batch (any of energies and forces may be missing)."""
         if self.sums.device != num_atoms.device:
             self.sums = self.sums.to(num_atoms.device)
@@ -52,8 +51,6 @@ class ErrorAccumulator:
             s[5] += diff.numel()
             s[6] += diff.abs().sum()
             s[7] += diff.square().sum()
-        if hierarchicality is not None:
-            s[8] += hierarchicality.detach().to(torch.float64).sum()
 
     def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> None:
         """Replaces the sums by their totals over all processes."""
@@ -71,8 +68,6 @@ class ErrorAccumulator:
             out['energy_per_atom_rmse'] = math.sqrt(s[4] / n)
             out['energy_mse'] = s[2] / n
             out['energy_per_atom_mse'] = s[4] / n
-            if s[8] != 0:
-                out['hierarchicality'] = s[8] / n
         if m > 0:
             out['forces_mae'] = s[6] / m
             out['forces_rmse'] = math.sqrt(s[7] / m)

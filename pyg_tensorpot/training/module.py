@@ -8,8 +8,12 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.training._lightning import require_lightning
-from pyg_tensorpot.training.builders import supports_keyword
-from pyg_tensorpot.training.config import ConfigError, DataConfig, TrainingConfig
+from pyg_tensorpot.training.config import (
+    ConfigError,
+    DataConfig,
+    TrainingConfig,
+    check_regularization,
+)
 from pyg_tensorpot.training.data import PreparedData, prepare_data
 from pyg_tensorpot.training.ema import ExponentialMovingAverage
 from pyg_tensorpot.training.inference import batch_targets, predict
@@ -31,9 +35,9 @@ class PotentialModule(pl.LightningModule):
     whose ``forward(z, pos, batch)`` returns per-structure energies.
 
     * Loss: :class:`~pyg_tensorpot.training.EnergyForceLoss` (weighted energy and force
-      MSE/MAE, per molecule or per atom, torchmd-net's energy-loss EMA, and HIP-NN's
-      hierarchicality term and L2 penalty for models that provide
-      ``forward(..., return_hierarchicality=True)`` and ``l2_penalty()``).
+      MSE/MAE, per molecule or per atom, torchmd-net's energy-loss EMA, and the penalty
+      terms the model declares, weighted by :obj:`loss.regularization`; see
+      :meth:`~pyg_tensorpot.models.AtomisticModel.graph_outputs_and_regularization`).
     * Optimisation: AdamW, linear warm-up over :obj:`optim.warmup_steps` steps, then
       ReduceLROnPlateau on the monitored validation metric (stepped at the end of every
       validation, before checkpoints are written, so that a resumed run is identical);
@@ -65,13 +69,11 @@ class PotentialModule(pl.LightningModule):
         self.ema = (ExponentialMovingAverage(model, config.optim.ema_decay)
                     if config.optim.ema_decay > 0 else None)
         loss = config.loss
+        # Checked against the model itself too: with model.init the configuration names none.
+        check_regularization(model, loss.regularization)
         self.loss_fn = EnergyForceLoss(loss.energy_weight, loss.force_weight, loss.type,
                                        loss.per_atom_energy, loss.energy_loss_ema,
-                                       loss.hierarchicality_weight, loss.l2_weight,
-                                       loss.stress_weight)
-        self.uses_hierarchicality = (loss.hierarchicality_weight > 0 and supports_keyword(
-            model.forward, 'return_hierarchicality'))
-        self.uses_l2 = loss.l2_weight > 0 and callable(getattr(model, 'l2_penalty', None))
+                                       loss.stress_weight, loss.regularization)
         self.save_hyperparameters({'config': config.to_dict(),
                                    'statistics': _plain_statistics(statistics)})
         self._val_errors = ErrorAccumulator()
@@ -118,17 +120,15 @@ class PotentialModule(pl.LightningModule):
         stress_t = getattr(batch, self.config.data.stress_key, None)
         need_forces = forces_t is not None and self.loss_fn.force_weight > 0
         need_stress = stress_t is not None and self.loss_fn.stress_weight > 0
-        energy, forces, hier, stress = predict(self.model, batch, need_forces,
-                                               create_graph=True,
-                                               hierarchicality=self.uses_hierarchicality,
-                                               stress=need_stress)
+        energy, forces, penalties, stress = predict(
+            self.model, batch, need_forces, create_graph=True,
+            regularization=bool(self.loss_fn.regularization), stress=need_stress)
         has_stress = getattr(batch, 'has_stress', None)
         if need_stress and has_stress is not None:
             # Only the structures whose data carry a stress (ExtXYZDataset marks them).
             keep = has_stress.reshape(-1).bool()
             stress, stress_t = stress[keep], stress_t[keep]
-        l2 = self.model.l2_penalty() if self.uses_l2 else None
-        parts = self.loss_fn(energy, energy_t, num_atoms, forces, forces_t, hier, l2,
+        parts = self.loss_fn(energy, energy_t, num_atoms, forces, forces_t, penalties,
                              smooth=True, reduce_mean=self._reduce_mean, stress=stress,
                              stress_target=stress_t)
         loss = parts['loss']
@@ -138,7 +138,7 @@ class PotentialModule(pl.LightningModule):
         n = int(batch.num_graphs)
         self.log('train_loss', loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n, sync_dist=True)
-        for key in ('energy', 'forces', 'stress', 'hierarchicality'):
+        for key in ('energy', 'forces', 'stress') + tuple(penalties):
             if key in parts:
                 self.log(f'train_{key}_loss', parts[key].detach(), on_step=False,
                          on_epoch=True, batch_size=n, sync_dist=True)

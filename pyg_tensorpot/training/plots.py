@@ -18,21 +18,26 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig, path: str, dpi: int = 120) -> str:
-    """Saves a matplotlib figure as PNG through a temporary file in the same folder and
-    :func:`os.replace` (:func:`~pyg_tensorpot.utils.files.atomic_open`: a reader never sees
-    half an image), then closes it.
+def save_figure(fig, path: str, dpi: int = 120, title: Optional[str] = None) -> str:
+    """Lays out a matplotlib figure (with :obj:`title` above it) and saves it as PNG through a
+    temporary file in the same folder and :func:`os.replace`
+    (:func:`~pyg_tensorpot.utils.files.atomic_open`: a reader never sees half an image), then
+    closes it.
 
     Args:
         fig (matplotlib.figure.Figure): The figure.
         path (str): The PNG file.
         dpi (int, optional): Resolution. (default: :obj:`120`)
+        title (str, optional): Title of the whole figure. (default: :obj:`None`)
 
     Returns:
         str: :obj:`path`.
     """
     plt = _pyplot()
     try:
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
         with atomic_open(path) as f:
             fig.savefig(f, dpi=dpi, format='png')
     finally:
@@ -98,10 +103,7 @@ def plot_learning_curves(metrics_csv: str, path: str, title: Optional[str] = Non
     from matplotlib.ticker import MaxNLocator
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, title=title)
 
 
 def plot_parity(predictions: Dict[str, np.ndarray], path: str,
@@ -137,10 +139,7 @@ def plot_parity(predictions: Dict[str, np.ndarray], path: str,
         ax.set_xlabel(f'reference {label}')
         ax.set_ylabel(f'predicted {label}')
         ax.set_aspect('equal', adjustable='box')
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, title=title)
 
 
 def plot_error_histogram(predictions: Dict[str, np.ndarray], path: str,
@@ -180,7 +179,4 @@ def plot_error_histogram(predictions: Dict[str, np.ndarray], path: str,
                 va='top')
         ax.set_xlabel(label)
         ax.set_ylabel('count')
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, title=title)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch.utils.data import Subset
 
 from pyg_tensorpot.training.builders import (
     build_dataset,
@@ -721,8 +722,9 @@ def _user_extxyz(path: str, args: Dict[str, Any], out_dir: str, verbose: bool):
 
 
 def _unwrap(ds):
-    """The dataset below :class:`torch.utils.data.Subset`-like wrappers."""
-    while not hasattr(ds, 'get') and hasattr(ds, 'dataset') and ds.dataset is not ds:
+    """The dataset below :class:`torch.utils.data.Subset` wrappers (PyG's own subsets,
+    ``dataset[index]``, are datasets already)."""
+    while isinstance(ds, Subset):
         ds = ds.dataset
     return ds
 

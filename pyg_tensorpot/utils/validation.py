@@ -66,19 +66,19 @@ def check_atoms(
         idx = (z <= 0).nonzero().flatten()[:10].tolist()
         raise ValueError(f'atomic numbers must be positive; atoms {idx} have '
                          f'{z[idx].tolist()}')
-    if max_z is not None and bool((z >= max_z).any()):
-        bad_z = sorted(set(z[z >= max_z].tolist()))
-        names = ', '.join(_element_name(v) for v in bad_z)
-        raise ValueError(f'unknown element {names}: this model supports atomic numbers '
-                         f'below max_z={max_z}')
+    # Every unknown element is named at once, whichever limit it breaks.
+    unknown = torch.zeros_like(z, dtype=torch.bool)
+    if max_z is not None:
+        unknown |= z >= max_z
     if supported_elements is not None:
-        allowed = torch.as_tensor(list(supported_elements), device=z.device)
-        unknown = ~torch.isin(z, allowed)
-        if bool(unknown.any()):
-            bad_z = sorted(set(z[unknown].tolist()))
-            names = ', '.join(_element_name(v) for v in bad_z)
+        unknown |= ~torch.isin(z, torch.as_tensor(list(supported_elements), device=z.device))
+    if bool(unknown.any()):
+        names = ', '.join(_element_name(v) for v in sorted(set(z[unknown].tolist())))
+        if supported_elements is not None:
             known = ', '.join(symbol(int(v)) for v in sorted(supported_elements))
             raise ValueError(f'unknown element {names}: this model only knows {known}')
+        raise ValueError(f'unknown element {names}: this model supports atomic numbers '
+                         f'below max_z={max_z}')
     if batch is not None:
         if not isinstance(batch, Tensor):
             raise TypeError('batch must be a torch tensor with the structure index of every '

@@ -125,3 +125,14 @@ def _deterministic():
 @pytest.fixture
 def fixtures_dir():
     return FIXTURES
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread for a module of small systems (used with ``pytestmark =
+    pytest.mark.usefixtures('one_thread')``): on a shared 2-core machine more threads only add
+    waiting (measured 10x slower under load), and no result depends on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

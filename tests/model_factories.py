@@ -17,6 +17,17 @@ from pyg_tensorpot.nn import (
 from pyg_tensorpot.nn.graph import AtomGraph
 
 
+# Ethanol (C2H5OH) and water, Angstrom: the molecules the model tests share.
+ETHANOL_Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
+ETHANOL_POS = torch.tensor([
+    [-0.0009, 0.5567, 0.0000], [1.2108, -0.3613, 0.0000], [-1.1737, -0.2306, 0.0000],
+    [-0.0281, 1.2020, 0.8817], [-0.0281, 1.2020, -0.8817], [2.1450, 0.2016, 0.0000],
+    [1.1847, -1.0007, 0.8845], [1.1847, -1.0007, -0.8845], [-1.9534, 0.3414, 0.0000],
+], dtype=torch.float64)
+WATER_Z = torch.tensor([8, 1, 1])
+WATER_POS = torch.tensor([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692],
+                          [0.0, -0.7572, -0.4692]], dtype=torch.float64)
+
 class ComposedPotential(AtomisticModel):
     """A model built from the package's layers (as examples/custom_tensor_model.py), with the
     typed atomic_terms() that TorchScript needs. It stores its constructor arguments under

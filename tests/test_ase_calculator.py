@@ -22,14 +22,7 @@ from pyg_tensorpot.calculator import TensorPotCalculator  # noqa: E402
 from pyg_tensorpot.structures import water_box  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # These structures have 24-200 atoms: intra-op threads only add contention on a shared
-    # 2-core machine (measured 10x slower under load), and results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # small systems (conftest.py)
 
 
 def small_tensornet(cutoff: float = 4.0) -> TensorNet:

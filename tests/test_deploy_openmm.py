@@ -26,13 +26,7 @@ ETHANOL = osp.join(osp.dirname(pyg_tensorpot.__file__), 'data', 'md17_ethanol_sa
 FORCE_SCALE = EV_TO_KJ_PER_MOL * 10.0
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # One thread: the machine is shared and the molecules are tiny.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # small systems (conftest.py)
 
 
 @pytest.fixture(scope='module')

@@ -25,13 +25,7 @@ MOLECULES = ['H2O', 'CH4', 'NH3', 'C6H6', 'CH3OH', 'HCOOH', 'CH3CN', 'C2H4']
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Systems of 3-100 atoms: intra-op threads only add contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # small systems (conftest.py)
 
 
 @pytest.fixture(scope='module')

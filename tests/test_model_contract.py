@@ -14,7 +14,15 @@ import torch
 from pyg_tensorpot import compute_properties
 from pyg_tensorpot.hub import MODEL_CLASSES, from_pretrained
 from pyg_tensorpot.structures import water_box
-from model_factories import FACTORIES, ComposedPotential, build_model  # tests/ is on sys.path
+from model_factories import (  # tests/ is on sys.path
+    ETHANOL_POS,
+    ETHANOL_Z,
+    FACTORIES,
+    WATER_POS,
+    WATER_Z,
+    ComposedPotential,
+    build_model,
+)
 
 KINDS = list(FACTORIES)
 O3_KINDS = [kind for kind in KINDS if kind != 'tensornet-so3']
@@ -28,15 +36,6 @@ DTYPES = [torch.float64, torch.float32]
 ENERGY_RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 FORCE_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
-ETHANOL_Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
-ETHANOL_POS = torch.tensor([
-    [-0.0009, 0.5567, 0.0000], [1.2108, -0.3613, 0.0000], [-1.1737, -0.2306, 0.0000],
-    [-0.0281, 1.2020, 0.8817], [-0.0281, 1.2020, -0.8817], [2.1450, 0.2016, 0.0000],
-    [1.1847, -1.0007, 0.8845], [1.1847, -1.0007, -0.8845], [-1.9534, 0.3414, 0.0000],
-], dtype=torch.float64)
-WATER_Z = torch.tensor([8, 1, 1])
-WATER_POS = torch.tensor([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692],
-                          [0.0, -0.7572, -0.4692]], dtype=torch.float64)
 METHANOL_Z = torch.tensor([6, 8, 1, 1, 1, 1])
 METHANOL_POS = torch.tensor([
     [-0.0468, 0.6637, 0.0], [-0.0468, -0.7571, 0.0], [-1.0858, 0.9725, 0.0],

@@ -122,14 +122,7 @@ exec(CASES, namespace)
 open_cases, periodic_cases = namespace['open_cases'], namespace['periodic_cases']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Brute force is many small tensor operations: on a shared machine, intra-op threads only
-    # add waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # small systems (conftest.py)
 
 
 @pytest.fixture(scope='module')

@@ -9,17 +9,7 @@ import torch
 from pyg_tensorpot import TensorNet
 from pyg_tensorpot.nn import neighbor_pairs
 
-# Ethanol (C2H5OH), Angstrom.
-ETHANOL_Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
-ETHANOL_POS = torch.tensor([
-    [-0.0009, 0.5567, 0.0000], [1.2108, -0.3613, 0.0000], [-1.1737, -0.2306, 0.0000],
-    [-0.0281, 1.2020, 0.8817], [-0.0281, 1.2020, -0.8817], [2.1450, 0.2016, 0.0000],
-    [1.1847, -1.0007, 0.8845], [1.1847, -1.0007, -0.8845], [-1.9534, 0.3414, 0.0000],
-], dtype=torch.float64)
-# Water.
-WATER_Z = torch.tensor([8, 1, 1])
-WATER_POS = torch.tensor([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]],
-                         dtype=torch.float64)
+from model_factories import ETHANOL_POS, ETHANOL_Z, WATER_POS, WATER_Z  # noqa: E402
 
 
 def random_rotation(seed, proper=True):

@@ -45,14 +45,7 @@ MOLECULES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # structures of 3-12 atoms: more threads only add synchronisation, a lot of it on a
-    # busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # structures of 3-12 atoms (conftest.py)
 
 
 def teacher():

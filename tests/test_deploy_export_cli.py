@@ -61,6 +61,23 @@ def test_one_exported_program_serves_several_atom_counts(exported):
                                        atol=1e-12)
 
 
+@pytest.mark.parametrize('kind', ['tensornet-o3', 'tensornet-so3', 'hipnn-ts-l1', 'composed'])
+def test_every_model_kind_exports(kind):
+    # One exported program per kind (HIP-NN-TS l=2 is the fixture above) serves two box sizes;
+    # energy, forces and stress equal the eager model's (float64, summation order only).
+    from model_factories import build_model  # tests/ is on sys.path
+    model = build_model(kind, torch.float64)
+    program = export_program(model, torch.float64)
+    for n in (4, 9):
+        z, pos, edge_index, shifts, cell = _inputs(n, model.cutoff, torch.float64)
+        out = exported_properties(program, z, pos, edge_index, shifts, cell)
+        expected = compute_properties(model, z, pos, cell=cell,
+                                      properties=('energy', 'forces', 'stress'))
+        for key in ('energy', 'forces', 'stress'):
+            torch.testing.assert_close(out[key], expected[key].detach(), rtol=1e-10,
+                                       atol=1e-12)
+
+
 def test_export_float32_energy():
     model = _model()
     program = export_program(model, torch.float32)

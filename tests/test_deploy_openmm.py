@@ -235,6 +235,13 @@ def test_export_errors(model64, ethanol, tmp_path):
         load_openmm(str(tmp_path / 'future.pt'))
 
 
+def test_openmmtorch_absent_or_unusable_is_said_clearly(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'openmmtorch', None)  # import then finds no module
+    with pytest.raises(ImportError, match='openmmtorch is not installed.*python_force'):
+        deploy_openmm.load_openmmtorch()
+
+
 def test_torch_force(model64, ethanol, tmp_path):
     try:
         deploy_openmm.load_openmmtorch()

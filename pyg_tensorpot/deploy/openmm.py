@@ -455,14 +455,26 @@ def load_openmmtorch():
     used (see the module's docstring)."""
     try:
         import openmmtorch
-    except ImportError as error:
+    except ModuleNotFoundError as error:
+        if error.name != 'openmmtorch':
+            raise _unusable_openmmtorch(error) from error
         raise ImportError(
-            f'openmmtorch cannot be imported ({error}). The openmmtorch wheel of the package '
-            'registry is built against a CUDA libtorch of another version than the installed '
-            f'torch {torch.__version__}; install an openmm-torch built for this torch (as '
-            'conda-forge builds them together), or use '
+            'openmmtorch is not installed. Install an openmm-torch built for torch '
+            f'{torch.__version__} (as conda-forge builds them together; the wheel of the '
+            'package registry does not work with it), or use '
             'pyg_tensorpot.deploy.openmm.python_force, which needs only OpenMM') from error
+    except ImportError as error:
+        raise _unusable_openmmtorch(error) from error
     return openmmtorch
+
+
+def _unusable_openmmtorch(error: ImportError) -> ImportError:
+    return ImportError(
+        f'openmmtorch cannot be imported ({error}). The openmmtorch wheel of the package '
+        'registry is built against a CUDA libtorch of another version than the installed '
+        f'torch {torch.__version__}; install an openmm-torch built for this torch (as '
+        'conda-forge builds them together), or use '
+        'pyg_tensorpot.deploy.openmm.python_force, which needs only OpenMM')
 
 
 def torch_force(model_or_file: Union[torch.nn.Module, str],

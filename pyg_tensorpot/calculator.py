@@ -22,7 +22,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
 
 from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties
-from pyg_tensorpot.utils.devices import inference_copy, resolve_device
+from pyg_tensorpot.utils.devices import inference_copy, load_model, resolve_device
 
 __all__ = ['TensorPotCalculator']
 
@@ -113,21 +113,10 @@ class TensorPotCalculator(Calculator):
         self._last_charge: Optional[float] = None
 
     def _prepare(self, model: Union[str, torch.nn.Module, Sequence]) -> torch.nn.Module:
-        if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
-            from pyg_tensorpot.hub import from_pretrained
-            loaded = from_pretrained(str(model), map_location=self.device)
-            return self._convert(loaded, owned=True)
-        if isinstance(model, (list, tuple)):
-            # A committee: its spread is reported beside the mean (energy_std, forces_std, ...).
-            members = [self._prepare(member) for member in model]
-            return Ensemble(members).eval()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f'model must be a torch.nn.Module or the name / Hub id / folder of '
-                            f'a pretrained model, got {type(model).__name__}')
-        return self._convert(model, owned=False)
-
-    def _convert(self, model: torch.nn.Module, owned: bool) -> torch.nn.Module:
-        return inference_copy(model, self.dtype, self.device, owned)
+        # A committee (list) becomes an Ensemble: its spread is reported beside the mean
+        # (energy_std, forces_std, ...).
+        module, owned = load_model(model, self.device)
+        return inference_copy(module, self.dtype, self.device, owned)
 
     # ------------------------------------------------------------------------------------------
     def _charge_of(self, atoms: Atoms) -> Optional[float]:

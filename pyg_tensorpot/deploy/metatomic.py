@@ -13,7 +13,7 @@ derivatives flow through the engine's own tensors).
 Units: lengths in Angstrom (``length_unit="angstrom"``), the energy in eV (``unit="eV"``);
 metatomic converts to the engine's units.
 
-metatomic is an optional dependency (``pip install 'pyg-tensorpot[metatomic]'``,
+metatomic is an optional dependency (``pip install 'pyg-tensorpot[deploy]'``,
 ``metatomic-torch`` and ``metatomic-ase``); importing this module needs it.
 """
 import contextlib
@@ -63,10 +63,11 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without metatomic
     raise ImportError(
         'pyg_tensorpot.deploy.metatomic needs metatomic-torch, which is not installed: '
-        "pip install 'pyg-tensorpot[metatomic]' (or pip install metatomic-torch "
+        "pip install 'pyg-tensorpot[deploy]' (or pip install metatomic-torch "
         'metatomic-ase)') from error
 
 from pyg_tensorpot.utils.files import atomic_write_bytes
+from pyg_tensorpot.utils.devices import load_model
 
 __all__ = ['MetatomicPotential', 'metatomic_model', 'export_metatomic', 'load_metatomic',
            'torchscript_index_select', 'FORMAT_VERSION']
@@ -337,9 +338,7 @@ def export_metatomic(model: Union[str, torch.nn.Module], path: str,
     Returns:
         str: :obj:`path`.
     """
-    if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
-        from pyg_tensorpot.hub import from_pretrained
-        model = from_pretrained(str(model))
+    model, _ = load_model(model)
     exported = metatomic_model(model, dtype=dtype, name=name)
     path = os.fspath(path)
     # metatomic's save takes a file name; write it beside nothing, then publish atomically.

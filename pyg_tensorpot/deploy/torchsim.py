@@ -41,25 +41,15 @@ except ImportError as error:  # pragma: no cover - exercised only without TorchS
         "torch-sim-atomistic (0.3.0 for Python 3.11, 0.6 or later for Python >= 3.12)"
     ) from error
 
-from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
-from pyg_tensorpot.utils.devices import inference_copy, model_device, resolve_device
+from pyg_tensorpot.utils.devices import (
+    inference_copy,
+    load_model,
+    model_device,
+    resolve_device,
+)
 
 __all__ = ['TensorPotModel']
-
-
-def _load(model: Union[str, torch.nn.Module, Sequence[Any]],
-          device: Optional[torch.device]) -> torch.nn.Module:
-    if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
-        from pyg_tensorpot.hub import from_pretrained
-        return from_pretrained(str(model), map_location=device or 'cpu')
-    if isinstance(model, (list, tuple)):
-        return Ensemble([_load(member, device) for member in model])
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f'model must be a torch.nn.Module (TensorNet, HIPNN, Ensemble, ...) or '
-                        f'the name / Hub id / folder of a pretrained model, got '
-                        f'{type(model).__name__}')
-    return model
 
 
 class TensorPotModel(ModelInterface):
@@ -117,8 +107,7 @@ class TensorPotModel(ModelInterface):
             raise TypeError(f'dtype must be a floating-point torch dtype such as torch.float64 '
                             f'or torch.float32, got {dtype!r}')
         requested = None if device is None else resolve_device(device)
-        owned = not isinstance(model, torch.nn.Module)
-        module = _load(model, requested)
+        module, owned = load_model(model, requested)
         current_dtype, current_device = model_dtype(module), model_device(module)
         self._dtype = current_dtype if dtype is None else dtype
         self._device = requested or current_device or torch.device('cpu')

@@ -1,6 +1,7 @@
-"""Devices of the engine wrappers (the ASE calculator, TorchSim): one place that checks a
-requested device and finds the one a model lives on."""
-from typing import Optional, Union
+"""What the engine wrappers (the ASE calculator, TorchSim, LAMMPS, the exporters) share: the
+model given as a module, a pretrained name or a committee, the requested device, and the frozen
+copy of the model they compute with."""
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
@@ -42,3 +43,29 @@ def inference_copy(model: torch.nn.Module, dtype: torch.dtype, device: torch.dev
         for parameter in model.parameters():
             parameter.requires_grad_(False)
     return model
+
+
+def load_model(model: Any, map_location: Union[str, torch.device, None] = None
+               ) -> Tuple[torch.nn.Module, bool]:
+    """The module :obj:`model` stands for: itself, the pretrained model of a name, Hub id or
+    folder (:func:`~pyg_tensorpot.from_pretrained`), or an
+    :class:`~pyg_tensorpot.models.Ensemble` of a list or tuple of those (a committee). Also
+    returns whether the module is the wrapper's own (loaded here), so that
+    :func:`inference_copy` copies a module the caller still holds instead of changing it.
+
+    Raises:
+        TypeError: :obj:`model` is none of these.
+    """
+    if isinstance(model, (str, bytes)) or hasattr(model, '__fspath__'):
+        from pyg_tensorpot.hub import from_pretrained
+        name = model.decode() if isinstance(model, bytes) else str(model)
+        return from_pretrained(name, map_location=map_location or 'cpu'), True
+    if isinstance(model, (list, tuple)):
+        from pyg_tensorpot.models.ensemble import Ensemble
+        members = [load_model(member, map_location) for member in model]
+        return Ensemble([member for member, _ in members]), all(own for _, own in members)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'model must be a torch.nn.Module (TensorNet, HIPNN, Ensemble, ...), '
+                        f'the name / Hub id / folder of a pretrained model, or a list of those '
+                        f'(a committee), got {type(model).__name__}')
+    return model, False

@@ -46,36 +46,32 @@ def exported(tmp_path_factory):
     return model, path
 
 
+def _check_program(program, model, molecule_counts) -> None:
+    # One program, water boxes of other sizes than the traced one: energy, forces and stress
+    # equal the eager model's (float64, the same operations up to summation order).
+    for n in molecule_counts:
+        z, pos, edge_index, shifts, cell = _inputs(n, model.cutoff, torch.float64)
+        out = exported_properties(program, z, pos, edge_index, shifts, cell)
+        expected = compute_properties(model, z, pos, cell=cell,
+                                      properties=('energy', 'forces', 'stress'))
+        for key in ('energy', 'forces', 'stress'):
+            torch.testing.assert_close(out[key], expected[key].detach(), rtol=1e-10,
+                                       atol=1e-12)
+
+
 def test_one_exported_program_serves_several_atom_counts(exported):
     model, path = exported
     program, info = load_exported(path)
     assert info['format'] == 'exported' and info['elements'] == [1, 8]
-    for n in (4, 12):  # 12 and 36 atoms, neither the traced size (24)
-        z, pos, edge_index, shifts, cell = _inputs(n, model.cutoff, torch.float64)
-        out = exported_properties(program, z, pos, edge_index, shifts, cell)
-        expected = compute_properties(model, z, pos, cell=cell,
-                                      properties=('energy', 'forces', 'stress'))
-        # float64, the same operations up to summation order.
-        for key in ('energy', 'forces', 'stress'):
-            torch.testing.assert_close(out[key], expected[key].detach(), rtol=1e-10,
-                                       atol=1e-12)
+    _check_program(program, model, (4, 12))  # 12 and 36 atoms, neither the traced size (24)
 
 
 @pytest.mark.parametrize('kind', ['tensornet-o3', 'tensornet-so3', 'hipnn-ts-l1', 'composed'])
 def test_every_model_kind_exports(kind):
-    # One exported program per kind (HIP-NN-TS l=2 is the fixture above) serves two box sizes;
-    # energy, forces and stress equal the eager model's (float64, summation order only).
+    # One exported program per kind (HIP-NN-TS l=2 is the fixture above).
     from model_factories import build_model  # tests/ is on sys.path
     model = build_model(kind, torch.float64)
-    program = export_program(model, torch.float64)
-    for n in (4, 9):
-        z, pos, edge_index, shifts, cell = _inputs(n, model.cutoff, torch.float64)
-        out = exported_properties(program, z, pos, edge_index, shifts, cell)
-        expected = compute_properties(model, z, pos, cell=cell,
-                                      properties=('energy', 'forces', 'stress'))
-        for key in ('energy', 'forces', 'stress'):
-            torch.testing.assert_close(out[key], expected[key].detach(), rtol=1e-10,
-                                       atol=1e-12)
+    _check_program(export_program(model, torch.float64), model, (4, 9))
 
 
 def test_export_float32_energy():

@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import os.path as osp
-import platform
 import shutil
 import sys
 import time
@@ -39,6 +38,8 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
 import torch  # noqa: E402
+
+from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 
 from pyg_tensorpot.training import TrainingConfig, train  # noqa: E402
 from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL  # noqa: E402
@@ -94,15 +95,7 @@ def make_config(model: Dict[str, Any], data: Dict[str, Any], budget: float, out_
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     threads = torch.get_num_threads()
     text = (f'{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with '
             f'{threads} thread{"" if threads == 1 else "s"}')

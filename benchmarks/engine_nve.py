@@ -35,13 +35,14 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Callable, Dict, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -126,13 +127,7 @@ ENGINES: Dict[str, Callable] = {
 def analyse(totals: np.ndarray, num_atoms: int, args) -> dict:
     per_atom = np.asarray(totals, dtype=np.float64) / num_atoms
     time_ps = np.arange(len(per_atom)) * args.timestep / 1000
-    slope, intercept = np.polyfit(time_ps, per_atom, 1)
-    residual = per_atom - (slope * time_ps + intercept)
-    return {'drift_mev_per_atom_per_ps': float(slope) * 1000,
-            'fluctuation_mev_per_atom': float(residual.std()) * 1000,
-            'max_minus_min_mev_per_atom': float(per_atom.max() - per_atom.min()) * 1000,
-            'initial_total_energy_ev': float(totals[0]),
-            'finite': bool(np.isfinite(per_atom).all())}
+    return dict(drift_statistics(per_atom, time_ps), initial_total_energy_ev=float(totals[0]))
 
 
 def table(record: dict) -> str:
@@ -169,7 +164,7 @@ def main(argv=None) -> dict:
         parser.error(f'unknown engines {unknown}; known: {sorted(ENGINES)}')
     started = time.perf_counter()
     record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': platform.processor() or platform.machine(),
+              'machine': cpu_model(),
               'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
               'torch_threads': torch.get_num_threads(),
               'load_average_before': list(os.getloadavg()), 'model': args.model,

@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import os.path as osp
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
 import torch  # noqa: E402
+
+from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 
 from pyg_tensorpot.training import evaluate_model, load_config, train  # noqa: E402
 from pyg_tensorpot.training.builders import resolve_init  # noqa: E402
@@ -48,16 +49,7 @@ RECIPE = ['data.dataset=MD17EthanolSample', 'data.train_size=100', 'data.val_siz
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f'{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}'
+    return f'{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}'
 
 
 def zero_shot(overrides: List[str]) -> Dict[str, float]:

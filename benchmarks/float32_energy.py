@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import os.path as osp
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from torch_geometric.utils import scatter
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -174,14 +175,7 @@ def run_child(args: List[str], memory_limit_gib: float, timeout: float) -> Dict[
 
 def machine() -> Dict[str, Any]:
     """CPU model, logical CPUs, torch version and threads, load average now."""
-    model = platform.processor() or platform.machine()
-    try:
-        text = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10).stdout
-        model = next((line.split(':', 1)[1].strip() for line in text.splitlines()
-                      if line.startswith('Model name')), model)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {'cpu': model, 'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
+    return {'cpu': cpu_model(), 'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
             'threads': torch.get_num_threads(), 'load_average': list(os.getloadavg())}
 
 

@@ -30,27 +30,17 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def machine_name() -> str:
-    try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith('Model name:'):
-                return line.split(':', 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def water_atoms(num_molecules: int, seed: int = 0):
@@ -93,18 +83,13 @@ def drift_run(model: str, dtype: torch.dtype, args) -> dict:
     start = time.perf_counter()
     dyn.run(args.steps)
     wall = time.perf_counter() - start
-    totals = np.array(totals)
     time_ps = np.arange(len(totals)) * args.timestep / 1000
-    slope, intercept = np.polyfit(time_ps, totals, 1)
-    residual = totals - (slope * time_ps + intercept)
     return {'model': model, 'dtype': str(dtype).replace('torch.', ''),
             'atoms': len(atoms), 'steps': args.steps, 'timestep_fs': args.timestep,
             'equilibration_steps': args.equilibrate,
-            'drift_mev_per_atom_per_ps': float(slope) * 1000,
-            'fluctuation_mev_per_atom': float(residual.std()) * 1000,
-            'max_minus_min_mev_per_atom': float(totals.max() - totals.min()) * 1000,
+            **drift_statistics(totals, time_ps),
             'mean_temperature_K': float(np.mean(temperatures)),
-            'finite': bool(np.isfinite(totals).all()), 'ms_per_step': wall / args.steps * 1000}
+            'ms_per_step': wall / args.steps * 1000}
 
 
 def overhead_run(model: str, dtype: torch.dtype, args) -> dict:
@@ -209,13 +194,6 @@ def table(record: dict) -> str:
     return '\n'.join(lines)
 
 
-def atomic_write(path: str, text: str) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='hipnn-ts-ani1x',
@@ -241,7 +219,7 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     started = time.perf_counter()
     record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': machine_name(), 'logical_cpus': os.cpu_count(),
+              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
               'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
               'load_average_before': list(load_before), 'drift': [], 'overhead': []}
     record['fixed_cost'] = fixed_cost_run(args)
@@ -258,7 +236,7 @@ def main(argv=None) -> dict:
     record['wall_s'] = time.perf_counter() - started
     text = table(record)
     print(text)
-    atomic_write(args.json, json.dumps(record, indent=2) + '\n')
+    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     if args.readme:
         with open(args.readme) as handle:
             readme = handle.read()
@@ -278,7 +256,7 @@ def main(argv=None) -> dict:
         section = ('\n\n## NVE molecular dynamics with the ASE calculator '
                    '(`benchmarks/md_nve.py`)\n\n' + textwrap.fill(intro, width=96) + '\n\n'
                    + text + '\n')
-        atomic_write(args.readme, readme.rstrip('\n') + section)
+        atomic_write_text(readme.rstrip('\n') + section, args.readme)
     return record
 
 

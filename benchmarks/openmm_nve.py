@@ -35,6 +35,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -72,8 +74,8 @@ def nve_run(model, name: str, z, pos, cell, args) -> dict:
         simulation.step(args.equilibrate)
     integrator.setCurrentIntegrator(0)
     kj = unit.kilojoule_per_mole
-    # kJ/mol -> meV per atom.
-    scale = 1000.0 / EV_TO_KJ_PER_MOL / z.numel()
+    # kJ/mol -> eV per atom.
+    scale = 1.0 / EV_TO_KJ_PER_MOL / z.numel()
     totals, temperatures, wall = [], [], 0.0
     dof = 3 * z.numel() - 3
     gas_constant = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(kj / unit.kelvin)
@@ -88,10 +90,7 @@ def nve_run(model, name: str, z, pos, cell, args) -> dict:
         start = time.perf_counter()
         simulation.step(args.report)
         wall += time.perf_counter() - start
-    totals = np.array(totals)
     time_ps = np.arange(len(totals)) * args.report * args.timestep / 1000
-    slope, intercept = np.polyfit(time_ps, totals, 1)
-    residual = totals - (slope * time_ps + intercept)
     pbc = None if cell is None else torch.ones(3, dtype=torch.bool)
     bare = []
     for _ in range(args.repeats):
@@ -102,11 +101,8 @@ def nve_run(model, name: str, z, pos, cell, args) -> dict:
     return {'system': name, 'dtype': str(next(model.parameters()).dtype).replace('torch.', ''),
             'atoms': int(z.numel()), 'platform': args.platform, 'steps': steps,
             'timestep_fs': args.timestep, 'equilibration_steps': args.equilibrate,
-            'drift_mev_per_atom_per_ps': float(slope),
-            'fluctuation_mev_per_atom': float(residual.std()),
-            'max_minus_min_mev_per_atom': float(totals.max() - totals.min()),
-            'mean_temperature_K': float(np.mean(temperatures)),
-            'finite': bool(np.isfinite(totals).all()), 'steps_per_s': steps / wall,
+            **drift_statistics(totals, time_ps),
+            'mean_temperature_K': float(np.mean(temperatures)), 'steps_per_s': steps / wall,
             'ms_per_step': wall / steps * 1000,
             'bare_compute_properties_ms': statistics.median(bare) * 1000}
 

@@ -28,12 +28,13 @@ import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), 'examples', 'torchsim_batched_md.py')
@@ -45,17 +46,6 @@ def g2_molecules(count: int):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.g2_molecules(count)
-
-
-def machine_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as handle:
-            for line in handle:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
@@ -145,7 +135,7 @@ def main(argv=None) -> dict:
         np.isfinite(run.atoms.get_potential_energy()) for run in runs)
     record = {
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-        'machine': machine_name(), 'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
+        'machine': cpu_model(), 'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
         'torch_sim': importlib.metadata.version('torch-sim-atomistic'),
         'torch_threads': torch.get_num_threads(), 'load_average_before': list(load_before),
         'model': args.model, 'dtype': args.dtype, 'molecules': len(molecules),

@@ -1,14 +1,18 @@
-"""Recipe of the pretrained ``tensornet-ani1x`` and ``hipnn-ts-ani1x`` models.
+"""Labels of the pretrained ``tensornet-ani1x`` and ``hipnn-ts-ani1x`` models.
+
+Length: over 500 lines because the two labelling steps (molecules, teacher, MD sampler, pairs
+and dissociation-scan geometry) are one recipe, run as one script beside the library.
 
 The ANI-1x DFT release (wB97X/6-31G(d), about 5 M conformations) is the natural training set
-of an ANI-1x-level potential. Where it is not available, this recipe trains by
+of an ANI-1x-level potential. Where it is not available, the models are trained by
 *distillation*: the published ANI-1x 8-model ensemble (NeuroChem format, read by torchani's
 ``neurochem`` module) is used both as the MD potential that samples off-equilibrium
 conformations of real H/C/N/O molecules and as the teacher that labels them with energies and
-forces. The student models are then trained on those labels and saved with
-:func:`pyg_tensorpot.hub.save_pretrained`.
+forces. This script writes those labels; the training engine (``pyg-tensorpot train``) trains
+the students on them, reading the label files as a
+:class:`~pyg_tensorpot.datasets.distillation.DistillationDataset`.
 
-Four steps, each resumable from its output file::
+Four steps, each resumable from its output::
 
     # 1a. sample and label (needs torchani==2.2.4 and pkg_resources, see below; recipe only)
     python examples/pretrain_ani1x_distillation.py label --out distill/ani1x_distill.npz
@@ -16,23 +20,16 @@ Four steps, each resumable from its output file::
     python examples/pretrain_ani1x_distillation.py label-dimers --scans 8000 \
         --out distill/ani1x_dimer_scans.npz
     # 2. train a student from scratch on 1a (no torchani needed)
-    python examples/pretrain_ani1x_distillation.py train --model tensornet --hidden 32 \
-        --batch-size 16 --data distill/ani1x_distill.npz --out stage1/tensornet-ani1x
-    python examples/pretrain_ani1x_distillation.py train --model hipnn-ts --hidden 64 \
-        --data distill/ani1x_distill.npz --out stage1/hipnn-ts-ani1x
+    pyg-tensorpot train examples/distill-ani1x-tensornet.yaml
+    pyg-tensorpot train examples/distill-ani1x-hipnn-ts.yaml
     # 3. fine-tune it on 1a + 1b, with the loss on scan-relative energies
-    python examples/pretrain_ani1x_distillation.py train --model tensornet \
-        --init stage1/tensornet-ani1x --data distill/ani1x_distill.npz,distill/ani1x_dimer_scans.npz \
-        --batch-size 16 --lr 3e-4 --lr-min 1e-5 --energy-weight 100 \
-        --relative-energy-weight 10 --ema-decay 0.995 --val-fraction 0.02 \
-        --time-budget-min 120 --out pyg_tensorpot/pretrained/tensornet-ani1x
-    # (hipnn-ts: the same with --batch-size 32 --lr 5e-4)
-    # (with the real release instead of distillation labels)
-    python examples/pretrain_ani1x_distillation.py train --model tensornet \
-        --ani1x-root /data/ani1x --out my-tensornet-ani1x
+    pyg-tensorpot train examples/distill-ani1x-tensornet-scans.yaml
+    pyg-tensorpot train examples/distill-ani1x-hipnn-ts-scans.yaml
+    # (with the real release instead: examples/TensorNet-ANI1x.yaml)
 
-The exact commands and settings of the shipped models are in their ``config.json``
-(``training.stages``) and model cards.
+The YAML files hold the settings of the shipped models, whose ``config.json``
+(``training.stages``) and model cards record how they were trained (by the training loop this
+script had before the engine took it over).
 
 Molecules (``label``): the first 500 QM9 molecules of schnetpack's test database and the 10
 QM9 xyz files (those with F dropped), the 5 formula groups of the ANI-1x release sample, the
@@ -41,16 +38,17 @@ monomers of COMP6 S66x8 (split off its 1.00x equilibrium dimers; **no S66x8 dime
 is used**). Sampling: Langevin MD with the ensemble (0.5 fs, friction 0.02/fs) at 300, 600 and
 1000 K (cycled over the molecules; 60 steps = 30 fs from the equilibrium geometry with
 velocities at twice the target temperature), one snapshot every ``--stride`` steps after a
-10-step burn-in; plus intermolecular pairs
-of sampled monomers (random orientation, closest contact 1.6-5 Angstrom) labelled by the
-ensemble. Labels are the ensemble mean energy (Hartree -> eV) and forces (-dE/dR, eV/A).
+10-step burn-in; plus intermolecular pairs of sampled monomers (random orientation, closest
+contact 1.6-5 Angstrom) labelled by the ensemble. Labels are the ensemble mean energy
+(Hartree -> eV) and forces (-dE/dR, eV/A).
 
 Dimer scans (``label-dimers``): pairs of the same molecules (up to 20 atoms each; the S66x8
 monomers weighted to about 30 % of the pool), kept rigid and moved apart along a line so that
 their contact is scaled by 0.90 ... 2.00 as in S66x8; half are N-H/O-H...N/O hydrogen bonds
-(H...X 1.8-2.1 A at factor 1), half random orientations (closest contact 2.2-3.0 A). Intermolecular
-energies are small next to the energy of a molecule, so ``train`` also fits the energies
-relative to each scan's mean (``--relative-energy-weight``), the quantity S66x8 measures.
+(H...X 1.8-2.1 A at factor 1), half random orientations (closest contact 2.2-3.0 A).
+Intermolecular energies are small next to the energy of a molecule, so step 3 also fits the
+energies relative to each scan's mean (``loss.relative_energy_weight``), the quantity S66x8
+measures.
 
 torchani is used only here, never by the library. torchani 2.2.4 imports ``pkg_resources``
 (setuptools<70) and ``importlib_metadata``; with torch 2.13 (which requires setuptools>=77)
@@ -65,7 +63,6 @@ import argparse
 import glob
 import json
 import math
-import os
 import os.path as osp
 import time
 from typing import Dict, List, Optional, Tuple
@@ -73,8 +70,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from pyg_tensorpot.datasets.reference_energies import \
-    ANI1X_SELF_ENERGIES_HARTREE as ANI1X_SAE_HARTREE  # sae_linfit.dat, Hartree
+from pyg_tensorpot.utils.files import atomic_open
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -473,20 +469,23 @@ def label_dimers(args) -> None:
     keep = np.repeat(~bad.any(1), n_points)
     log(f'kept {keep.sum() // n_points} of {args.scans} scans (max |F| < {args.max_force} eV/A)')
     idx = np.nonzero(keep)[0]
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    np.savez_compressed(
-        args.out, natoms=np.array([len(scans[i][1]) for i in idx]),
-        z=np.concatenate([scans[i][1] for i in idx]).astype(np.int8),
-        pos=np.concatenate([scans[i][2] for i in idx]).astype(np.float32),
-        energy=energies[idx], forces=np.concatenate([forces[i] for i in idx]).astype(np.float32),
-        temperature=np.zeros(len(idx), dtype=np.float32),
-        source=np.array([scans[i][0] for i in idx]), group=group[idx],
-        info=json.dumps(dict(scans=args.scans, kept_scans=int(keep.sum() // n_points),
-                             scan_factors=list(SCAN_FACTORS), hbond_fraction=args.hbond_fraction,
-                             noise=args.noise, s66_weight=args.s66_weight,
-                             max_monomer_atoms=args.max_monomer_atoms,
-                             s66_monomers=not args.no_s66_monomers, seed=args.seed,
-                             wall_s=time.time() - t_start)))
+    # written whole or not at all (atomic_open): an interrupted run leaves no partial file
+    with atomic_open(args.out) as out:
+        np.savez_compressed(
+            out, natoms=np.array([len(scans[i][1]) for i in idx]),
+            z=np.concatenate([scans[i][1] for i in idx]).astype(np.int8),
+            pos=np.concatenate([scans[i][2] for i in idx]).astype(np.float32),
+            energy=energies[idx],
+            forces=np.concatenate([forces[i] for i in idx]).astype(np.float32),
+            temperature=np.zeros(len(idx), dtype=np.float32),
+            source=np.array([scans[i][0] for i in idx]), group=group[idx],
+            info=json.dumps(dict(scans=args.scans, kept_scans=int(keep.sum() // n_points),
+                                 scan_factors=list(SCAN_FACTORS),
+                                 hbond_fraction=args.hbond_fraction, noise=args.noise,
+                                 s66_weight=args.s66_weight,
+                                 max_monomer_atoms=args.max_monomer_atoms,
+                                 s66_monomers=not args.no_s66_monomers, seed=args.seed,
+                                 wall_s=time.time() - t_start)))
     log(f'wrote {args.out}')
 
 
@@ -530,296 +529,19 @@ def label(args) -> None:
     log(f'kept {len(keep)} of {len(snapshots)} conformations (max |F| < {args.max_force} '
         f'eV/A, no broken molecule)')
     natoms = np.array([len(s['z']) for s in keep])
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    np.savez_compressed(
-        args.out, natoms=natoms, z=np.concatenate([s['z'] for s in keep]).astype(np.int8),
-        pos=np.concatenate([s['pos'] for s in keep]).astype(np.float32),
-        energy=np.array([s['energy'] for s in keep]),
-        forces=np.concatenate([s['forces'] for s in keep]).astype(np.float32),
-        temperature=np.array([s['temperature'] for s in keep], dtype=np.float32),
-        source=np.array([s['name'] for s in keep]),
-        info=json.dumps(dict(molecules=len(molecules), temperatures=temps, steps=args.steps,
-                             stride=args.stride, burn_in=args.burn_in, pairs=args.pairs,
-                             s66_monomers=not args.no_s66_monomers, seed=args.seed,
-                             wall_s=time.time() - t_start)))
+    with atomic_open(args.out) as out:
+        np.savez_compressed(
+            out, natoms=natoms, z=np.concatenate([s['z'] for s in keep]).astype(np.int8),
+            pos=np.concatenate([s['pos'] for s in keep]).astype(np.float32),
+            energy=np.array([s['energy'] for s in keep]),
+            forces=np.concatenate([s['forces'] for s in keep]).astype(np.float32),
+            temperature=np.array([s['temperature'] for s in keep], dtype=np.float32),
+            source=np.array([s['name'] for s in keep]),
+            info=json.dumps(dict(molecules=len(molecules), temperatures=temps,
+                                 steps=args.steps, stride=args.stride, burn_in=args.burn_in,
+                                 pairs=args.pairs, s66_monomers=not args.no_s66_monomers,
+                                 seed=args.seed, wall_s=time.time() - t_start)))
     log(f'wrote {args.out}')
-
-
-# ----------------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------------
-def load_distillation(paths: List[str]):
-    """The labelled conformations of one or more label files as a list of PyG ``Data`` (eV,
-    eV/A; ``group`` is the dissociation scan of a dimer conformation, -1 for none), the
-    recipe info of each file and the source name of every conformation."""
-    from torch_geometric.data import Data
-    data, infos, sources = [], [], []
-    next_group = 0
-    for path in paths:
-        f = dict(np.load(path))  # decompress every array once
-        offsets = np.concatenate([[0], np.cumsum(f['natoms'])])
-        group = f.get('group', np.full(len(f['natoms']), -1))
-        group = np.where(group >= 0, group + next_group, -1)
-        next_group = max(next_group, int(group.max()) + 1)
-        for k in range(len(f['natoms'])):
-            a, b = offsets[k], offsets[k + 1]
-            data.append(Data(z=torch.from_numpy(f['z'][a:b].astype(np.int64)),
-                             pos=torch.from_numpy(f['pos'][a:b]),
-                             energy=torch.tensor([f['energy'][k]], dtype=torch.float64),
-                             forces=torch.from_numpy(f['forces'][a:b]),
-                             group=torch.tensor([int(group[k])])))
-        infos.append(dict(file=osp.basename(path), **json.loads(str(f['info']))))
-        sources.extend(f['source'].tolist())
-    return data, infos, np.array(sources)
-
-
-def scan_units(groups: np.ndarray) -> List[List[int]]:
-    """Indices grouped into units: each dissociation scan (``group >= 0``) is one unit, every
-    other conformation a unit of its own."""
-    units: Dict[int, List[int]] = {}
-    singles = []
-    for i, g in enumerate(groups):
-        if g >= 0:
-            units.setdefault(int(g), []).append(i)
-        else:
-            singles.append(i)
-    return list(units.values()) + [[i] for i in singles]
-
-
-def unit_batches(groups: np.ndarray, batch_size: int, rng) -> List[List[int]]:
-    """Shuffled batches of about ``batch_size`` conformations in which every dissociation
-    scan is whole (so its energies can be compared with each other in the loss)."""
-    units = scan_units(groups)
-    batches, current = [], []
-    for k in rng.permutation(len(units)):
-        current.extend(units[k])
-        if len(current) >= batch_size:
-            batches.append(current)
-            current = []
-    if current:
-        batches.append(current)
-    return batches
-
-
-def scan_relative_errors(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
-                         ) -> torch.Tensor:
-    """Errors of the energies relative to the mean of their dissociation scan (the
-    S66x8-style conformational energy), for the conformations that belong to a scan."""
-    member = group >= 0
-    _, index = torch.unique(group[member], return_inverse=True)
-    diff = energy[member] - target[member]
-    count = torch.bincount(index).to(diff.dtype)
-    mean = torch.zeros_like(count).index_add_(0, index, diff) / count
-    return diff - mean[index]
-
-
-def relative_energy_mse(energy: torch.Tensor, target: torch.Tensor, group: torch.Tensor
-                        ) -> torch.Tensor:
-    """MSE (eV^2) of :func:`scan_relative_errors`; zero when no conformation is in a scan."""
-    errors = scan_relative_errors(energy, target, group)
-    return (errors ** 2).mean() if errors.numel() else energy.new_zeros(())
-
-
-def _source_group(name: str) -> str:
-    """``qm9-db``, ``qm9-xyz``, ``ani1x``, ``spice``, ``s66-monomer`` or ``pair``."""
-    if name.startswith('dsgdb9nsd'):
-        return 'qm9-xyz'
-    if name.startswith('qm9-db'):
-        return 'qm9-db'
-    if name.startswith('s66'):
-        return 's66-monomer'
-    return name.split('-')[0]
-
-
-def build_model(kind: str, cutoff: float, hidden: int):
-    from pyg_tensorpot import HIPNN, TensorNet
-    if kind == 'tensornet':
-        return TensorNet(hidden_channels=hidden, num_layers=2, num_rbf=32, cutoff=cutoff,
-                         max_z=10, equivariance='O(3)')
-    if kind == 'hipnn-ts':
-        return HIPNN(hidden_channels=hidden, num_interactions=2, num_atom_layers=3,
-                     num_sensitivities=20, soft_min=0.75, soft_max=min(cutoff - 0.5, 5.5),
-                     cutoff=cutoff, elements=ELEMENTS, max_order=2)
-    raise ValueError(f"unknown model '{kind}'; choose 'tensornet' or 'hipnn-ts'")
-
-
-def evaluate(model, data, batch_size: int = 64) -> Dict[str, float]:
-    """Energy and force MAE, and the MAE of energies relative to their dissociation scan's
-    mean over the conformations that belong to a scan (whole scans are kept together)."""
-    from torch_geometric.data import Batch
-    model.eval()
-    e_err, f_err, n_atoms, n_mol = 0.0, 0.0, 0, 0
-    rel_err, n_rel = 0.0, 0
-    batches = unit_batches(np.array([int(d.group) for d in data]), batch_size,
-                           np.random.default_rng(0))
-    for indices in batches:
-        batch = Batch.from_data_list([data[i] for i in indices])
-        energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
-        e_err += (energy.double() - batch.energy).abs().sum().item()
-        f_err += (forces - batch.forces).abs().sum().item()
-        n_mol += batch.num_graphs
-        n_atoms += batch.z.numel()
-        relative = scan_relative_errors(energy.double(), batch.energy, batch.group)
-        rel_err += relative.abs().sum().item()
-        n_rel += relative.numel()
-    metrics = dict(conformations=n_mol, energy_mae_ev=e_err / n_mol,
-                   forces_mae_ev_per_a=f_err / (3 * n_atoms))
-    if n_rel:
-        metrics['scan_relative_energy_mae_ev'] = rel_err / n_rel
-    return metrics
-
-
-def _split_units(data, val_fraction: float, rng):
-    """Training and validation conformations, with every dissociation scan on one side."""
-    units = scan_units(np.array([int(d.group) for d in data]))
-    units = [units[k] for k in rng.permutation(len(units))]
-    n_val = max(1, int(round(val_fraction * len(units))))
-    val = [data[i] for unit in units[:n_val] for i in unit]
-    train_set = [data[i] for unit in units[n_val:] for i in unit]
-    return train_set, val
-
-
-def train(args) -> None:
-    """Step 2: train a student on the labels (or on the real ANI-1x release); with ``--init``,
-    continue from a saved model (step 3: fine-tuning on the dimer scans)."""
-    from torch_geometric.data import Batch
-    from pyg_tensorpot.hub import CONFIG_NAME, load_from_directory, save_pretrained
-    t_start = time.time()
-    log = lambda msg: print(f'[{time.time() - t_start:7.0f} s] {msg}', flush=True)  # noqa
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    sae_ev = {z: e * HARTREE_TO_EV for z, e in ANI1X_SAE_HARTREE.items()}
-    if args.ani1x_root:
-        from pyg_tensorpot.datasets import ANI1x
-        dataset = ANI1x(args.ani1x_root, level='wb97x_dz', forces=True)
-        data = [dataset[i] for i in range(len(dataset))]
-        for d in data:
-            d.group = torch.tensor([-1])
-        training_data = dict(name='ANI-1x release', level_of_theory='wB97X/6-31G(d)',
-                             conformations=len(data), source=args.ani1x_root)
-    else:
-        data, infos, source = load_distillation(args.data.split(','))
-        training_data = dict(
-            name='ANI-1x ensemble distillation',
-            level_of_theory='ANI-1x 8-model ensemble (trained on wB97X/6-31G(d))',
-            conformations=len(data), recipe='examples/pretrain_ani1x_distillation.py',
-            sampling=infos,
-            sources={k: int(v) for k, v in zip(*np.unique(
-                [_source_group(s) for s in source], return_counts=True))})
-    rng = np.random.default_rng(args.seed)
-    train_set, val = _split_units(data, args.val_fraction, rng)
-    log(f'{len(train_set)} training / {len(val)} validation conformations')
-
-    stages = []
-    if args.init:
-        model = load_from_directory(args.init)
-        with open(osp.join(args.init, CONFIG_NAME)) as f:
-            init_config = json.load(f)
-        stages = list(init_config['training'].get('stages', [init_config['training']]))
-        if type(model).__name__ != {'tensornet': 'TensorNet', 'hipnn-ts': 'HIPNN'}[args.model]:
-            raise ValueError(f'--init {args.init} holds a {type(model).__name__}, not a '
-                             f'{args.model} model')
-        model = model.float()
-        log(f'initialised from {args.init} ({len(stages)} earlier training stage(s))')
-    else:
-        model = build_model(args.model, args.cutoff, args.hidden)
-        model.set_atomref(sae_ev)
-        # scale of the per-atom residual energies after the self energies
-        resid = np.array([(d.energy.item() - sum(sae_ev[int(v)] for v in d.z)) / d.z.numel()
-                          for d in train_set[:5000]])
-        fscale = float(np.sqrt(np.mean(np.concatenate([d.forces.numpy().ravel()
-                                                       for d in train_set[:5000]]) ** 2)))
-        model.set_standardization(0.0, fscale)
-        # fold the mean residual per atom into the reference energies
-        model.set_atomref({z: e + float(resid.mean()) for z, e in sae_ev.items()})
-        log(f'residual energy/atom {resid.mean():.3f} +- {resid.std():.3f} eV, force RMS '
-            f'{fscale:.3f} eV/A')
-    log(f'{sum(p.numel() for p in model.parameters())} parameters')
-
-    def save(final, metrics, epoch: int, step: int) -> None:
-        data_files = ([osp.basename(path) for path in args.data.split(',')]
-                      if not args.ani1x_root else [args.ani1x_root])
-        stage = dict(epochs=epoch, steps=step, data=data_files,
-                     initialised_from=args.init and osp.normpath(args.init),
-                     batch_size=args.batch_size,
-                     lr=args.lr, lr_min=args.lr_min, schedule='cosine over the wall-time budget',
-                     optimizer='AdamW', ema_decay=args.ema_decay, energy_weight=args.energy_weight,
-                     force_weight=args.force_weight,
-                     relative_energy_weight=args.relative_energy_weight,
-                     loss='energy_weight x MSE of energy per atom + force_weight x MSE of force '
-                          'components + relative_energy_weight x MSE of energies relative to '
-                          'their dissociation scan mean (eV^2)',
-                     seed=args.seed, threads=args.threads,
-                     wall_time_min=round((time.time() - t_start) / 60, 1), dtype='float32')
-        validation = {'conformations': metrics['conformations'], 'energy_mae_ev': metrics['energy_mae_ev'],
-                      'forces_mae_ev_per_angstrom': metrics['forces_mae_ev_per_a']}
-        if 'scan_relative_energy_mae_ev' in metrics:
-            validation['scan_relative_energy_mae_ev'] = metrics['scan_relative_energy_mae_ev']
-        save_pretrained(final, args.out, name=osp.basename(osp.normpath(args.out)),
-                        supported_elements=list(ELEMENTS),
-                        training_data=training_data,
-                        metrics={'validation (held-out distillation conformations)': validation},
-                        training=dict(stages=stages + [stage]),
-                        description=args.description)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    groups = np.array([int(d.group) for d in train_set])
-    batch_rng = np.random.default_rng(args.seed + 1)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
-    budget = args.time_budget_min * 60
-    step, epoch = 0, 0
-    done = False
-    while not done and not (args.max_epochs and epoch >= args.max_epochs):
-        epoch += 1
-        model.train()
-        t_epoch = time.time()
-        for indices in unit_batches(groups, args.batch_size, batch_rng):
-            elapsed = time.time() - t_start
-            if elapsed > budget:
-                done = True
-                break
-            batch = Batch.from_data_list([train_set[i] for i in indices])
-            # cosine decay over the wall-time budget
-            lr = args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(
-                math.pi * min(1.0, elapsed / budget)))
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            energy, forces = model.energy_and_forces(batch.z, batch.pos, batch.batch)
-            natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(energy.dtype)
-            target = batch.energy.to(energy.dtype)
-            e_loss = (((energy - target) / natoms) ** 2).mean()
-            f_loss = ((forces - batch.forces) ** 2).mean()
-            rel_loss = relative_energy_mse(energy, target, batch.group)
-            loss = (args.energy_weight * e_loss + args.force_weight * f_loss
-                    + args.relative_energy_weight * rel_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            if step % 200 == 0:
-                log(f'epoch {epoch} step {step} lr {lr:.2e} loss {loss.item():.4f} '
-                    f'(E/atom RMSE {e_loss.sqrt().item() * 1000:.1f} meV, F RMSE '
-                    f'{f_loss.sqrt().item() * 1000:.0f} meV/A, scan-relative E RMSE '
-                    f'{rel_loss.sqrt().item() * 1000:.1f} meV)')
-        if step > 0:
-            metrics = evaluate(ema.module, val[:800])
-            log(f'epoch {epoch} done ({time.time() - t_epoch:.0f} s): EMA validation '
-                f'E MAE {metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
-                f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A, scan-relative E MAE '
-                f'{metrics.get("scan_relative_energy_mae_ev", math.nan) * 1000:.1f} meV')
-            if args.save_every_epoch:  # a stopped run leaves its latest EMA model
-                save(ema.module, metrics, epoch, step)
-    final = ema.module
-    metrics = evaluate(final, val)
-    log(f'final EMA model on {len(val)} validation conformations: E MAE '
-        f'{metrics["energy_mae_ev"] * 1000:.1f} meV, F MAE '
-        f'{metrics["forces_mae_ev_per_a"] * 1000:.1f} meV/A, scan-relative E MAE '
-        f'{metrics.get("scan_relative_energy_mae_ev", math.nan) * 1000:.1f} meV')
-    save(final, metrics, epoch, step)
-    log(f'saved to {args.out}')
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -854,36 +576,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--no-s66-monomers', action='store_true')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=1)
-    p = sub.add_parser('train', help='train a student model and save it')
-    p.add_argument('--model', choices=['tensornet', 'hipnn-ts'], required=True)
-    p.add_argument('--data', default='distill/ani1x_distill.npz',
-                   help='label file(s), comma-separated')
-    p.add_argument('--init', default=None,
-                   help='continue from this saved model folder (fine-tuning)')
-    p.add_argument('--ani1x-root', default=None,
-                   help='train on the real ANI-1x release (root/raw/ani1x-release.h5) instead')
-    p.add_argument('--out', required=True)
-    p.add_argument('--cutoff', type=float, default=5.0)
-    p.add_argument('--hidden', type=int, default=64)
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--lr', type=float, default=1e-3)
-    p.add_argument('--lr-min', type=float, default=2e-5)
-    p.add_argument('--energy-weight', type=float, default=20.0)
-    p.add_argument('--force-weight', type=float, default=1.0)
-    p.add_argument('--relative-energy-weight', type=float, default=0.0,
-                   help='weight of the MSE (eV^2) of energies relative to their dissociation '
-                        'scan mean')
-    p.add_argument('--val-fraction', type=float, default=0.05)
-    p.add_argument('--time-budget-min', type=float, default=22.0)
-    p.add_argument('--max-epochs', type=int, default=0)
-    p.add_argument('--ema-decay', type=float, default=0.99)
-    p.add_argument('--save-every-epoch', action='store_true',
-                   help='also save the EMA model (validated on a subset) after every epoch')
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--description', default='')
     args = parser.parse_args(argv)
-    {'label': label, 'label-dimers': label_dimers, 'train': train}[args.command](args)
+    {'label': label, 'label-dimers': label_dimers}[args.command](args)
 
 
 if __name__ == '__main__':

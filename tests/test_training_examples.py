@@ -1,6 +1,6 @@
 """Every configuration in examples/ is valid, builds its model at the paper's size and, shrunk,
 trains and tests through the engine on the real data samples of tests/data (rMD17, QM9, ANI-1x
-with COMP6 S66x8 as external test set, SPICE)."""
+with COMP6 S66x8 as external test set, SPICE, distillation label files made of S66x8 dimers)."""
 import glob
 import os
 import os.path as osp
@@ -20,8 +20,13 @@ HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = sorted(glob.glob(osp.join(osp.dirname(HERE), 'examples', '*.yaml')))
 DATA = osp.join(HERE, 'data')
 
-#: Trainable parameters of the papers' configurations (TENSORNET.md 1.8 and HIPNN.md 1.8).
+#: Trainable parameters of the papers' configurations (TENSORNET.md 1.8 and HIPNN.md 1.8) and
+#: of the shipped pretrained models (their config.json num_parameters).
 PARAMETERS = {
+    'distill-ani1x-tensornet.yaml': 52_001,
+    'distill-ani1x-tensornet-scans.yaml': 52_001,
+    'distill-ani1x-hipnn-ts.yaml': 150_486,
+    'distill-ani1x-hipnn-ts-scans.yaml': 150_486,
     'finetune-own-data.yaml': 52_001,
     'TensorNet-rMD17.yaml': 766_337,
     'TensorNet-ANI1x.yaml': 769_921,
@@ -38,7 +43,7 @@ def test_every_example_is_listed():
 
 @pytest.mark.parametrize('path', EXAMPLES, ids=osp.basename)
 def test_example_builds_the_papers_model(path):
-    config = load_config(path)
+    config = load_config(path, _stage_one(osp.basename(path)))
     model = build_model(config.model)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert count == PARAMETERS[osp.basename(path)]
@@ -47,15 +52,43 @@ def test_example_builds_the_papers_model(path):
         dataset_class(config.data.test_dataset)
 
 
+def _stage_one(name: str) -> list:
+    """For a stage-2 distillation recipe, whose stage-1 run is not there, the shipped model
+    of the same architecture as :obj:`model.init`."""
+    if name.startswith('distill-') and name.endswith('-scans.yaml'):
+        return [f"model.init={name[len('distill-ani1x-'):-len('-scans.yaml')]}-ani1x"]
+    return []
+
+
 def _place(src, root, name):
     os.makedirs(osp.join(root, 'raw', osp.dirname(name)), exist_ok=True)
     shutil.copy(src, osp.join(root, 'raw', name))
 
 
+def _s66x8_sample(tmp_path) -> list:
+    """The first three S66x8 dimers (24 conformations) as a COMP6 root, in the file's own
+    layout, and the overrides that make it the external test set."""
+    os.makedirs(tmp_path / 'comp6' / 'raw')
+    with h5py.File(osp.join(DATA, 'comp6', 's66x8_wb97x6-31gd.h5'), 'r') as src, \
+            h5py.File(tmp_path / 'comp6' / 'raw' / 's66x8_wb97x6-31gd.h5', 'w') as dst:
+        top = dst.create_group('s66x8')
+        for k in range(3):
+            src.copy(src[f's66x8/mol{k:02d}'], top, name=f'mol{k:02d}')
+    return [f'data.test_root={tmp_path / "comp6"}', 'data.test_args.subset=s66x8',
+            'data.test_args.verify_checksums=false']
+
+
 def _roots(tmp_path, name):
     """Dataset roots with the real samples in the raw layout of the full releases."""
     overrides = []
-    if name == 'TensorNet-rMD17.yaml':
+    if name.startswith('distill-'):
+        distillation = pytest.importorskip('test_training_distillation')
+        files = distillation.write_label_files(tmp_path)
+        paths = files if name.endswith('-scans.yaml') else files[:1]
+        overrides += [f'data.root={tmp_path / "processed"}',
+                      f'data.args.paths=[{", ".join(paths)}]'] + _s66x8_sample(tmp_path)
+        overrides += _stage_one(name)
+    elif name == 'TensorNet-rMD17.yaml':
         _place(osp.join(DATA, 'rmd17', 'rmd17fmt_ethanol_pbe_def2svp_pyscf_20.npz'),
                tmp_path / 'rmd17', 'rmd17/npz_data/rmd17_ethanol.npz')
         overrides += [f'data.root={tmp_path / "rmd17"}', 'data.args.molecule=ethanol',
@@ -75,15 +108,7 @@ def _roots(tmp_path, name):
         overrides += [f'data.root={tmp_path / "ani1x"}', 'data.args.verify_checksums=false',
                       'data.train_size=4', 'data.val_size=2']
         if name == 'TensorNet-ANI1x.yaml':
-            # the first three S66x8 dimers (24 conformations), in the file's own layout
-            os.makedirs(tmp_path / 'comp6' / 'raw')
-            with h5py.File(osp.join(DATA, 'comp6', 's66x8_wb97x6-31gd.h5'), 'r') as src, \
-                    h5py.File(tmp_path / 'comp6' / 'raw' / 's66x8_wb97x6-31gd.h5', 'w') as dst:
-                top = dst.create_group('s66x8')
-                for k in range(3):
-                    src.copy(src[f's66x8/mol{k:02d}'], top, name=f'mol{k:02d}')
-            overrides += [f'data.test_root={tmp_path / "comp6"}', 'data.test_args.subset=s66x8',
-                          'data.test_args.verify_checksums=false']
+            overrides += _s66x8_sample(tmp_path)
     elif name == 'TensorNet-SPICE.yaml':
         _place(osp.join(DATA, 'spice', 'modelforge_SPICE-1.1.4_n2.hdf5'), tmp_path / 'spice',
                'SPICE-1.1.4.hdf5')
@@ -118,4 +143,5 @@ def test_example_trains_on_real_sample(path, tmp_path):
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
         assert ('forces_mae' in metrics) == (config.loss.force_weight > 0)
     if config.data.test_dataset:
-        assert 'COMP6' in result.test_metrics and 'test' in result.test_metrics
+        assert 'COMP6' in result.test_metrics
+        assert ('test' in result.test_metrics) == (config.data.test_size != 0)

@@ -6,19 +6,8 @@ import numpy as np
 import torch
 
 from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
-from pyg_tensorpot.datasets.base import (
-    AtomisticInMemoryDataset,
-    RawFileError,
-    StorageBuilder,
-    check_allocation,
-    checked_molecule_group,
-    logger,
-    molecule_groups,
-    open_hdf5,
-    progress,
-    raw_read_errors,
-    require_h5py,
-)
+from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset, RawFileError, logger, progress
+from pyg_tensorpot.datasets.hdf5 import finite_as_float32, molecule_file
 from pyg_tensorpot.datasets.reference_energies import SELF_ENERGY_TABLES, hartree_to_ev
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
@@ -163,28 +152,19 @@ class ANI1x(AtomisticInMemoryDataset):
         return hartree_to_ev(SELF_ENERGY_TABLES[_LEVEL_ATOMREF[self.level]])
 
     def process_storage(self):
-        with raw_read_errors(self.raw_paths, 'ANI-1x') as position:
-            return self._read_raw(position)
-
-    def _read_raw(self, position):
-        require_h5py('ANI-1x')  # names the dataset if h5py is missing
         path = self.raw_paths[0]
         energy_keys, forces_key = ANI1X_LEVELS[self.level]
         if not self.use_forces:
             forces_key = None
-        f = open_hdf5(path)
-        with f:
-            groups = molecule_groups(f, path, 'the ANI-1x release')
+        needed = ('atomic_numbers', 'coordinates') + energy_keys + (
+            (forces_key,) if forces_key else ()) + self.extra_keys
+        with molecule_file(path, 'ANI-1x', 'ANI-1x release layout',
+                           'the ANI-1x release') as raw:
             # Pass 1: energies only (8 bytes per conformation), to size the output exactly.
             plans = []
             total_confs = total_atoms = 0
-            for name in progress(groups, desc='ANI-1x: energies', enabled=self.log,
-                                 unit='group'):
-                group = f[name]
-                position.group = name
-                needed = ('atomic_numbers', 'coordinates') + energy_keys + (
-                    (forces_key,) if forces_key else ()) + self.extra_keys
-                z = checked_molecule_group(group, name, path, needed, 'ANI-1x release layout')
+            for name, group, z in raw.checked_groups(raw.names, needed, 'ANI-1x: energies',
+                                                     self.log):
                 shape = group['coordinates'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
                     raise RawFileError(f"group '{name}' of '{path}': coordinates {shape} do "
@@ -196,7 +176,7 @@ class ANI1x(AtomisticInMemoryDataset):
                 plans.append((name, z, keep, energy))
                 total_confs += int(keep.sum())
                 total_atoms += int(keep.sum()) * z.size
-            extras = self._extra_layout(f[groups[0]])
+            extras = self._extra_layout(raw.handle[raw.names[0]])
             atom_fields = {'pos': ((3,), torch.float32)}
             if forces_key:
                 atom_fields['forces'] = ((3,), torch.float32)
@@ -204,30 +184,30 @@ class ANI1x(AtomisticInMemoryDataset):
             for key, (per_atom, tail) in extras.items():
                 target = atom_fields if per_atom else graph_fields
                 target[attribute_name(key)] = (tail, torch.float32)
-            check_allocation(40 * total_atoms + 16 * total_confs, [path], 'ANI-1x')
-            builder = StorageBuilder(total_confs, total_atoms, atom_fields, graph_fields)
+            builder = raw.builder(total_confs, total_atoms, atom_fields, graph_fields, 16)
             # Pass 2: geometries, forces and extras of the kept conformations.
             dropped = sum(int((~keep).sum()) for _, _, keep, _ in plans)
             bar = progress(range(len(plans)), total=len(plans), desc='ANI-1x: conformations',
                            enabled=self.log, unit='group')
             for index in bar:
                 name, z, keep, energy = plans[index]
-                position.group = name
                 if not keep.any():
                     continue
-                group = f[name]
+                group = raw.group(name)
                 pos = group['coordinates'][()][keep]
-                good = np.isfinite(pos).all(axis=(1, 2))
+                good = finite_as_float32(pos)
                 atom_values = {'pos': pos}
                 if forces_key:
-                    forces = group[forces_key][()][keep]
-                    good &= np.isfinite(forces).all(axis=(1, 2))
-                    atom_values['forces'] = forces * np.float32(HARTREE_TO_EV)
+                    with np.errstate(over='ignore', invalid='ignore'):
+                        forces = group[forces_key][()][keep] * np.float32(HARTREE_TO_EV)
+                    good &= finite_as_float32(forces)
+                    atom_values['forces'] = forces
                 extra_values = {}
                 for key, (per_atom, _) in extras.items():
-                    value = group[key][()][keep]
-                    good &= np.isfinite(value).reshape(value.shape[0], -1).all(axis=1)
-                    value = (value.astype(np.float64) * _extra_scale(key)).astype(np.float32)
+                    with np.errstate(over='ignore', invalid='ignore'):
+                        value = (group[key][()][keep].astype(np.float64)
+                                 * _extra_scale(key)).astype(np.float32)
+                    good &= finite_as_float32(value)
                     if per_atom:
                         atom_values[attribute_name(key)] = value
                     else:
@@ -235,6 +215,7 @@ class ANI1x(AtomisticInMemoryDataset):
                 e = energy[keep] * HARTREE_TO_EV
                 if self.self_energy_table is not None:
                     e = e - self._reference_sum(z, name)
+                good &= np.isfinite(e)
                 if not good.all():
                     dropped += int((~good).sum())
                     atom_values = {k: v[good] for k, v in atom_values.items()}

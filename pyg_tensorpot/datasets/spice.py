@@ -6,19 +6,8 @@ import numpy as np
 import torch
 
 from pyg_tensorpot.datasets.arguments import DatasetArguments, Unpack
-from pyg_tensorpot.datasets.base import (
-    AtomisticInMemoryDataset,
-    RawFileError,
-    StorageBuilder,
-    check_allocation,
-    checked_molecule_group,
-    logger,
-    molecule_groups,
-    open_hdf5,
-    progress,
-    raw_read_errors,
-    require_h5py,
-)
+from pyg_tensorpot.datasets.base import AtomisticInMemoryDataset, RawFileError, logger, progress
+from pyg_tensorpot.datasets.hdf5 import finite_as_float32, molecule_file
 from pyg_tensorpot.utils.elements import atomic_number
 from pyg_tensorpot.utils.units import (
     BOHR_TO_ANGSTROM,
@@ -188,27 +177,17 @@ class SPICE(AtomisticInMemoryDataset):
         return True
 
     def process_storage(self):
-        with raw_read_errors(self.raw_paths, 'SPICE') as position:
-            return self._read_raw(position)
-
-    def _read_raw(self, position):
-        require_h5py('SPICE')  # names the dataset if h5py is missing
         path = self.raw_paths[0]
         energy_key = 'formation_energy' if self.energy_kind == 'formation' else \
             'dft_total_energy'
-        f = open_hdf5(path)
+        needed = ('atomic_numbers', 'conformations', energy_key, 'dft_total_gradient')
         counts = {'filtered': 0, 'bad_layout': 0, 'missing_extra': 0, 'nan': 0, 'force': 0}
-        with f:
-            names = molecule_groups(f, path, 'a SPICE file')
-            names = names[::self.subsample_molecules]
+        with molecule_file(path, 'SPICE', 'SPICE layout', 'a SPICE file') as raw:
+            names = raw.names[::self.subsample_molecules]
             plans = []
             total_confs = total_atoms = 0
-            for name in progress(names, desc='SPICE: molecules', enabled=self.log,
-                                 unit='group'):
-                group = f[name]
-                position.group = name
-                needed = ('atomic_numbers', 'conformations', energy_key, 'dft_total_gradient')
-                z = checked_molecule_group(group, name, path, needed, 'SPICE layout')
+            for name, group, z in raw.checked_groups(names, needed, 'SPICE: molecules',
+                                                     self.log):
                 shape = group['conformations'].shape
                 if len(shape) != 3 or shape[1:] != (z.size, 3):
                     counts['bad_layout'] += 1
@@ -232,7 +211,7 @@ class SPICE(AtomisticInMemoryDataset):
                             'molecule': ((), torch.long)}
             if not plans:
                 raise RawFileError(f"no SPICE molecule of '{path}' passes the filters")
-            first = f[plans[0][0]]
+            first = raw.handle[plans[0][0]]
             for key in self.extra_keys:
                 per_atom, _ = SPICE_EXTRAS[key]
                 tail = first[key].shape[2:] if per_atom else first[key].shape[1:]
@@ -240,27 +219,27 @@ class SPICE(AtomisticInMemoryDataset):
                     tail = ()
                 (atom_fields if per_atom else graph_fields)[key] = (tuple(tail),
                                                                     torch.float32)
-            check_allocation(40 * total_atoms + 24 * total_confs, [path], 'SPICE')
-            builder = StorageBuilder(total_confs, total_atoms, atom_fields, graph_fields)
+            builder = raw.builder(total_confs, total_atoms, atom_fields, graph_fields, 24)
             for name, z, charge, molecule in progress(plans, total=len(plans),
                                                       desc='SPICE: conformations',
                                                       enabled=self.log, unit='group'):
-                group = f[name]
-                position.group = name
+                group = raw.group(name)
                 pos = group['conformations'][()]
                 energy = np.asarray(group[energy_key][()], dtype=np.float64).reshape(-1)
                 forces = group['dft_total_gradient'][()].astype(np.float64)
                 forces *= -HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
-                good = (np.isfinite(energy) & np.isfinite(pos).all(axis=(1, 2)) &
-                        np.isfinite(forces).all(axis=(1, 2)))
+                with np.errstate(over='ignore', invalid='ignore'):
+                    good = (np.isfinite(energy * HARTREE_TO_EV) & finite_as_float32(forces)
+                            & finite_as_float32(pos.astype(np.float64) * BOHR_TO_ANGSTROM))
                 extras = {}
                 for key in self.extra_keys:
                     per_atom, scale = SPICE_EXTRAS[key]
                     value = group[key][()]
                     if key == 'mbis_charges':
                         value = value.reshape(value.shape[0], value.shape[1])
-                    good &= np.isfinite(value).reshape(value.shape[0], -1).all(axis=1)
-                    extras[key] = (value.astype(np.float64) * scale).astype(np.float32)
+                    with np.errstate(over='ignore', invalid='ignore'):
+                        extras[key] = (value.astype(np.float64) * scale).astype(np.float32)
+                    good &= finite_as_float32(extras[key])
                 counts['nan'] += int((~good).sum())
                 if self.max_force is not None:
                     too_large = np.linalg.norm(forces, axis=-1).max(axis=-1) > self.max_force

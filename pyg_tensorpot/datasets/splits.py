@@ -7,7 +7,7 @@ that order. Splits are dictionaries ``{'idx_train', 'idx_val', 'idx_test'}`` of 
 tensors, saved as ``splits.npz`` with the same keys (torchmd-net's ``--splits`` format).
 """
 import os.path as osp
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,9 +66,16 @@ def random_split(
     test_size: Size = None,
     seed: int = 1,
     path: Optional[str] = None,
+    groups: Optional[Union[np.ndarray, Tensor]] = None,
 ) -> Split:
     r"""Random train/val/test split of :obj:`num` samples, identical to torchmd-net's
     ``train_val_test_split`` for the same sizes and seed.
+
+    With :obj:`groups`, whole groups are split instead of samples (e.g. the conformations of
+    one dissociation scan, whose energies are compared with each other): the units of
+    :func:`group_units` are permuted and cut into train | val | test where their running count
+    of samples reaches the sizes, so each part holds its size or up to one group more, and
+    every group lies in one part.
 
     Args:
         num (int): Number of samples.
@@ -80,18 +87,49 @@ def random_split(
         seed (int, optional): Seed of ``numpy.random.default_rng``. (default: :obj:`1`)
         path (str, optional): Where to save the split (``.npz``); see :func:`save_split`.
             (default: :obj:`None`)
+        groups (array, optional): The group of every sample :obj:`[num]` (-1 for none).
+            (default: :obj:`None`)
     """
     n_train, n_val, n_test = split_sizes(num, train_size, val_size, test_size)
     total = n_train + n_val + n_test
     if total < num:
         logger.warning('%d samples are in none of train/val/test', num - total)
-    perm = np.random.default_rng(seed).permutation(np.arange(num, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        if len(groups) != num:
+            raise ValueError(f'groups has {len(groups)} entries for {num} samples')
+        units = group_units(groups)
+        order = [units[k] for k in rng.permutation(len(units))]
+        # cut after the first unit at which the running count reaches each size
+        ends = np.cumsum([len(unit) for unit in order])
+        cuts = [0] + [min(int(np.searchsorted(ends, size)) + 1, len(order)) if size else 0
+                      for size in (n_train, n_train + n_val, total)]
+        cuts = np.maximum.accumulate(cuts).tolist()
+        parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        split = {key: torch.tensor([i for unit in part for i in unit], dtype=torch.long)
+                 for key, part in zip(SPLIT_KEYS, parts)}
+        return _maybe_save(split, path, num)
+    perm = rng.permutation(np.arange(num, dtype=np.int64))
     split = {
         'idx_train': torch.from_numpy(perm[:n_train].copy()),
         'idx_val': torch.from_numpy(perm[n_train:n_train + n_val].copy()),
         'idx_test': torch.from_numpy(perm[n_train + n_val:total].copy()),
     }
     return _maybe_save(split, path, num)
+
+
+def group_units(groups: Union[Sequence[int], np.ndarray, Tensor]) -> List[List[int]]:
+    r"""The sample indices grouped into units: all samples of a group (id :math:`\geq 0`)
+    form one unit, in order of first appearance, and every sample of group -1 is a unit of its
+    own (after the groups)."""
+    units: Dict[int, List[int]] = {}
+    singles: List[List[int]] = []
+    for i, g in enumerate(np.asarray(groups, dtype=np.int64).reshape(-1).tolist()):
+        if g >= 0:
+            units.setdefault(g, []).append(i)
+        else:
+            singles.append([i])
+    return list(units.values()) + singles
 
 
 def save_split(split: Split, path: str) -> None:

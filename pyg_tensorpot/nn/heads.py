@@ -6,7 +6,7 @@ polar vector (it is built from :math:`[\hat{\mathbf{r}}]_\times`, and a reflecti
 its sign and its handedness), and :math:`\mathbf{S}` as a symmetric rank-2 tensor, so both heads
 are equivariant by construction.
 """
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -66,7 +66,38 @@ def _center_of_mass(z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int,
     return scatter(masses * pos, batch, 0, dim_size=num_graphs, reduce='sum') / total
 
 
-class DipoleHead(torch.nn.Module):
+class TensorFeatureHead(torch.nn.Module):
+    r"""What the heads on TensorNet's rank-2 features share: a :class:`ScalarHead` on the
+    invariant features (the attribute :attr:`mlp_name`) and bias-free linear maps
+    :math:`\mathbb{R}^H \to \mathbb{R}` of the tensor channels (the attributes
+    :attr:`weight_names`), each reset in that order.
+
+    Args:
+        hidden_channels (int): Number of invariant features and tensor channels :math:`H`.
+        activation (str or torch.nn.Module, optional): Activation of the :class:`ScalarHead`.
+            (default: :obj:`"silu"`)
+    """
+    #: Attribute of the :class:`ScalarHead` (a key of the saved weights).
+    mlp_name = 'mlp'
+    #: Attributes of the channel weights (keys of the saved weights).
+    weight_names: Tuple[str, ...] = ()
+
+    def __init__(self, hidden_channels: int, activation: Union[str, torch.nn.Module] = 'silu'):
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        setattr(self, self.mlp_name, ScalarHead(hidden_channels, activation))
+        for name in self.weight_names:
+            setattr(self, name, torch.nn.Linear(hidden_channels, 1, bias=False))
+
+    def reset_parameters(self):
+        for module in self.children():
+            module.reset_parameters()
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}({self.hidden_channels})'
+
+
+class DipoleHead(TensorFeatureHead):
     r"""Molecular dipole **vector** from atomic charges and TensorNet's antisymmetric features
 
     .. math::
@@ -80,27 +111,22 @@ class DipoleHead(torch.nn.Module):
     are those of the training targets (e.g. e Angstrom).
 
     Args:
-        hidden_channels (int): Number of invariant features and tensor channels :math:`H`.
-        activation (str or torch.nn.Module, optional): Activation of the charge MLP.
-            (default: :obj:`"silu"`)
+        hidden_channels, activation: See :class:`TensorFeatureHead` (the activation of the
+            charge MLP :math:`\tilde q`; default :obj:`"silu"`).
 
     Shapes:
         - **input:** invariant features :math:`(N, H)`, tensor features :math:`(N, 3, 3, H)`,
           atomic numbers :math:`(N)`, positions :math:`(N, 3)`, batch :math:`(N)`
         - **output:** :math:`(B, 3)`
     """
+    mlp_name = 'charge'
+    weight_names = ('vector_weight', )
+
     def __init__(self, hidden_channels: int, activation: Union[str, torch.nn.Module] = 'silu'):
-        super().__init__()
-        self.hidden_channels = hidden_channels
-        self.charge = ScalarHead(hidden_channels, activation)
-        self.vector_weight = torch.nn.Linear(hidden_channels, 1, bias=False)
+        super().__init__(hidden_channels, activation)
         self.register_buffer('masses', torch.tensor(MASSES, dtype=torch.float64),
                              persistent=False)
         self.reset_parameters()
-
-    def reset_parameters(self):
-        self.charge.reset_parameters()
-        self.vector_weight.reset_parameters()
 
     def forward(self, x: Tensor, tensor: Tensor, z: Tensor, pos: Tensor, batch: Tensor,
                 num_graphs: int, total_charge: Optional[Tensor] = None) -> Tensor:
@@ -117,11 +143,8 @@ class DipoleHead(torch.nn.Module):
         atomic = self.vector_weight(skew_to_vector(antisymmetric)).squeeze(-1)
         return scatter(point + atomic, batch, 0, dim_size=num_graphs, reduce='sum')
 
-    def __repr__(self) -> str:
-        return f'{self.__class__.__name__}({self.hidden_channels})'
 
-
-class PolarizabilityHead(torch.nn.Module):
+class PolarizabilityHead(TensorFeatureHead):
     r"""Molecular polarizability **tensor** from TensorNet's scalar and symmetric features
 
     .. math::
@@ -132,27 +155,20 @@ class PolarizabilityHead(torch.nn.Module):
     result is symmetric and transforms as :math:`\mathbf{R}\boldsymbol{\alpha}\mathbf{R}^\top`.
 
     Args:
-        hidden_channels (int): Number of invariant features and tensor channels :math:`H`.
-        activation (str or torch.nn.Module, optional): Activation of the isotropic MLP.
-            (default: :obj:`"silu"`)
+        hidden_channels, activation: See :class:`TensorFeatureHead` (the activation of the
+            isotropic MLP :math:`\alpha^\mathrm{iso}`; default :obj:`"silu"`).
 
     Shapes:
         - **input:** invariant features :math:`(N, H)`, tensor features :math:`(N, 3, 3, H)`,
           batch :math:`(N)`
         - **output:** :math:`(B, 3, 3)`
     """
-    def __init__(self, hidden_channels: int, activation: Union[str, torch.nn.Module] = 'silu'):
-        super().__init__()
-        self.hidden_channels = hidden_channels
-        self.isotropic = ScalarHead(hidden_channels, activation)
-        self.scalar_weight = torch.nn.Linear(hidden_channels, 1, bias=False)
-        self.symmetric_weight = torch.nn.Linear(hidden_channels, 1, bias=False)
-        self.reset_parameters()
+    mlp_name = 'isotropic'
+    weight_names = ('scalar_weight', 'symmetric_weight')
 
-    def reset_parameters(self):
-        self.isotropic.reset_parameters()
-        self.scalar_weight.reset_parameters()
-        self.symmetric_weight.reset_parameters()
+    def __init__(self, hidden_channels: int, activation: Union[str, torch.nn.Module] = 'silu'):
+        super().__init__(hidden_channels, activation)
+        self.reset_parameters()
 
     def forward(self, x: Tensor, tensor: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         scalar, _, symmetric = decompose(tensor)
@@ -160,6 +176,3 @@ class PolarizabilityHead(torch.nn.Module):
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
         atomic = iso[:, None, None] * eye + self.symmetric_weight(symmetric).squeeze(-1)
         return scatter(atomic, batch, 0, dim_size=num_graphs, reduce='sum')
-
-    def __repr__(self) -> str:
-        return f'{self.__class__.__name__}({self.hidden_channels})'

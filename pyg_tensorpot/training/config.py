@@ -158,6 +158,13 @@ class DataConfig:
         energy_std (float, optional): A fixed :math:`\sigma` in eV instead of the fitted one
             (with :obj:`standardize: false` the mean stays 0), e.g. 0.0433641 = 1 kcal/mol,
             the output unit of hippynn's ANI-1x networks. (default: :obj:`None`)
+        group_key (str, optional): Per-structure integer attribute naming the group a
+            structure belongs to (-1 for none), e.g. :obj:`group`, the dissociation scan of
+            :class:`~pyg_tensorpot.datasets.distillation.DistillationDataset`. Every group
+            then lies in one part of a random split and in one training batch (batches hold
+            :obj:`batch_size` structures or up to one group more), as
+            :obj:`loss.relative_energy_weight` needs; such batches run in one process.
+            (default: :obj:`None`)
     """
     dataset: str = 'MD17EthanolSample'
     root: Optional[str] = None
@@ -180,12 +187,13 @@ class DataConfig:
     reference_energies: Union[str, Dict[int, float]] = 'fit'
     standardize: bool = True
     energy_std: Optional[float] = None
+    group_key: Optional[str] = None
 
     def validate(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError('data.dataset: name a dataset, e.g. RMD17, QM9, ANI1x, COMP6, '
                               'SPICE or MD17EthanolSample')
-        for key in ('root', 'path', 'test_dataset', 'test_root', 'splits_file'):
+        for key in ('root', 'path', 'test_dataset', 'test_root', 'splits_file', 'group_key'):
             _check_string(f'data.{key}', getattr(self, key), allow_none=True)
         for key in ('energy_key', 'forces_key'):
             _check_string(f'data.{key}', getattr(self, key))
@@ -237,7 +245,8 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    r"""The ``loss`` section: :math:`L = w_E L_E + w_F L_F + w_S L_S + \sum_k w_k R_k`.
+    r"""The ``loss`` section: :math:`L = w_E L_E + w_F L_F + w_S L_S + w_R L_R
+    + \sum_k w_k R_k`.
 
     Args:
         energy_weight (float, optional): :math:`w_E`. (default: :obj:`1.0`)
@@ -265,6 +274,12 @@ class LossConfig:
             the energy error and shift the energies. The former keys
             :obj:`hierarchicality_weight` and :obj:`l2_weight` are read as these entries (with
             a :class:`FutureWarning`). (default: :obj:`{}`)
+        relative_energy_weight (float, optional): :math:`w_R`, the weight of
+            :math:`L_R = \ell(\Delta_i - \langle\Delta\rangle_{g(i)})`, the error of the
+            energies relative to the mean error of their group :math:`g(i)` (eV per molecule,
+            :math:`\Delta = E - \hat E`, over the structures in a group): the
+            conformational energies of a dissociation scan, the quantity S66x8 measures.
+            Needs :obj:`data.group_key`. (default: :obj:`0.0`)
     """
     energy_weight: float = 1.0
     force_weight: float = 100.0
@@ -273,9 +288,11 @@ class LossConfig:
     energy_loss_ema: float = 1.0
     stress_weight: float = 0.0
     regularization: Dict[str, float] = field(default_factory=dict)
+    relative_energy_weight: float = 0.0
 
     def validate(self) -> None:
         _check_number('loss.energy_weight', self.energy_weight, 0)
+        _check_number('loss.relative_energy_weight', self.relative_energy_weight, 0)
         _check_number('loss.force_weight', self.force_weight, 0)
         _check_number('loss.stress_weight', self.stress_weight, 0)
         if not isinstance(self.regularization, dict):
@@ -286,9 +303,10 @@ class LossConfig:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ConfigError(f'loss.regularization: {name!r} is not a penalty-term name')
             _check_number(f'loss.regularization.{name}', weight, 0)
-        if self.energy_weight == 0 and self.force_weight == 0 and self.stress_weight == 0:
-            raise ConfigError('loss: energy_weight, force_weight and stress_weight are all 0; '
-                              'nothing would be trained')
+        if (self.energy_weight == 0 and self.force_weight == 0 and self.stress_weight == 0
+                and self.relative_energy_weight == 0):
+            raise ConfigError('loss: energy_weight, force_weight, stress_weight and '
+                              'relative_energy_weight are all 0; nothing would be trained')
         _check_choice('loss.type', self.type, ('mse', 'mae', 'rmse+mae'))
         if not isinstance(self.per_atom_energy, bool):
             raise ConfigError(f'loss.per_atom_energy: expected true or false, got '
@@ -341,7 +359,7 @@ class OptimConfig:
 
 
 MONITORS = ('val_loss', 'val_energy_mae', 'val_energy_rmse', 'val_forces_mae',
-            'val_forces_rmse')
+            'val_forces_rmse', 'val_relative_energy_mae')
 
 
 @dataclass
@@ -360,7 +378,9 @@ class TrainerConfig:
         monitor (str, optional): The validation metric that drives ReduceLROnPlateau, early
             stopping and the best checkpoint: :obj:`"val_loss"` (the training objective on
             the validation set), or :obj:`"val_energy_mae"`, :obj:`"val_energy_rmse"`,
-            :obj:`"val_forces_mae"`, :obj:`"val_forces_rmse"`. (default: :obj:`"val_loss"`)
+            :obj:`"val_forces_mae"`, :obj:`"val_forces_rmse"`, or, with
+            :obj:`data.group_key`, :obj:`"val_relative_energy_mae"` (energies relative to their
+            group's mean). (default: :obj:`"val_loss"`)
         accelerator (str, optional): :obj:`"auto"`, :obj:`"cpu"` or :obj:`"gpu"`.
             (default: :obj:`"auto"`)
         devices (int or str, optional): Devices per node (:obj:`"auto"` for all).
@@ -435,8 +455,8 @@ class TrainingConfig:
             :obj:`"package.module:Class"`) plus the constructor's keyword arguments, and two
             options (:data:`MODEL_OPTIONS`): :obj:`init`, a pretrained model to fine-tune (a
             registered name such as :obj:`"tensornet-ani1x"`, a folder written by
-            :func:`~pyg_tensorpot.save_pretrained` or a run folder (or its ``model/``); the architecture
-            is then the pretrained one, and :obj:`name` and the arguments may be left out but
+            :func:`~pyg_tensorpot.save_pretrained` or a run folder (or its ``model/``); the
+            architecture is then the pretrained one, and :obj:`name` and the arguments may be left out but
             must agree with it when given), and :obj:`freeze`, a list of parameter-name
             prefixes (e.g. :obj:`[embedding, layers.0]`) whose weights are not trained.
             (default: :obj:`{"name": "TensorNet"}`)
@@ -481,6 +501,9 @@ class TrainingConfig:
             raise ConfigError(f'out_dir: expected a folder name, got {self.out_dir!r}')
         for name in _SECTIONS:
             getattr(self, name).validate()
+        if self.loss.relative_energy_weight > 0 and self.data.group_key is None:
+            raise ConfigError('loss.relative_energy_weight: energies relative to their '
+                              "group's mean need the groups; set data.group_key (e.g. group)")
         self._resolve_data_path()
         # the model's arguments are checked here, before any data is read, not at training;
         # with model.init and no name they are checked against the pretrained model then

@@ -36,6 +36,35 @@ class PreparedData:
     test: Dict[str, Any] = field(default_factory=dict)
 
 
+def structure_groups(dataset, key: str) -> Tensor:
+    r"""The group of every structure of :obj:`dataset` (its per-structure integer attribute
+    :obj:`key`, ``data.group_key``; -1 for none) as a :obj:`[num_structures]` long tensor.
+
+    Raises:
+        ConfigError: The structures have no such attribute, or not one integer each.
+    """
+    values: Optional[Tensor] = None
+    if isinstance(dataset, AtomisticInMemoryDataset):  # vectorised, honours index selection
+        store, slices = dataset.storage(), dataset.slices
+        if key in slices and torch.equal(slices[key], torch.arange(slices[key].numel())):
+            values = dataset._view(store[key].reshape(-1))  # one row per structure
+    if values is None:
+        rows = []
+        for index in range(len(dataset)):
+            value = getattr(dataset[index], key, None)
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                have = sorted(dataset[index].keys()) if hasattr(dataset[index], 'keys') else []
+                raise ConfigError(f"data.group_key: the structures of {type(dataset).__name__} "
+                                  f"have no per-structure '{key}' (structure {index} has "
+                                  f"{have})")
+            rows.append(value.reshape(1))
+        values = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+    if values.is_floating_point() or values.dtype == torch.bool:
+        raise ConfigError(f"data.group_key: '{key}' must hold integer group ids (-1 for "
+                          f"none), got {values.dtype}")
+    return values.to(torch.long)
+
+
 def make_split(dataset, config: DataConfig, seed: int,
                path: Optional[str] = None) -> Dict[str, Tensor]:
     r"""The train/val/test split of a configuration (see :class:`DataConfig`), saved to
@@ -43,11 +72,14 @@ def make_split(dataset, config: DataConfig, seed: int,
 
     Uses :func:`~pyg_tensorpot.datasets.load_split`,
     :func:`~pyg_tensorpot.datasets.standard_split` or
-    :func:`~pyg_tensorpot.datasets.random_split`.
+    :func:`~pyg_tensorpot.datasets.random_split` (over whole groups with
+    :obj:`data.group_key`).
     """
     from pyg_tensorpot.datasets import load_split, random_split, save_split, standard_split
     from pyg_tensorpot.datasets.splits import SPLIT_KEYS
     num = len(dataset)
+    groups = (None if config.group_key is None
+              else structure_groups(dataset, config.group_key).numpy())
     try:
         if config.splits_file is not None:
             split = load_split(config.splits_file, num)
@@ -70,14 +102,14 @@ def make_split(dataset, config: DataConfig, seed: int,
                             type(dataset).__name__, seed)
                 return random_split(num, 0.8, 0.1, None,
                                     seed if config.split_seed is None else config.split_seed,
-                                    path)
+                                    path, groups=groups)
         sizes = [config.train_size, config.val_size, config.test_size]
         if sum(s is None for s in sizes) > 1:
             raise ConfigError('data.train_size/val_size/test_size: set at least two of them '
                               '(the unset one takes the rest), or none for the standard split')
         return random_split(num, *sizes,
                             seed=seed if config.split_seed is None else config.split_seed,
-                            path=path)
+                            path=path, groups=groups)
     except ConfigError:
         raise
     except ValueError as error:

@@ -1,4 +1,5 @@
-r"""The training objective: weighted energy and force errors plus model regularisers."""
+r"""The training objective: weighted energy, force, stress and group-relative energy errors
+plus model regularisers."""
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
@@ -22,15 +23,44 @@ def error_loss(prediction: Tensor, target: Tensor, loss_type: str) -> Tensor:
     raise ValueError(f"loss type must be one of {LOSS_TYPES}, got '{loss_type}'")
 
 
+def group_relative_errors(energy: Tensor, target: Tensor, group: Tensor) -> Tensor:
+    r"""The energy errors :math:`\Delta_i = E_i - \hat E_i` of the structures in a group
+    (:obj:`group` :math:`\geq 0`) minus the mean error of their group,
+    :math:`\Delta_i - \langle\Delta\rangle_{g(i)}`: the errors of the energies relative to
+    the group's mean (a dissociation scan's conformational energies), which no constant
+    offset per group changes. Structures of group -1 are left out.
+
+    Args:
+        energy (torch.Tensor): Predicted energies :obj:`[num_graphs]`.
+        target (torch.Tensor): Reference energies :obj:`[num_graphs]`.
+        group (torch.Tensor): Group of every structure :obj:`[num_graphs]` (-1 for none).
+
+    Returns:
+        torch.Tensor: One error per structure in a group, in batch order.
+    """
+    group = group.reshape(-1)
+    if group.numel() != energy.numel():
+        raise ValueError(f'group has {group.numel()} entries for {energy.numel()} energies')
+    member = group >= 0
+    _, index = torch.unique(group[member], return_inverse=True)
+    diff = energy.reshape(-1)[member] - target.reshape(-1)[member].to(energy.dtype)
+    count = torch.bincount(index, minlength=1).to(diff.dtype)
+    mean = torch.zeros_like(count).index_add_(0, index, diff) / count.clamp(min=1)
+    return diff - mean[index]
+
+
 class EnergyForceLoss(torch.nn.Module):
     r"""The weighted loss of an interatomic potential,
 
     .. math::
         L = w_E\,\ell(E, \hat E) + w_F\,\ell(\mathbf{F}, \hat{\mathbf{F}})
-        + w_S\,\ell(\boldsymbol{\sigma}, \hat{\boldsymbol{\sigma}}) + \sum_k w_k R_k,
+        + w_S\,\ell(\boldsymbol{\sigma}, \hat{\boldsymbol{\sigma}})
+        + w_R\,\ell(\Delta_i - \langle\Delta\rangle_{g(i)}) + \sum_k w_k R_k,
 
     with :math:`\ell` the mean squared or absolute error (energies per molecule, or per atom
-    :math:`(E-\hat E)/N`; forces and stress per Cartesian component) and :math:`R_k` the
+    :math:`(E-\hat E)/N`; forces and stress per Cartesian component; the energy errors
+    relative to their group's mean, :func:`group_relative_errors`, per molecule in eV, over
+    the structures of a batch that are in a group) and :math:`R_k` the
     penalty terms the model adds
     (:meth:`~pyg_tensorpot.models.AtomisticModel.graph_outputs_and_regularization`, e.g. HIP-NN's
     :obj:`"hierarchicality"` and :obj:`"l2"`), weighted by name.
@@ -51,11 +81,13 @@ class EnergyForceLoss(torch.nn.Module):
         stress_weight (float, optional): :math:`w_S`. (default: :obj:`0.0`)
         regularization (Mapping[str, float], optional): :math:`w_k` by term name; terms
             without a weight are not added. (default: :obj:`None`)
+        relative_energy_weight (float, optional): :math:`w_R`. (default: :obj:`0.0`)
     """
     def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0,
                  loss_type: str = 'mse', per_atom_energy: bool = False,
                  energy_loss_ema: float = 1.0, stress_weight: float = 0.0,
-                 regularization: Optional[Mapping[str, float]] = None):
+                 regularization: Optional[Mapping[str, float]] = None,
+                 relative_energy_weight: float = 0.0):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
@@ -69,6 +101,7 @@ class EnergyForceLoss(torch.nn.Module):
         self.stress_weight = float(stress_weight)
         self.regularization = {str(k): float(w) for k, w in (regularization or {}).items()
                                if float(w) > 0}
+        self.relative_energy_weight = float(relative_energy_weight)
         self._ema_value: Optional[float] = None
 
     def energy_error_terms(self, energy: Tensor, target: Tensor, num_atoms: Tensor) -> Tensor:
@@ -88,6 +121,7 @@ class EnergyForceLoss(torch.nn.Module):
         reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
         stress: Optional[Tensor] = None,
         stress_target: Optional[Tensor] = None,
+        group: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         r"""
         Args:
@@ -107,11 +141,13 @@ class EnergyForceLoss(torch.nn.Module):
             stress (torch.Tensor, optional): Predicted stress :obj:`[num_graphs, 3, 3]` in
                 eV/A^3. (default: :obj:`None`)
             stress_target (torch.Tensor, optional): Reference stress. (default: :obj:`None`)
+            group (torch.Tensor, optional): Group of every structure :obj:`[num_graphs]`
+                (-1 for none), for the relative energies. (default: :obj:`None`)
 
         Returns:
             dict: :obj:`loss` (the total) and its unweighted parts :obj:`energy`,
-            :obj:`forces`, :obj:`stress` and every weighted penalty term (by its name) where
-            present.
+            :obj:`forces`, :obj:`stress`, :obj:`relative_energy` and every weighted penalty
+            term (by its name) where present.
         """
         parts: Dict[str, Tensor] = {}
         total: Optional[Tensor] = None
@@ -138,6 +174,14 @@ class EnergyForceLoss(torch.nn.Module):
             parts['stress'] = loss_s
             term = self.stress_weight * loss_s
             total = term if total is None else total + term
+        if (group is not None and energy is not None and energy_target is not None
+                and self.relative_energy_weight > 0):
+            errors = group_relative_errors(energy, energy_target, group)
+            if errors.numel():
+                loss_r = error_loss(errors, torch.zeros_like(errors), self.loss_type)
+                parts['relative_energy'] = loss_r
+                term = self.relative_energy_weight * loss_r
+                total = term if total is None else total + term
         for name, value in (regularization_terms or {}).items():
             weight = self.regularization.get(name)
             if weight is not None:
@@ -159,6 +203,7 @@ class EnergyForceLoss(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f'energy_weight={self.energy_weight}, force_weight={self.force_weight}, '
                 f'stress_weight={self.stress_weight}, '
+                f'relative_energy_weight={self.relative_energy_weight}, '
                 f"loss_type='{self.loss_type}', per_atom_energy={self.per_atom_energy}, "
                 f'energy_loss_ema={self.energy_loss_ema}, '
                 f'regularization={self.regularization}')

@@ -19,22 +19,29 @@ class ErrorAccumulator:
 
     Energy errors are per structure (:obj:`energy_*`) and per atom, :math:`(E-\hat E)/N`
     (:obj:`energy_per_atom_*`); force errors per Cartesian component (:obj:`forces_*`), in the
-    units of the data (eV and eV/Angstrom for this package's datasets).
+    units of the data (eV and eV/Angstrom for this package's datasets). Batches that give the
+    group of every structure add the errors of the energies relative to their group's mean
+    (:obj:`relative_energy_*`, :func:`~pyg_tensorpot.training.losses.group_relative_errors`
+    over all batches, so a group may span several); those are kept per structure and are not
+    summed over processes.
 
     Args:
         device (torch.device, optional): Device of the sums. (default: :obj:`None`)
     """
     def __init__(self, device: Optional[torch.device] = None):
         self.sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=device)
+        self._groups: List[Tensor] = []
+        self._group_errors: List[Tensor] = []
 
     def reset(self) -> None:
         self.sums.zero_()
+        self._groups, self._group_errors = [], []
 
     @torch.no_grad()
     def update(self, energy: Optional[Tensor], energy_target: Optional[Tensor],
                num_atoms: Tensor, forces: Optional[Tensor] = None,
-               forces_target: Optional[Tensor] = None) -> None:
-        """Adds one batch (any of energies and forces may be missing)."""
+               forces_target: Optional[Tensor] = None, group: Optional[Tensor] = None) -> None:
+        """Adds one batch (any of energies, forces and groups may be missing)."""
         if self.sums.device != num_atoms.device:
             self.sums = self.sums.to(num_atoms.device)
         s = self.sums
@@ -46,6 +53,9 @@ class ErrorAccumulator:
             s[2] += diff.square().sum()
             s[3] += per_atom.abs().sum()
             s[4] += per_atom.square().sum()
+            if group is not None:
+                self._groups.append(group.detach().reshape(-1).cpu())
+                self._group_errors.append(diff.reshape(-1).cpu())
         if forces is not None and forces_target is not None:
             diff = forces.detach().to(torch.float64) - forces_target.detach().to(torch.float64)
             s[5] += diff.numel()
@@ -72,14 +82,23 @@ class ErrorAccumulator:
             out['forces_mae'] = s[6] / m
             out['forces_rmse'] = math.sqrt(s[7] / m)
             out['forces_mse'] = s[7] / m
+        if self._groups:
+            from pyg_tensorpot.training.losses import group_relative_errors
+            diff = torch.cat(self._group_errors)
+            relative = group_relative_errors(diff, torch.zeros_like(diff), torch.cat(self._groups))
+            if relative.numel():
+                out['relative_energy_mae'] = float(relative.abs().mean())
+                out['relative_energy_mse'] = float(relative.square().mean())
+                out['relative_energy_rmse'] = math.sqrt(out['relative_energy_mse'])
         out['num_structures'] = n
         return out
 
 
 def loss_from_metrics(metrics: Dict[str, float], loss_type: str, energy_weight: float,
-                      force_weight: float, per_atom_energy: bool) -> float:
-    r"""The training objective :math:`w_E\ell_E + w_F\ell_F` evaluated over a whole set
-    (validation), from :meth:`ErrorAccumulator.compute`."""
+                      force_weight: float, per_atom_energy: bool,
+                      relative_energy_weight: float = 0.0) -> float:
+    r"""The training objective :math:`w_E\ell_E + w_F\ell_F + w_R\ell_R` evaluated over a
+    whole set (validation), from :meth:`ErrorAccumulator.compute`."""
     def term(prefix: str) -> Optional[float]:
         if f'{prefix}_mae' not in metrics:
             return None
@@ -96,6 +115,9 @@ def loss_from_metrics(metrics: Dict[str, float], loss_type: str, energy_weight: 
     forces = term('forces')
     if forces is not None and force_weight > 0:
         total += force_weight * forces
+    relative = term('relative_energy')
+    if relative is not None and relative_energy_weight > 0:
+        total += relative_energy_weight * relative
     return total
 
 
@@ -103,6 +125,8 @@ _ROWS = (
     ('energy / structure', 'energy_mae', 'energy_rmse', 'eV', 'meV', 'kcal/mol'),
     ('energy / atom', 'energy_per_atom_mae', 'energy_per_atom_rmse', 'eV', 'meV', 'kcal/mol'),
     ('forces (per component)', 'forces_mae', 'forces_rmse', 'eV/Å', 'meV/Å', 'kcal/mol/Å'),
+    ('energy rel. to group mean', 'relative_energy_mae', 'relative_energy_rmse', 'eV', 'meV',
+     'kcal/mol'),
 )
 
 

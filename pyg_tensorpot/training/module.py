@@ -14,7 +14,7 @@ from pyg_tensorpot.training.config import (
     TrainingConfig,
     check_regularization,
 )
-from pyg_tensorpot.training.data import PreparedData, prepare_data
+from pyg_tensorpot.training.data import PreparedData, prepare_data, structure_groups
 from pyg_tensorpot.training.ema import ExponentialMovingAverage
 from pyg_tensorpot.training.inference import batch_targets, predict
 from pyg_tensorpot.training.losses import EnergyForceLoss
@@ -73,7 +73,8 @@ class PotentialModule(pl.LightningModule):
         check_regularization(model, loss.regularization)
         self.loss_fn = EnergyForceLoss(loss.energy_weight, loss.force_weight, loss.type,
                                        loss.per_atom_energy, loss.energy_loss_ema,
-                                       loss.stress_weight, loss.regularization)
+                                       loss.stress_weight, loss.regularization,
+                                       loss.relative_energy_weight)
         self.save_hyperparameters({'config': config.to_dict(),
                                    'statistics': _plain_statistics(statistics)})
         self._val_errors = ErrorAccumulator()
@@ -128,9 +129,11 @@ class PotentialModule(pl.LightningModule):
             # Only the structures whose data carry a stress (ExtXYZDataset marks them).
             keep = has_stress.reshape(-1).bool()
             stress, stress_t = stress[keep], stress_t[keep]
+        group_key = self.config.data.group_key
+        group = getattr(batch, group_key) if group_key is not None else None
         parts = self.loss_fn(energy, energy_t, num_atoms, forces, forces_t, penalties,
                              smooth=True, reduce_mean=self._reduce_mean, stress=stress,
-                             stress_target=stress_t)
+                             stress_target=stress_t, group=group)
         loss = parts['loss']
         if 'energy' not in parts:
             # every parameter must take part in the graph (DDP), also with energy_weight = 0
@@ -138,7 +141,7 @@ class PotentialModule(pl.LightningModule):
         n = int(batch.num_graphs)
         self.log('train_loss', loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n, sync_dist=True)
-        for key in ('energy', 'forces', 'stress') + tuple(penalties):
+        for key in ('energy', 'forces', 'stress', 'relative_energy') + tuple(penalties):
             if key in parts:
                 self.log(f'train_{key}_loss', parts[key].detach(), on_step=False,
                          on_epoch=True, batch_size=n, sync_dist=True)
@@ -173,7 +176,9 @@ class PotentialModule(pl.LightningModule):
         energy_t, forces_t, num_atoms = self._targets(batch)
         energy, forces, _, _ = predict(self.eval_model, batch, forces_t is not None,
                                        create_graph=False)
-        errors.update(energy, energy_t, num_atoms, forces, forces_t)
+        group_key = self.config.data.group_key
+        group = getattr(batch, group_key, None) if group_key is not None else None
+        errors.update(energy, energy_t, num_atoms, forces, forces_t, group)
 
     def on_validation_epoch_start(self) -> None:
         self._val_errors.reset()
@@ -186,9 +191,10 @@ class PotentialModule(pl.LightningModule):
         metrics = self._val_errors.compute()
         loss = self.config.loss
         values = {'val_loss': loss_from_metrics(metrics, loss.type, loss.energy_weight,
-                                                loss.force_weight, loss.per_atom_energy)}
+                                                loss.force_weight, loss.per_atom_energy,
+                                                loss.relative_energy_weight)}
         for key in ('energy_mae', 'energy_rmse', 'energy_per_atom_mae', 'forces_mae',
-                    'forces_rmse'):
+                    'forces_rmse', 'relative_energy_mae', 'relative_energy_rmse'):
             if key in metrics:
                 values[f'val_{key}'] = metrics[key]
         trainer = self.trainer
@@ -259,8 +265,10 @@ class AtomisticDataModule(pl.LightningDataModule):
 
     The training loader is deterministic per epoch, shards the global batch over the processes
     of a DDP run and resumes in the middle of an epoch
-    (:class:`~pyg_tensorpot.training.sampling.ResumableDataLoader`); validation and test
-    loaders visit every structure exactly once over all processes.
+    (:class:`~pyg_tensorpot.training.sampling.ResumableDataLoader`); with
+    :obj:`data.group_key` its batches keep every group whole
+    (:class:`~pyg_tensorpot.training.sampling.GroupBatchSampler`, one process). Validation and
+    test loaders visit every structure exactly once over all processes.
 
     Args:
         config (DataConfig): The data section.
@@ -298,8 +306,14 @@ class AtomisticDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         world, rank = self._world()
-        return training_loader(self.prepared.train, self.config.batch_size, self.seed, world,
-                               rank, **self._loader_kwargs())
+        groups = None
+        if self.config.group_key is not None:
+            groups = structure_groups(self.prepared.train, self.config.group_key)
+        try:
+            return training_loader(self.prepared.train, self.config.batch_size, self.seed,
+                                   world, rank, groups=groups, **self._loader_kwargs())
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def val_dataloader(self):
         world, rank = self._world()

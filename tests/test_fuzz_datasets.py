@@ -157,6 +157,7 @@ HDF5_READERS = {
 @FUZZ
 @given(draw=damage_draws())
 @example(draw=(None, [(120, 0)]))  # found: h5py raised RuntimeError (wrong B-tree signature)
+@example(draw=(None, [(50532, 6)]))  # found: a damaged ANI-1x force became -inf in float32
 def test_hdf5_damaged_bytes(tmp_path, reader, draw):
     source, name, build = HDF5_READERS[reader]
     root = fresh_root(tmp_path)

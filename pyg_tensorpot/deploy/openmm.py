@@ -1,5 +1,8 @@
 r"""Run the package's potentials in `OpenMM <https://openmm.org>`_.
 
+Length: just over 500 lines because both routes into OpenMM (the PythonForce and the
+openmm-torch module) share their unit conversions, box handling and checks here.
+
 Two routes:
 
 * :func:`python_force` (and :func:`create_system`, :func:`create_simulation`): an

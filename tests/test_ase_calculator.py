@@ -326,6 +326,60 @@ def test_import_without_ase_names_the_extra(monkeypatch):
         importlib.import_module('pyg_tensorpot.calculator')
 
 
+@pytest.mark.parametrize('name', sorted(MODELS))
+@pytest.mark.parametrize('shape', ['molecule', 'triclinic'])
+def test_skin_gives_the_results_of_a_fresh_search(name, shape):
+    if shape == 'molecule':
+        atoms = molecule('CH3CH2OH')
+    else:
+        atoms = water_atoms(shape=shape)
+    reference = atoms.copy()
+    atoms.calc = TensorPotCalculator(MODELS[name](), skin=0.8)
+    reference.calc = TensorPotCalculator(MODELS[name]())
+    properties = ['energy', 'forces'] + ([] if shape == 'molecule' else ['stress'])
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        displacement = rng.normal(scale=0.05, size=(len(atoms), 3))
+        atoms.positions = atoms.positions + displacement
+        reference.positions = atoms.positions
+        atoms.calc.calculate(atoms, properties)
+        reference.calc.calculate(reference, properties)
+        for key in properties:
+            got, want = atoms.calc.results[key], reference.calc.results[key]
+            assert relative_error(np.asarray(got), np.asarray(want)) < 1e-12, key
+    assert 1 <= atoms.calc.verlet.num_builds < atoms.calc.verlet.num_calls == 4
+    # Per-atom energies come from a fresh search, and still sum to the energy.
+    energies = atoms.get_potential_energies()
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+    assert 'skin=0.8' in repr(atoms.calc)
+
+
+@pytest.mark.parametrize('skin', [-0.5, float('nan'), float('inf'), True, '0.5'])
+def test_bad_skin_is_a_value_error(skin):
+    with pytest.raises(ValueError, match='skin'):
+        TensorPotCalculator(small_hipnn_ts(), skin=skin)
+
+
+def test_skin_needs_a_model_of_the_package():
+    with pytest.raises(ValueError, match='AtomisticModel'):
+        TensorPotCalculator([small_hipnn_ts(), small_hipnn_ts()], skin=0.5)
+    assert TensorPotCalculator(small_hipnn_ts()).verlet is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('name', ['tensornet-ani1x', 'hipnn-ts-ani1x'])
+@pytest.mark.parametrize('skin', [0.0, 0.5])
+def test_every_pretrained_model_on_cuda_matches_cpu(name, skin):
+    atoms = water_atoms()
+    atoms.calc = TensorPotCalculator(name, device='cuda', skin=skin)
+    energy, forces, stress = (atoms.get_potential_energy(), atoms.get_forces(),
+                              atoms.get_stress())
+    atoms.calc = TensorPotCalculator(name, device='cpu')
+    assert energy == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+    np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(stress, atoms.get_stress(), rtol=0, atol=1e-10)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_cuda_matches_cpu():
     atoms = water_atoms()

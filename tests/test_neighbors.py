@@ -127,3 +127,92 @@ def test_bad_arguments():
         neighbor_pairs(torch.zeros(4, 3), 0.0)
     with pytest.raises(ValueError, match='cell must have shape'):
         neighbor_pairs(torch.zeros(4, 3), 1.0, cell=torch.eye(2))
+
+
+def _pair_keys(i, j, shifts):
+    # Unordered pairs with their integer image shift, in one orientation (i < j, or i == j
+    # with the first non-zero shift component positive).
+    keys = set()
+    for a, b, s in zip(i.tolist(), j.tolist(), shifts.tolist()):
+        s = tuple(int(v) for v in s)
+        if a > b or (a == b and next((v for v in s if v != 0), 0) < 0):
+            a, b, s = b, a, tuple(-v for v in s)
+        keys.add((a, b, s))
+    return keys
+
+
+@pytest.mark.parametrize('unwrapped', [False, True])
+def test_device_search_gives_the_cpu_pair_set(unwrapped):
+    # The accelerator path (vesin on the tensors' device) run on CPU tensors: the same pairs
+    # and integer shifts as the CPU search, for a batch of a periodic box (atoms outside the
+    # cell when unwrapped) and a molecule.
+    from pyg_tensorpot.nn.pair_search import device_pairs, open_boundary_pairs, periodic_pairs
+    from pyg_tensorpot.structures import water_box
+    z, pos, cell = water_box(24, seed=5)
+    if unwrapped:
+        pos = pos + torch.tensor([1.0, -2.0, 3.0], dtype=pos.dtype) @ cell
+    molecule = torch.rand(9, 3, generator=torch.Generator().manual_seed(1),
+                          dtype=torch.float64) * 4.0
+    points = torch.cat([pos, molecule])
+    batch = torch.tensor([0] * pos.size(0) + [1] * 9)
+    cells = torch.stack([cell, torch.eye(3, dtype=cell.dtype) * 10.0])
+    flags = torch.tensor([[True, True, True], [False, False, False]])
+    i, j, shifts = device_pairs(points, batch, 2, 4.0, cells, flags)
+    ci, cj, cshifts = periodic_pairs(points, batch, 4.0, cells, flags, integer=True)
+    assert _pair_keys(i, j, shifts) == _pair_keys(ci, cj, cshifts)
+    assert len(_pair_keys(i, j, shifts)) == i.numel()
+    # The dispatch find_pairs makes for accelerator tensors (one cell for the batch).
+    from pyg_tensorpot.nn.neighbors import _on_device, find_pairs
+    wi, wj, wshifts = _on_device(pos.float(), torch.zeros(pos.size(0), dtype=torch.long), 4.0,
+                                 cell.float(), None)
+    fi, fj, fshifts = find_pairs(pos.float(), 4.0, cell=cell.float())
+    assert _pair_keys(wi, wj, wshifts) == _pair_keys(fi, fj, fshifts)
+    oi, oj = open_boundary_pairs(molecule, torch.zeros(9, dtype=torch.long), 4.0)
+    di, dj, _ = device_pairs(molecule, torch.zeros(9, dtype=torch.long), 1, 4.0, None, None)
+    assert {tuple(sorted(p)) for p in zip(di.tolist(), dj.tolist())} == set(
+        zip(oi.tolist(), oj.tolist()))
+
+
+def test_device_search_hands_unsafe_boxes_to_the_cpu():
+    from pyg_tensorpot.nn.pair_search import device_pairs
+    # A flat 3000 x 3000 x 3 A box (vesin 0.6.2 divides by zero) and mixed boundaries.
+    points = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    batch = torch.zeros(2, dtype=torch.long)
+    flat = torch.diag(torch.tensor([3000.0, 3000.0, 3.0], dtype=torch.float64)).unsqueeze(0)
+    assert device_pairs(points, batch, 1, 5.0, flat, torch.ones(1, 3, dtype=torch.bool)) is None
+    slab = torch.eye(3, dtype=torch.float64).unsqueeze(0) * 20.0
+    assert device_pairs(points, batch, 1, 5.0, slab,
+                        torch.tensor([[True, True, False]])) is None
+    far = torch.tensor([[0.0, 0.0, 0.0], [1e7, 0.0, 0.0]], dtype=torch.float64)
+    assert device_pairs(far, batch, 1, 5.0, None, None) is None
+
+
+def test_float32_positions_pair_set_decided_in_float64():
+    # A pair one float32 ulp below the cutoff is kept, one at the cutoff is not, whatever
+    # the search; the set equals that of the float64 copy of the same values.
+    cutoff = 3.0
+    below = float(torch.nextafter(torch.tensor(cutoff, dtype=torch.float32),
+                                  torch.tensor(0.0, dtype=torch.float32)))
+    pos = torch.tensor([[0.0, 0.0, 0.0], [below, 0.0, 0.0], [0.0, cutoff, 0.0]],
+                       dtype=torch.float32)
+    got = neighbor_pairs(pos, cutoff)
+    assert graph_pairs(got.edge_index, None) == {(1, 0, (0.0, 0.0, 0.0)),
+                                                 (0, 1, (0.0, 0.0, 0.0))}
+    same = neighbor_pairs(pos.double(), cutoff)
+    assert graph_pairs(same.edge_index, None) == graph_pairs(got.edge_index, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_cuda_search_stays_on_device_and_matches_cpu(dtype):
+    from pyg_tensorpot.structures import water_box
+    z, pos, cell = water_box(64, seed=2)
+    pos, cell = pos.to(dtype), cell.to(dtype)
+    got = neighbor_pairs(pos.cuda(), 4.0, cell=cell.cuda())
+    assert got.edge_index.is_cuda and got.shifts.is_cuda and got.pair_index.is_cuda
+    want = neighbor_pairs(pos, 4.0, cell=cell)
+    assert graph_pairs(got.edge_index.cpu(), got.shifts.cpu()) == graph_pairs(want.edge_index,
+                                                                              want.shifts)
+    molecule = neighbor_pairs(pos[:30].cuda(), 4.0)
+    assert graph_pairs(molecule.edge_index.cpu(), None) == graph_pairs(
+        neighbor_pairs(pos[:30], 4.0).edge_index, None)

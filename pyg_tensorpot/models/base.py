@@ -12,6 +12,7 @@ from pyg_tensorpot.nn.graph import AtomGraph, atom_graph
 from pyg_tensorpot.nn.script_graph import script_atom_graph
 from pyg_tensorpot.utils.validation import (
     check_atoms,
+    check_min_distance,
     check_total_charge,
     script_check_total_charge,
 )
@@ -43,6 +44,16 @@ class AtomisticModel(HubMixin, torch.nn.Module):
     TorchScript: :obj:`torch.jit.script(model)` compiles :meth:`forward`; in TorchScript the
     graph is built by :func:`~pyg_tensorpot.nn.script_graph.script_atom_graph` (vesin-torch),
     with the same checks and plainer messages.
+
+    :func:`torch.compile`: :obj:`model(z, pos, batch, edge_index=..., num_graphs=...)` and
+    :meth:`graph_outputs` on a prebuilt graph (e.g. from a
+    :class:`~pyg_tensorpot.nn.verlet.VerletList`) trace without graph breaks in this class:
+    the caller's edges are used as given (each directed edge its own row, no self-loop
+    edges), the shape and dtype checks run while tracing, and the value checks (finite
+    positions, known elements, overlapping atoms, the neighbour budget) are
+    :func:`torch._assert_async` nodes of the compiled graph (see
+    :mod:`pyg_tensorpot.utils.validation`). A batch needs :obj:`num_graphs`. The neighbour
+    search itself (no :obj:`edge_index`) runs outside the compiled graph.
     """
     supported_elements: Optional[List[int]]
     max_num_neighbors: Optional[int]
@@ -123,6 +134,9 @@ class AtomisticModel(HubMixin, torch.nn.Module):
         if torch.jit.is_scripting():
             return self._script_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
                                       num_graphs)
+        if torch.compiler.is_compiling() and edge_index is not None:
+            return self._compiled_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
+                                        num_graphs)
         return self._eager_graph(z, pos, batch, edge_index, cell, pbc, total_charge,
                                  num_graphs)
 
@@ -156,6 +170,37 @@ class AtomisticModel(HubMixin, torch.nn.Module):
             if int(counts.max()) > budget:
                 raise ValueError('an atom has more neighbours than max_num_neighbors='
                                  + str(budget) + '; raise the budget (no pair is dropped)')
+
+    @torch.jit.unused
+    def _compiled_graph(self, z: Tensor, pos: Tensor, batch: Optional[Tensor],
+                        edge_index: Tensor, cell: Optional[Tensor],
+                        pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
+                        num_graphs: Optional[int]) -> AtomGraph:
+        # Under torch.compile: no host sync, no data-dependent shape (see the class docstring).
+        check_atoms(z, pos, batch, self.max_z, self.supported_elements)
+        if pos.dtype != self.dtype:
+            raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '
+                            f'convert one of them (e.g. model.to(pos.dtype))')
+        if cell is not None:
+            raise ValueError('pass either edge_index or cell, not both: periodic images need '
+                             'the shifts that the model computes itself')
+        if pbc is not None and not isinstance(pbc, bool):
+            raise TypeError('under torch.compile pbc with edge_index must be omitted (the '
+                            'edges carry no periodic images)')
+        if pbc:
+            raise ValueError('periodic boundaries (pbc) were requested without a cell')
+        graph = script_atom_graph(z, pos, self.cutoff, self.self_loops, self.max_z,
+                                  self.supported_elements, batch, edge_index, None, None, None,
+                                  num_graphs)
+        if self.max_num_neighbors is not None and graph.edge_index.size(1) > 0:
+            real = graph.edge_index[0] != graph.edge_index[1]
+            counts = torch.zeros_like(z).index_add_(0, graph.edge_index[1],
+                                                    real.to(z.dtype))
+            torch._assert_async(~(counts > self.max_num_neighbors).any(),
+                                'an atom has more neighbours than max_num_neighbors')
+        check_min_distance(graph.edge_index, graph.edge_weight.detach())
+        check_total_charge(total_charge, graph.num_graphs)
+        return graph
 
     @torch.jit.unused
     def _eager_graph(self, z: Tensor, pos: Tensor, batch: Optional[Tensor],

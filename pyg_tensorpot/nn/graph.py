@@ -169,6 +169,10 @@ def atom_graph(
         edge_index, shifts, pair_index = neighbor_pairs(
             pos, cutoff, batch, loop=self_loops, max_num_neighbors=max_num_neighbors,
             cell=cell, pbc=flags)
+        # P pairs in both directions, then one shared row for the N self-loops.
+        num_loops = num_atoms if self_loops else 0
+        num_rows = (edge_index.size(1) - num_loops) // 2 + (1 if num_loops > 0 else 0)
+        return pair_graph(pos, edge_index, shifts, pair_index, batch, num_graphs, num_rows)
     else:
         if cell is not None:
             raise ValueError('pass either edge_index or cell, not both: periodic images need '
@@ -176,9 +180,30 @@ def atom_graph(
         edge_index = _caller_edges(edge_index, num_atoms, batch, self_loops)
         shifts = None
         pair_index = _pair_index(edge_index, num_atoms)
+    return pair_graph(pos, edge_index, shifts, pair_index, batch, num_graphs)
+
+
+def pair_graph(pos: Tensor, edge_index: Tensor, shifts: Optional[Tensor], pair_index: Tensor,
+               batch: Tensor, num_graphs: int, num_rows: Optional[int] = None) -> AtomGraph:
+    r"""The :class:`AtomGraph` of known edges (a neighbour search's, or a reused Verlet
+    list's): differentiable edge vectors from :obj:`pos` and :obj:`shifts`, the minimum
+    distance check, and the distance of every row of :obj:`pair_index`.
+
+    Args:
+        pos (torch.Tensor): Positions in Angstrom :obj:`[N, 3]`.
+        edge_index (torch.Tensor): Edges :obj:`[2, E]`, row 0 neighbour, row 1 receiver.
+        shifts (torch.Tensor, optional): Cartesian image translations :obj:`[E, 3]`.
+        pair_index (torch.Tensor): Row of every edge :obj:`[E]`, rows :obj:`0..num_rows - 1`
+            all used.
+        batch (torch.Tensor): Structure of every atom :obj:`[N]`.
+        num_graphs (int): Number of structures.
+        num_rows (int, optional): Number of rows of :obj:`pair_index`, if known (saves a
+            host sync). (default: :obj:`None`)
+    """
     edge_vec, edge_weight = edge_vectors(pos, edge_index, shifts)
     check_min_distance(edge_index, edge_weight.detach())
-    num_rows = int(pair_index.max()) + 1 if pair_index.numel() > 0 else 0
+    if num_rows is None:
+        num_rows = int(pair_index.max()) + 1 if pair_index.numel() > 0 else 0
     first = torch.full((num_rows, ), edge_index.size(1), dtype=torch.long, device=pos.device)
     first = first.scatter_reduce(0, pair_index, torch.arange(edge_index.size(1),
                                                              device=pos.device), 'amin')

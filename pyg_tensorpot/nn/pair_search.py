@@ -2,12 +2,15 @@ r"""Pair search behind :func:`~pyg_tensorpot.nn.neighbor_pairs`: which atoms of 
 structure (or which periodic images) are closer than the cutoff.
 
 Length: over 500 lines because it holds both exact pair searches (vesin behind its safety
-check, and the hashed cell list for the boxes vesin cannot take) and the upstream bug report.
+check, on the CPU and on an accelerator, and the hashed cell list for the boxes vesin cannot
+take) and the upstream bug report; they share the safety checks and the exact test.
 
-Two exact methods, both in float64 on the CPU:
+Two exact methods, both in float64 (vesin converts the positions to float64 itself):
 
 * vesin's cell list (fast, multi-threaded C++), used whenever the box it would build is safe
-  and efficient (:func:`vesin_grid_is_safe`, checked before every call);
+  and efficient (:func:`vesin_grid_is_safe`, checked before every call); on an accelerator,
+  vesin runs on the device for ordinary boxes (:func:`device_pairs`: fully periodic or open,
+  vesin-safe), so the positions stay where they are;
 * a hashed cell list written here (:func:`_grid_candidates`), which only stores occupied cells
   and so needs :math:`O(N)` memory whatever the shape or size of the point cloud: flat sheets,
   exploded trajectories, atoms at :math:`10^6` A, dense clusters far apart.
@@ -149,7 +152,8 @@ def vesin_grid_is_safe(faces: List[float], cutoff: float,
     if not coarsened or fractional is None:
         return True
     frac = fractional()
-    index = torch.floor(frac * torch.tensor(cells, dtype=torch.float64)).long()
+    index = torch.floor(frac * torch.tensor(cells, dtype=torch.float64, device=frac.device))
+    index = index.long()
     for k in range(3):
         n_k = int(cells[k])
         index[:, k] = index[:, k] % n_k if periodic[k] else index[:, k].clamp(0, n_k - 1)
@@ -275,10 +279,12 @@ def _vesin_exact(search: Tensor, radius: float, cutoff: float, box: Tensor,
                  ) -> Tuple[Tensor, Tensor, Tensor]:
     # vesin with the search radius, then the exact test only where vesin's distance (computed
     # on moved or wrapped points) is within the rounding margin of the cutoff.
-    calculator = NeighborList(cutoff=radius, full_list=False, sorted=True)
+    device = search.device
+    # Sorting is an extra pass that only the CPU cell list offers; order does not matter.
+    calculator = NeighborList(cutoff=radius, full_list=False, sorted=device.type == 'cpu')
     if isinstance(periodic, bool) and not periodic:
         i, j, d = calculator.compute(search, box, periodic, quantities='ijd', copy=True)
-        shifts = torch.zeros(0, 3, dtype=torch.long)
+        shifts = torch.zeros(0, 3, dtype=torch.long, device=device)
     else:
         i, j, shifts, d = calculator.compute(search, box, periodic, quantities='ijSd',
                                              copy=True)
@@ -287,7 +293,7 @@ def _vesin_exact(search: Tensor, radius: float, cutoff: float, box: Tensor,
     margin = radius - cutoff
     doubtful = (d >= cutoff - margin).nonzero().flatten()
     if doubtful.numel() > 0:
-        keep = torch.ones(i.numel(), dtype=torch.bool)
+        keep = torch.ones(i.numel(), dtype=torch.bool, device=device)
         keep[doubtful] = exact(i[doubtful], j[doubtful],
                                shifts[doubtful] if shifts.numel() else shifts)
         i, j = i[keep], j[keep]
@@ -545,7 +551,8 @@ def _structure_pairs(points: Tensor, wrapped: Tensor, image: Optional[Tensor],
 
 
 def periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
-                   pbc: Optional[Union[bool, Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
+                   pbc: Optional[Union[bool, Tensor]],
+                   integer: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     r"""All pairs of atoms and periodic images closer than :obj:`cutoff`, structure by structure.
 
     Atoms may lie anywhere (they are wrapped into their cell for the search, the shifts account
@@ -559,6 +566,9 @@ def periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
             :obj:`[num_structures, 3, 3]`, Angstrom.
         pbc (bool or torch.Tensor, optional): Periodic directions, a bool, :obj:`[3]` or
             :obj:`[num_structures, 3]` bools; :obj:`None` means fully periodic.
+        integer (bool, optional): Return the integer image shifts :math:`\mathbf{n}_{ij}`
+            (:math:`\mathbf{s}_{ij} = \mathbf{n}_{ij}\,\mathbf{C}`, long) instead of the
+            Cartesian ones. (default: :obj:`False`)
 
     Returns:
         (i, j, shifts): every unordered pair once and the Cartesian translation
@@ -583,7 +593,8 @@ def periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
     pbc_t = pbc_t.expand(num_structures, 3)
     empty = torch.zeros(0, dtype=torch.long)
     if num_structures == 0:
-        return empty, empty.clone(), torch.zeros(0, 3, dtype=cell.dtype)
+        return empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long if integer else
+                                                 cell.dtype)
     cells64 = cells.detach().to('cpu', torch.float64)
     point_scale = float(points.abs().max())
     if not math.isfinite(point_scale):
@@ -646,7 +657,100 @@ def periodic_pairs(points: Tensor, batch: Tensor, cutoff: float, cell: Tensor,
         all_i.append(i)
         all_j.append(j)
         # Cartesian translation of the neighbour's image; differentiable w.r.t. the cell.
-        all_shift.append(shift.to(device=cell.device, dtype=cell.dtype) @ cells[s])
+        all_shift.append(shift if integer else
+                         shift.to(device=cell.device, dtype=cell.dtype) @ cells[s])
     if num_structures == 1:
         return all_i[0], all_j[0], all_shift[0].cpu()
     return torch.cat(all_i), torch.cat(all_j), torch.cat(all_shift).cpu()
+
+
+def device_pairs(points: Tensor, batch: Tensor, num_structures: int, cutoff: float,
+                 cells: Optional[Tensor], flags: Optional[Tensor]
+                 ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    r"""The pairs of :func:`periodic_pairs` (integer shifts) or :func:`open_boundary_pairs`,
+    found by vesin on the device of :obj:`points` (e.g. CUDA) for ordinary boxes, or
+    :obj:`None` when a box needs the CPU search.
+
+    Ordinary: every structure fully periodic or fully open, its vesin grid safe without
+    coarsening (:func:`vesin_grid`), at most 16 cells of search per face, and within the pair
+    budget. The pair set is the CPU one: vesin computes in float64, and the pairs within
+    rounding of the cutoff are re-tested with the same float64 expression as on the CPU.
+    Only a few numbers per structure (cell, extent) are read back to the host.
+
+    Args:
+        points (torch.Tensor): Positions, float64, on the device, :obj:`[num_atoms, 3]`.
+        batch (torch.Tensor): Structure of every atom, :obj:`[num_atoms]`.
+        num_structures (int): Number of structures.
+        cutoff (float): Cutoff radius in Angstrom.
+        cells (torch.Tensor, optional): Lattice vectors, float64 on the device,
+            :obj:`[num_structures, 3, 3]`; :obj:`None` for open boundaries.
+        flags (torch.Tensor, optional): Periodic directions :obj:`[num_structures, 3]`, bool,
+            on the CPU. (default: :obj:`None`)
+
+    Returns:
+        (i, j, shifts) on the device, shifts :obj:`[P, 3]` long, or :obj:`None`.
+    """
+    device = points.device
+    if flags is not None and not bool((flags.all(dim=1) | ~flags.any(dim=1)).all()):
+        return None
+    single = num_structures == 1
+    point_scale = float(points.abs().max()) if points.numel() > 0 else 0.0
+    if not math.isfinite(point_scale):
+        return None
+    cells_host = None if cells is None else cells.detach().cpu()
+    scale = point_scale + (0.0 if cells_host is None else
+                           2.0 * float(cells_host.abs().sum(dim=1).max()))
+    radius = _search_radius(cutoff, 2.0 * scale)
+    all_i: List[Tensor] = []
+    all_j: List[Tensor] = []
+    all_s: List[Tensor] = []
+    for s in range(num_structures):
+        atoms = None if single else (batch == s).nonzero().flatten()
+        own = points if atoms is None else points.index_select(0, atoms)
+        if own.size(0) == 0:
+            continue
+        periodic = flags is not None and bool(flags[s].all())
+        if periodic:
+            assert cells is not None and cells_host is not None
+            box = cells[s]
+            faces = _face_distances(cells_host[s]).tolist()
+            measure = abs(float(torch.linalg.det(cells_host[s])))
+            images = 4.0 / 3.0 * math.pi * radius**3 / measure if measure > 0 else math.inf
+            _, safe, coarsened = vesin_grid(faces, radius)
+            if (not safe or coarsened or max(radius / f for f in faces) > 16.0
+                    or (images > 1.0 and 0.5 * own.size(0)**2 * images > MAX_PAIRS)):
+                return None
+            whole = torch.floor(own @ torch.linalg.inv(box))
+            image = whole.long()
+            wrapped = own - whole @ box
+
+            def exact(i: Tensor, j: Tensor, shift: Tensor, own: Tensor = own,
+                      image: Tensor = image, box: Tensor = box) -> Tensor:
+                vec = (own[i] - own[j]) - (shift + image[i] - image[j]).double() @ box
+                return torch.linalg.vector_norm(vec, dim=-1) < cutoff
+
+            pbc = torch.ones(3, dtype=torch.bool, device=device)
+            i, j, shift = _vesin_exact(wrapped, radius, cutoff, box, pbc, exact)
+            shift = shift + image[i] - image[j]
+        else:
+            faces, _ = _open_faces(own)
+            _, safe, coarsened = vesin_grid(faces, radius)
+            if not safe or coarsened:
+                return None
+
+            def exact_open(i: Tensor, j: Tensor, _: Optional[Tensor] = None,
+                           own: Tensor = own) -> Tensor:
+                return torch.linalg.vector_norm(own[i] - own[j], dim=-1) < cutoff
+
+            box = torch.zeros(3, 3, dtype=torch.float64, device=device)
+            i, j, _ = _vesin_exact(own, radius, cutoff, box, False, exact_open)
+            shift = torch.zeros(i.numel(), 3, dtype=torch.long, device=device)
+        if atoms is not None:
+            i, j = atoms[i], atoms[j]
+        all_i.append(i)
+        all_j.append(j)
+        all_s.append(shift)
+    if not all_i:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device)
+    return torch.cat(all_i), torch.cat(all_j), torch.cat(all_s)

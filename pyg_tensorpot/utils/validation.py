@@ -1,4 +1,14 @@
-"""Input checks shared by every model: they fail loudly, with messages a chemist understands."""
+"""Input checks shared by every model: they fail loudly, with messages a chemist understands.
+
+Cost: in eager mode the checks of the values (finite positions, known elements, batch
+indices) are reduced on the tensors' device to one flag, so a model on an accelerator waits
+for one host sync per call, not one per check; the detailed message is only assembled when a
+check fails. Under :func:`torch.compile` (:func:`torch.compiler.is_compiling`) the shape and
+dtype checks run while tracing (free at run time) and the value checks become
+:func:`torch._assert_async` nodes of the compiled graph (no graph break, no host sync): they
+raise a :class:`RuntimeError` naming the problem on the CPU, and a device-side assertion on
+CUDA.
+"""
 from typing import List, Optional, Sequence
 
 import torch
@@ -58,27 +68,6 @@ def check_atoms(
         raise TypeError(f'pos must be a floating-point tensor, got {pos.dtype}')
     if z.numel() == 0:
         raise ValueError('the structure has no atoms')
-    bad = ~torch.isfinite(pos).all(dim=-1)
-    if bool(bad.any()):
-        idx = bad.nonzero().flatten()[:10].tolist()
-        raise ValueError(f'positions contain NaN or infinite values (atoms {idx})')
-    if bool((z <= 0).any()):
-        idx = (z <= 0).nonzero().flatten()[:10].tolist()
-        raise ValueError(f'atomic numbers must be positive; atoms {idx} have '
-                         f'{z[idx].tolist()}')
-    # Every unknown element is named at once, whichever limit it breaks.
-    unknown = torch.zeros_like(z, dtype=torch.bool)
-    if max_z is not None:
-        unknown |= z >= max_z
-    if supported_elements is not None:
-        unknown |= ~torch.isin(z, torch.as_tensor(list(supported_elements), device=z.device))
-    if bool(unknown.any()):
-        names = ', '.join(_element_name(v) for v in sorted(set(z[unknown].tolist())))
-        if supported_elements is not None:
-            known = ', '.join(symbol(int(v)) for v in sorted(supported_elements))
-            raise ValueError(f'unknown element {names}: this model only knows {known}')
-        raise ValueError(f'unknown element {names}: this model supports atomic numbers '
-                         f'below max_z={max_z}')
     if batch is not None:
         if not isinstance(batch, Tensor):
             raise TypeError('batch must be a torch tensor with the structure index of every '
@@ -89,8 +78,39 @@ def check_atoms(
         if batch.dtype not in INDEX_DTYPES:
             raise TypeError(f'batch must be an integer tensor (torch.long), got {batch.dtype}; '
                             'convert it with batch.long()')
-        if bool((batch < 0).any()):
-            raise ValueError('batch indices must be non-negative')
+    bad = ~torch.isfinite(pos).all(dim=-1)
+    unknown = z <= 0
+    if max_z is not None:
+        unknown = unknown | (z >= max_z)
+    if supported_elements is not None:
+        allowed = torch.as_tensor(list(supported_elements), dtype=z.dtype, device=z.device)
+        unknown = unknown | ~torch.isin(z, allowed)
+    negative = (batch < 0) if batch is not None else torch.zeros_like(unknown)
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), 'positions contain NaN or infinite values')
+        torch._assert_async(~unknown.any(), 'unknown element: an atomic number is not '
+                            'positive or not known to this model')
+        torch._assert_async(~negative.any(), 'batch indices must be non-negative')
+        return
+    # One host sync for all value checks; the messages are built only on failure.
+    if not bool(bad.any() | unknown.any() | negative.any()):
+        return
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten()[:10].tolist()
+        raise ValueError(f'positions contain NaN or infinite values (atoms {idx})')
+    if bool((z <= 0).any()):
+        idx = (z <= 0).nonzero().flatten()[:10].tolist()
+        raise ValueError(f'atomic numbers must be positive; atoms {idx} have '
+                         f'{z[idx].tolist()}')
+    # Every unknown element is named at once, whichever limit it breaks.
+    if bool(unknown.any()):
+        names = ', '.join(_element_name(v) for v in sorted(set(z[unknown].tolist())))
+        if supported_elements is not None:
+            known = ', '.join(symbol(int(v)) for v in sorted(supported_elements))
+            raise ValueError(f'unknown element {names}: this model only knows {known}')
+        raise ValueError(f'unknown element {names}: this model supports atomic numbers '
+                         f'below max_z={max_z}')
+    raise ValueError('batch indices must be non-negative')
 
 
 def check_min_distance(edge_index: Tensor, edge_weight: Tensor,
@@ -101,6 +121,10 @@ def check_min_distance(edge_index: Tensor, edge_weight: Tensor,
     """
     not_self = edge_index[0] != edge_index[1]
     too_close = not_self & (edge_weight < min_distance)
+    if torch.compiler.is_compiling():
+        torch._assert_async(~too_close.any(), 'coincident or overlapping atoms: two atoms are '
+                            'closer than the minimum distance; check the geometry and its units')
+        return
     if bool(too_close.any()):
         k = int(too_close.nonzero()[0, 0])
         i, j = int(edge_index[1, k]), int(edge_index[0, k])
@@ -119,7 +143,10 @@ def check_total_charge(total_charge: Optional[Tensor], num_graphs: int) -> None:
     if total_charge.dim() != 1 or total_charge.size(0) != num_graphs:
         raise ValueError(f'total_charge must have shape [num_structures]={[num_graphs]}, got '
                          f'{list(total_charge.shape)}')
-    if total_charge.dtype.is_floating_point and not bool(torch.isfinite(total_charge).all()):
+    if total_charge.dtype.is_floating_point and torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(total_charge).all(),
+                            'total_charge contains NaN or infinite values')
+    elif total_charge.dtype.is_floating_point and not bool(torch.isfinite(total_charge).all()):
         raise ValueError('total_charge contains NaN or infinite values')
 
 
@@ -147,12 +174,18 @@ def check_num_graphs(batch: Optional[Tensor], num_atoms: int,
             num_graphs = int(num_graphs)
         else:
             raise TypeError(f'num_graphs must be a positive int, got {num_graphs!r}')
-    if num_graphs is not None and batch is not None and batch.device.type != 'cpu':
+    if num_graphs is not None and batch is not None and (
+            batch.device.type != 'cpu' or torch.compiler.is_compiling()):
         # A caller passes num_graphs to save the device sync of batch.max(); on an
-        # accelerator it is trusted (an index beyond it fails in the scatter).
+        # accelerator and under torch.compile it is trusted (an index beyond it fails in
+        # the scatter).
         if num_graphs < 1:
             raise ValueError(f'num_graphs must be at least 1, got {num_graphs}')
         return num_graphs
+    if batch is not None and num_graphs is None and torch.compiler.is_compiling():
+        raise ValueError('under torch.compile a batch of structures needs num_graphs= (the '
+                         'number of structures): reading it from batch.max() would stop the '
+                         'compiled graph')
     top = int(batch.max()) + 1 if batch is not None and batch.numel() > 0 else 1
     if num_graphs is None:
         if top - num_atoms > MAX_IMPLIED_EMPTY_STRUCTURES:
@@ -205,7 +238,14 @@ def script_check_num_graphs(batch: Optional[Tensor], num_atoms: int,
                             num_graphs: Optional[int] = None,
                             max_empty: int = MAX_IMPLIED_EMPTY_STRUCTURES) -> int:
     r""":func:`check_num_graphs` for TorchScript (module constants reach TorchScript as
-    default arguments)."""
+    default arguments). Under :func:`torch.compile` a given :obj:`num_graphs` is trusted (no
+    host sync)."""
+    if torch.compiler.is_compiling() and (batch is None or num_graphs is not None):
+        if num_graphs is None:
+            return 1
+        if num_graphs < 1:
+            raise ValueError('num_graphs must be at least 1')
+        return num_graphs
     top = int(batch.max()) + 1 if batch is not None and batch.numel() > 0 else 1
     if num_graphs is None:
         if top - num_atoms > max_empty:

@@ -54,6 +54,7 @@ def expected_urls():
                   for files in COMP6_SUBSETS.values() for folder, file in files],
         'spice': [url for url, _ in SPICE_VERSIONS.values()],
         'own-data': [],  # the user's files
+        'organic-dft': [],  # computed here, shipped with the package
     }
 
 
@@ -69,7 +70,8 @@ def test_catalog_covers_every_public_dataset_class():
     cards = catalog()
     classes = public_dataset_classes()
     assert set(classes) == {'QM9', 'ANI1x', 'COMP6', 'SPICE', 'MD17', 'RMD17',
-                            'MD17EthanolSample', 'ExtXYZDataset', 'ASEDatabaseDataset'}
+                            'MD17EthanolSample', 'ExtXYZDataset', 'ASEDatabaseDataset',
+                            'OrganicDFT'}
     for name, cls in classes.items():
         assert f'pyg_tensorpot.datasets.{name}' in card_for(cls).classes
     # and every class a card names is exported

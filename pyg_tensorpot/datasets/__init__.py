@@ -10,6 +10,7 @@ from pyg_tensorpot.datasets.comp6 import COMP6
 from pyg_tensorpot.datasets.md17 import MD17, RMD17, MD17EthanolSample
 from pyg_tensorpot.datasets.qm9 import QM9
 from pyg_tensorpot.datasets.spice import SPICE
+from pyg_tensorpot.datasets.organic_dft import OrganicDFT
 from pyg_tensorpot.datasets.ase_files import ASEDatabaseDataset, ExtXYZDataset
 from pyg_tensorpot.datasets.reference_energies import fit_reference_energies
 from pyg_tensorpot.datasets.catalogue import DatasetCard, card, catalog
@@ -33,6 +34,7 @@ __all__ = [
     'ANI1x',
     'COMP6',
     'SPICE',
+    'OrganicDFT',
     'MD17',
     'RMD17',
     'MD17EthanolSample',

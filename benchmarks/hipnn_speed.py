@@ -5,6 +5,10 @@ installed). Run from the repository root::
 
     python benchmarks/hipnn_speed.py            # full table (about 30 minutes on 2 cores)
     python benchmarks/hipnn_speed.py --quick    # batches and the 99-atom system only
+    python benchmarks/hipnn_speed.py --render benchmarks/results/hipnn_speed.json
+
+It writes its record to ``benchmarks/results/hipnn_speed.json`` (``--json``) and prints the
+table of the README from it (``--render`` prints the table of an existing record).
 
 hippynn's pure-PyTorch kernels (``set_custom_kernels("pytorch")``, what it uses without numba)
 are its envsum/sensesum/featsum functions compiled with ``torch.compile``.
@@ -30,7 +34,8 @@ search is included (vesin cell lists here, hippynn's default dense ``OpenPairInd
 ``OMP_WAIT_POLICY=PASSIVE`` is set for the workers unless given: on a shared machine, spinning
 OpenMP threads slow every library down several times.
 
-Peak memory is measured after the timings, each library alone: the increase of the peak
+Peak memory is measured after all timings of the worker (the ``mallopt`` below would change the
+allocator for the timings that follow it), each library alone: the increase of the peak
 resident set size (``VmHWM`` in ``/proc/self/status``, reset through
 ``/proc/self/clear_refs``) during one call over the resident size just before it, with glibc's
 ``M_MMAP_THRESHOLD`` set to 64 KiB (and ``malloc_trim`` before) so that every tensor is mapped
@@ -56,6 +61,7 @@ ANI1X_SIZE = dict(n_features=128, n_sensitivities=20, dist_soft_min=0.75, dist_s
                   possible_species=[0, 1, 6, 7, 8])
 MODELS = {'HIP-NN': 0, 'HIP-NN-TS l<=2': 2}
 WATER_SIZES = (99, 999, 5001)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'hipnn_speed.json')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +230,10 @@ def worker(spec):
     ceiling = _status_kib('VmData') * 1024 + int(spec['memory_limit_gb'] * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (ceiling, resource.RLIM_INFINITY))
 
+    # Every timing first, then every memory measurement: the mallopt() call of the memory
+    # pass switches off glibc's dynamic mmap threshold for the rest of the process, which would
+    # make every later large allocation a fresh, page-faulting mapping in the timings.
+    measured = []
     for name, ours_fn, graph_fn, warmup, repeats in tasks:
         functions = {'pyg-tensorpot': ours_fn}
         functions.update({lib: graph_fn for lib in spec['libraries'][1:]})
@@ -245,10 +255,12 @@ def worker(spec):
                     continue
                 if round_ >= warmup:
                     times[library].append(elapsed)
-        # Memory last, each library alone, with every allocation of 64 KiB or more mapped
-        # and unmapped on its own so that freed memory leaves the resident set.
-        libc = ctypes.CDLL('libc.so.6')
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+        measured.append((name, functions, times, failed))
+    # Memory, each library alone, with every allocation of 64 KiB or more mapped and unmapped
+    # on its own so that freed memory leaves the resident set.
+    libc = ctypes.CDLL('libc.so.6')
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    for name, functions, times, failed in measured:
         for library, fn in functions.items():
             if library in failed:
                 error = failed[library]
@@ -258,11 +270,15 @@ def worker(spec):
             if library in kernels:
                 custom_kernels.set_custom_kernels(kernels[library])
             emit(task=name, library=library, status='started')
-            peak = _peak_mb(fn)
+            try:
+                peak = _peak_mb(fn)
+            except (RuntimeError, MemoryError) as error:
+                emit(task=name, library=library, status='oom' if _is_oom(error) else 'error',
+                     message=str(error).splitlines()[0][:160])
+                continue
             emit(task=name, library=library, status='ok', seconds=min(times[library]),
                  median_seconds=float(np.median(times[library])), repeats=len(times[library]),
                  peak_mb=peak)
-        libc.mallopt(-3, 128 * 1024)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,6 +361,46 @@ def _fmt_mem(record):
         f"{record['peak_mb'] / 1024:.1f} GB"
 
 
+def table(record) -> str:
+    """The markdown table of a JSON record written by this script."""
+    libraries = record['settings']['libraries']
+    others = libraries[1:]
+    rows = {(r['model'], r['task'], r['library']): r for r in record['rows']}
+    header = ['model', 'task'] + list(libraries) + \
+        [f'speed-up vs {lib[len("hippynn ("):-1]}' for lib in others] + \
+        [f'peak mem {lib}' for lib in libraries] + \
+        [f'mem ratio vs {lib[len("hippynn ("):-1]}' for lib in others]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for model in record['settings']['models']:
+        for task in record['settings']['tasks']:
+            recs = [rows.get((model, task, lib)) for lib in libraries]
+            ours = recs[0]
+            line = [model, task] + [_fmt_time(r) for r in recs]
+            ratios = {'seconds': [], 'peak_mb': []}
+            for other in recs[1:]:
+                for key in ratios:
+                    if ours and ours['status'] == 'ok' and other and other['status'] == 'ok':
+                        ratios[key].append(f'{other[key] / max(ours[key], 1e-9):.1f}x')
+                    elif ours and ours['status'] == 'ok' and other and other['status'] == 'oom':
+                        ratios[key].append(
+                            f"hippynn OOM at {record['settings']['memory_limit_gb']:g} GB")
+                    else:
+                        ratios[key].append('-')
+            line += ratios['seconds'] + [_fmt_mem(r) for r in recs] + ratios['peak_mb']
+            lines.append('| ' + ' | '.join(line) + ' |')
+    return '\n'.join(lines)
+
+
+def describe(record) -> str:
+    """The run's conditions, one line, for the README."""
+    m, st = record['machine'], record['settings']
+    load = ', '.join(f'{v:.1f}' for v in m['load_average_before'])
+    after = ', '.join(f'{v:.1f}' for v in m['load_average_after'])
+    return (f"{record['date']}, {m['cpu']} ({m['cpus']} CPUs), {st['threads']} threads, torch "
+            f"{m['torch']}, hippynn {m['hippynn']}, numba {m['numba']}; load average {load} "
+            f"before, {after} after; fastest of {st['repeats']} interleaved repeats")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--worker', help=argparse.SUPPRESS)
@@ -356,68 +412,78 @@ def main():
     parser.add_argument('--sizes', type=int, nargs='*', default=None)
     parser.add_argument('--models', nargs='*', default=None, choices=list(MODELS))
     parser.add_argument('--no-numba', action='store_true', help="skip hippynn's numba kernels")
-    parser.add_argument('--json', help='also write the records to this file')
+    parser.add_argument('--json', default=RESULTS, help='where the JSON record goes')
+    parser.add_argument('--render', metavar='JSON',
+                        help='only print the table of an existing record')
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
+    if args.render:
+        with open(args.render) as f:
+            record = json.load(f)
+        print(describe(record))
+        print()
+        print(table(record))
+        return
+
+    import platform
 
     import torch
+    from common import cpu_model
+
+    from pyg_tensorpot.utils.files import atomic_write_text
     libraries = ['pyg-tensorpot', 'hippynn (pytorch)']
     try:
-        import numba  # noqa: F401
+        import numba
+        numba_version = numba.__version__
         if not args.no_numba:
             libraries.append('hippynn (numba)')
     except ImportError:
+        numba_version = None
         print("numba is not installed: hippynn's numba kernels are not timed")
+    import hippynn
     models = args.models or list(MODELS)
     sizes = args.sizes if args.sizes is not None else \
         (WATER_SIZES[:1] if args.quick else WATER_SIZES)
+    tasks = ['E+F 64 S66x8', 'train step 64'] + [f'E+F {n} atoms' for n in sizes]
+    record = {
+        'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        'machine': {'cpu': cpu_model(), 'cpus': os.cpu_count(), 'python': platform.python_version(),
+                    'torch': torch.__version__, 'hippynn': getattr(hippynn, '__version__', '?'),
+                    'numba': numba_version, 'load_average_before': list(os.getloadavg())},
+        'settings': {'libraries': libraries, 'models': models, 'tasks': tasks, 'sizes': sizes,
+                     'repeats': args.repeats, 'threads': args.threads, 'dtype': 'float32',
+                     'memory_limit_gb': args.memory_limit_gb,
+                     'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')},
+        'agreement': {}, 'rows': [],
+    }
     print(f'torch {torch.__version__}, {args.threads} threads, float32, allocation ceiling '
           f'{args.memory_limit_gb:g} GB per worker, OMP_WAIT_POLICY='
-          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+          f"{record['settings']['omp_wait_policy']}")
 
-    results = {}
     for model in models:
         spec = dict(model=model, order=MODELS[model], libraries=libraries, sizes=sizes,
                     repeats=args.repeats, threads=args.threads,
                     memory_limit_gb=args.memory_limit_gb)
-        results[model] = run_worker(spec)
+        results = run_worker(spec)
+        record['agreement'][model] = {}
         for library in libraries[1:]:
-            record = results[model].get(('agreement', library))
-            if record:
+            agreement = results.get(('agreement', library))
+            if agreement:
+                record['agreement'][model][library] = agreement['value']
                 print(f'  {model}: energies of pyg-tensorpot and {library} agree to '
-                      f"{record['value']:.1e} (relative, float32)")
-
-    tasks = ['E+F 64 S66x8', 'train step 64'] + [f'E+F {n} atoms' for n in sizes]
-    others = libraries[1:]
-    header = ['model', 'task'] + [f'{lib}' for lib in libraries] + \
-        [f'speed-up vs {lib[len("hippynn "):]}' for lib in others] + \
-        [f'peak mem {lib}' for lib in libraries] + \
-        [f'mem ratio vs {lib[len("hippynn "):]}' for lib in others]
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for model in models:
-        for task in tasks:
-            recs = [results[model].get((task, lib)) for lib in libraries]
-            ours = recs[0]
-            row = [model, task] + [_fmt_time(r) for r in recs]
-            ratios = {'seconds': [], 'peak_mb': []}
-            for other in recs[1:]:
-                for key in ratios:
-                    if ours and ours['status'] == 'ok' and other and other['status'] == 'ok':
-                        ratios[key].append(f'{other[key] / max(ours[key], 1e-9):.1f}x')
-                    elif ours and ours['status'] == 'ok' and other and other['status'] == 'oom':
-                        ratios[key].append(f'hippynn OOM at {args.memory_limit_gb:g} GB')
-                    else:
-                        ratios[key].append('-')
-            row += ratios['seconds'] + [_fmt_mem(r) for r in recs] + ratios['peak_mb']
-            lines.append('| ' + ' | '.join(row) + ' |')
+                      f"{agreement['value']:.1e} (relative, float32)")
+        for (task, library), row in results.items():
+            if task != 'agreement':
+                record['rows'].append(dict(row, model=model))
+    record['machine']['load_average_after'] = list(os.getloadavg())
+    atomic_write_text(json.dumps(record, indent=1) + '\n', args.json)
     print()
-    print('\n'.join(lines))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({f'{m} / {t} / {lib}': rec for m, recs in results.items()
-                       for (t, lib), rec in recs.items()}, f, indent=1)
+    print(describe(record))
+    print()
+    print(table(record))
+    print(f'\nrecord written to {args.json}')
 
 
 if __name__ == '__main__':

@@ -201,6 +201,105 @@ def test_padded_neighbors_layout():
     assert torch.equal(layout.slot // 3, index)
 
 
+def _layer_outputs_and_gradients(layer, x, pos, edge_index, pair_index=None):
+    pos = pos.clone().requires_grad_(True)
+    x = x.clone().requires_grad_(True)
+    edge_vec, edge_weight = edge_vectors(pos, edge_index)
+    if pair_index is None:
+        out = layer(x, edge_index, edge_weight, edge_vec)
+    else:
+        layout = layer.neighbor_layout(edge_index, x.size(0), pair_index)
+        first = torch.zeros(int(pair_index.max()) + 1, dtype=torch.long).scatter_reduce(
+            0, pair_index, torch.arange(pair_index.numel()), 'amin', include_self=False)
+        out = layer(x, edge_index, edge_weight, edge_vec, layout, edge_weight[first])
+    parameters = [layer.weight, layer.sensitivity.mu, layer.sensitivity.sigma]
+    grads = torch.autograd.grad(out.square().sum(), [pos, x] + parameters)
+    return [out] + list(grads)
+
+
+@pytest.mark.parametrize('max_order', ORDERS)
+@pytest.mark.parametrize('contraction', ['project_first', 'environment_first'])
+def test_blocked_neighbour_sums_equal_one_block(max_order, contraction):
+    """The sums over blocks of a few atoms (and their gradients) equal the one-block sums,
+    and sensitivities per pair equal sensitivities per edge."""
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(z.numel(), 6, generator=g, dtype=torch.float64)
+    layer = HIPNNInteraction(6, 5, 4, 0.75, 3.5, 4.0, max_order,
+                             contraction=contraction).double()
+    layer.block_elements = 2**40
+    expected = _layer_outputs_and_gradients(layer, x, pos, edge_index)
+    layer.block_elements = 12  # blocks of one atom
+    for got, want in zip(_layer_outputs_and_gradients(layer, x, pos, edge_index), expected):
+        torch.testing.assert_close(got, want)
+    low = torch.minimum(edge_index[0], edge_index[1])
+    high = torch.maximum(edge_index[0], edge_index[1])
+    pair_index = torch.unique(low * z.numel() + high, return_inverse=True)[1]
+    assert int(pair_index.max()) + 1 == edge_index.size(1) // 2
+    got = _layer_outputs_and_gradients(layer, x, pos, edge_index, pair_index)
+    for got, want in zip(got, expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('block_elements', [8, 2**20])
+def test_angular_pair_sum_gradients(block_elements):
+    """First and second derivatives of the fused HIP-NN-TS neighbour sum (blocks of one atom
+    and one block), against the plain formula."""
+    from pyg_tensorpot.nn.conv import hipnn_interaction as module
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel())
+    g = torch.Generator().manual_seed(5)
+    N, K, F, C = z.numel(), 3, 2, 4
+    grid = torch.randn(N * layout.source_width, K, generator=g, dtype=torch.float64)
+    grid[layout.source_row == layout.num_rows] = 0.0
+    grid = grid.view(N, layout.source_width, K).requires_grad_(True)
+    projected = torch.randn(N, K, F, generator=g, dtype=torch.float64, requires_grad=True)
+    angular = torch.randn(N * layout.receiver_width, C, generator=g, dtype=torch.float64)
+    angular = (angular * layout.receiver_mask.unsqueeze(-1)).view(N, layout.receiver_width, C)
+    angular.requires_grad_(True)
+
+    def fused(grid, projected, angular):
+        return module.angular_pair_sum(grid, projected, angular, layout.receiver_source_slot,
+                                       block_elements)
+
+    inputs = (grid, projected, angular)
+    torch.testing.assert_close(
+        fused(*inputs),
+        module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot))
+    assert torch.autograd.gradcheck(fused, inputs)
+    assert torch.autograd.gradgradcheck(fused, inputs)
+
+
+def test_layout_must_match_the_graph():
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    edge_vec, edge_weight = edge_vectors(pos, edge_index)
+    layer = HIPNNInteraction(4, 5, 3, 0.75, 3.5, 4.0, 2).double()
+    x = torch.randn(z.numel(), 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match='pair_weight needs the layout of its pair_index'):
+        layer(x, edge_index, edge_weight, edge_vec, None, edge_weight[:3])
+    layout = layer.neighbor_layout(edge_index[:, :4], z.numel())
+    with pytest.raises(ValueError, match='the layout belongs to another graph'):
+        layer(x, edge_index, edge_weight, edge_vec, layout)
+    with pytest.raises(ValueError, match='pair_index must have one entry per edge'):
+        layer.neighbor_layout(edge_index, z.numel(), torch.zeros(3, dtype=torch.long))
+
+
+def test_sensitivities_below_the_smallest_normal_number_are_zero():
+    sens = InverseGaussianSensitivity(20, 0.75, 5.5, 6.5)
+    r = torch.linspace(0.3, 6.5, 500)
+    s = sens(r).detach()
+    tiny = torch.finfo(torch.float32).tiny
+    scaled = (1 / r[:, None] - 1 / sens.mu.detach()) * sens.sigma.detach()
+    plain = torch.exp(-0.5 * scaled**2) * sens.cutoff_fn(r)[:, None]
+    assert ((plain > 0) & (plain < tiny)).any()  # the case at hand
+    assert not ((s > 0) & (s < tiny)).any()
+    torch.testing.assert_close(s, torch.where(plain >= tiny, plain, torch.zeros_like(plain)),
+                               rtol=1e-6, atol=0.0)
+
+
 def test_hierarchical_energy_and_hierarchicality():
     head = HierarchicalEnergyHead([4, 8, 8]).double()
     assert head.layers[0].bias is None and head.layers[1].bias is not None

@@ -139,7 +139,9 @@ class HIPNN(AtomisticModel):
         r"""The features :math:`[\mathbf{x}^0, \dots, \mathbf{x}^N]` of every atom of
         :obj:`graph` (:meth:`graph`)."""
         x = self.species(z, pos.dtype)
-        layout = HIPNNInteraction.neighbor_layout(graph.edge_index, z.size(0))
+        # Built once for all interactions; the sensitivities are evaluated once per pair.
+        layout = HIPNNInteraction.neighbor_layout(graph.edge_index, z.size(0), graph.pair_index,
+                                                  graph.pair_weight.size(0))
         features = [x]
         for block in self.blocks:
             for layer in block:
@@ -147,7 +149,7 @@ class HIPNN(AtomisticModel):
                 # first layer of a block wraps the interaction, the others are on-site layers.
                 if layer.needs_graph:
                     x = layer.combine(x, layer.layer(x, graph.edge_index, graph.edge_weight,
-                                                     graph.edge_vec, layout))
+                                                     graph.edge_vec, layout, graph.pair_weight))
                 else:
                     x = layer(x)
             features.append(x)

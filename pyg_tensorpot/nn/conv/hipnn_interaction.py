@@ -1,20 +1,188 @@
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import scatter
 
-from pyg_tensorpot.nn.padded_neighbors import PaddedNeighbors, padded_neighbors
+from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
 
 # (xx, xy, xz, yy, yz) out of traceless_outer's (xx, yy, zz, xy, xz, yz): hippynn's 5 components.
 _QUADRUPOLE_COMPONENTS = (0, 3, 4, 1, 5)
 _CONTRACTIONS = ('auto', 'project_first', 'environment_first')
+#: Default elements of one block of per-slot messages (sets the block length): a block stays
+#: in cache, where the batched products run several times faster than over [N D, F] at once.
+CHUNK_ELEMENTS = 2**18
 
 
-class HIPNNInteraction(MessagePassing):
+class HIPNNLayout(NamedTuple):
+    r"""Where every edge of a graph sits in the two padded per-atom grids of
+    :class:`HIPNNInteraction`, built once per graph by :meth:`HIPNNInteraction.neighbor_layout`
+    and shared by all its layers.
+
+    Row :math:`n` of the *source* grid :obj:`[N, D_s]` holds the edges whose neighbour
+    (:obj:`edge_index[0]`) is atom :math:`n`, row :math:`n` of the *receiver* grid
+    :obj:`[N, D_r]` those whose receiver (:obj:`edge_index[1]`) is :math:`n`; the widths are the
+    largest degrees. Sensitivities are looked up by *row* (a pair of atoms, whose two directed
+    edges have the same distance, or an edge); padding slots read row :obj:`num_rows`, which the
+    layer fills with zeros, so that they add exact zeros to every sum.
+
+    Attributes:
+        num_nodes (int): Atoms :math:`N`.
+        num_rows (int): Rows of the sensitivity table (pairs, or edges).
+        source_width (int): :math:`D_s`.
+        receiver_width (int): :math:`D_r`.
+        source_row (torch.Tensor): Sensitivity row of every source slot, :obj:`[N D_s]`.
+        source_target (torch.Tensor): Receiver of every source slot (0 on padding).
+        receiver_row (torch.Tensor): Sensitivity row of every receiver slot, :obj:`[N D_r]`.
+        receiver_neighbor (torch.Tensor): Neighbour atom of every receiver slot (0 on padding).
+        receiver_edge (torch.Tensor): Edge of every receiver slot (0 on padding).
+        receiver_source_slot (torch.Tensor): Source slot of the edge of every receiver slot
+            (0 on padding).
+        receiver_mask (torch.Tensor): :obj:`True` where a receiver slot holds an edge.
+    """
+    num_nodes: int
+    num_rows: int
+    source_width: int
+    receiver_width: int
+    source_row: Tensor
+    source_target: Tensor
+    receiver_row: Tensor
+    receiver_neighbor: Tensor
+    receiver_edge: Tensor
+    receiver_source_slot: Tensor
+    receiver_mask: Tensor
+
+
+def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple[int, int]]:
+    step = max(1, block_elements // max(row_elements, 1))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+class _AngularPairSum(torch.autograd.Function):
+    # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
+    # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
+    # for the backward pass), and the gradient of c once. A double backward (force training)
+    # goes through the differentiable formulas of _plain_angular_pair_sum_backward.
+    @staticmethod
+    def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
+                block_elements: int) -> Tensor:
+        N, width_s, _ = grid.shape
+        width_r, C = angular.size(1), angular.size(2)
+        F = projected.size(-1)
+        pair = grid.new_empty((N * width_s, F))
+        for a, b in _blocks(N, width_s * F, block_elements):
+            torch.bmm(grid[a:b], projected[a:b], out=pair[a * width_s:b * width_s].view(
+                b - a, width_s, F))
+        out = grid.new_zeros((N, C, F))
+        blocks = _blocks(N, width_r * F, block_elements)
+        if width_r > 0 and len(blocks) > 0:
+            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
+            slots = source_slot.view(N, width_r)
+            for a, b in blocks:
+                gathered = torch.index_select(pair, 0, slots[a:b].reshape(-1),
+                                              out=rows[:(b - a) * width_r])
+                torch.bmm(angular[a:b].transpose(1, 2), gathered.view(b - a, width_r, F),
+                          out=out[a:b])
+        ctx.save_for_backward(grid, projected, angular, source_slot, pair)
+        ctx.block_elements = block_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grid, projected, angular, source_slot, pair = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
+                                                    grad_out) + (None, None)
+        need_grid, need_projected, need_angular = ctx.needs_input_grad[:3]
+        N, width_s, _ = grid.shape
+        width_r, F = angular.size(1), projected.size(-1)
+        grad_pair = grid.new_zeros((N * width_s, F))
+        grad_angular = torch.zeros_like(angular) if need_angular else None
+        blocks = _blocks(N, width_r * F, ctx.block_elements)
+        if width_r > 0 and len(blocks) > 0:
+            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
+            slots = source_slot.view(N, width_r)
+            for a, b in blocks:
+                block = grad_out[a:b]
+                index = slots[a:b].reshape(-1)
+                if grad_angular is not None:
+                    gathered = torch.index_select(pair, 0, index, out=rows[:(b - a) * width_r])
+                    torch.bmm(gathered.view(b - a, width_r, F), block.transpose(1, 2),
+                              out=grad_angular[a:b])
+                # The transpose graph: receiver slots back to the slots of their neighbours.
+                grad_rows = torch.bmm(angular[a:b], block,
+                                      out=rows[:(b - a) * width_r].view(b - a, width_r, F))
+                grad_pair.index_add_(0, index, grad_rows.view(-1, F))
+        grad_grid = torch.empty_like(grid) if need_grid else None
+        grad_projected = torch.empty_like(projected) if need_projected else None
+        for a, b in _blocks(N, width_s * F, ctx.block_elements):
+            block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
+            if grad_grid is not None:
+                torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+            if grad_projected is not None:
+                torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
+        return grad_grid, grad_projected, grad_angular, None, None
+
+
+def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
+                            source_slot: Tensor) -> Tensor:
+    N, F = grid.size(0), projected.size(-1)
+    pair = torch.bmm(grid, projected).view(-1, F)
+    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
+    return torch.bmm(angular.transpose(1, 2), rows)
+
+
+def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: Tensor,
+                                     source_slot: Tensor,
+                                     grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    N, width_s, _ = grid.shape
+    F = projected.size(-1)
+    pair = torch.bmm(grid, projected).view(-1, F)
+    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
+    grad_angular = torch.bmm(rows, grad_out.transpose(1, 2))
+    grad_rows = torch.bmm(angular, grad_out).view(-1, F)
+    grad_pair = grad_rows.new_zeros((N * width_s, F)).index_add(0, source_slot, grad_rows)
+    grad_pair = grad_pair.view(N, width_s, F)
+    return (torch.bmm(grad_pair, projected.transpose(1, 2)),
+            torch.bmm(grid.transpose(1, 2), grad_pair), grad_angular)
+
+
+def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
+                     block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    r"""HIP-NN-TS's neighbour sum :math:`m_i[c, g] = \sum_{j} Y_c(\hat{\mathbf{r}}_{ij})
+    \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`: pair messages :math:`c = s\,P` per neighbour (source
+    grid), gathered into the receiver grid and weighted by :math:`Y`.
+
+    Args:
+        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
+            padding).
+        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
+        angular (torch.Tensor): :math:`Y` of the receiver slots :obj:`[N, D_r, C]` (zero on
+            padding).
+        source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[N D_r]`.
+        block_elements (int, optional): Elements of one block of per-slot messages.
+            (default: :obj:`CHUNK_ELEMENTS`)
+
+    Returns:
+        torch.Tensor: :obj:`[N, C, F]`.
+    """
+    if torch.jit.is_scripting():
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
+    return _fused_angular_pair_sum(grid, projected, angular, source_slot, block_elements)
+
+
+@torch.jit.unused
+def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
+                            source_slot: Tensor, block_elements: int) -> Tensor:
+    # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
+    if torch.compiler.is_compiling():
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
+    return _AngularPairSum.apply(grid.contiguous(), projected.contiguous(),
+                                 angular.contiguous(), source_slot, block_elements)
+
+
+class HIPNNInteraction(torch.nn.Module):
     r"""The interaction layer of HIP-NN, from the `"Hierarchical modeling of molecular energies
     using a deep neural network" <https://doi.org/10.1063/1.5011181>`_ paper (Lubbers, Smith &
     Barros, J. Chem. Phys. 148, 241715, 2018), with the tensor sensitivities of HIP-NN-TS from
@@ -44,14 +212,24 @@ class HIPNNInteraction(MessagePassing):
     the norm finite where :math:`\mathbf{m}^{(l)} = 0`. :obj:`max_order=0` is the original HIP-NN
     layer. The sensitivities are :class:`~pyg_tensorpot.nn.InverseGaussianSensitivity`.
 
-    The message is evaluated in the cheaper of two orders, with identical results: projecting
-    :math:`\mathbf{x}_j` on :math:`\mathbf{V}` first, so that only the pair message
-    :math:`c_{ij}[g] = \sum_{\nu, f} V_{\nu g f} s_\nu(r_{ij}) x_j[f]` is formed per edge
-    (one :math:`[D, K] \times [K, F_\mathrm{out}]` product per neighbour over its :math:`D`
-    edges), or, for narrow inputs such as the one-hot species, sending
-    :math:`s_\nu(r_{ij})\, x_j[f]` and contracting with :math:`\mathbf{V}` per atom, as hippynn
-    does. The angular sum over neighbours is one batched product per receiver. Neither forms
-    a per-edge :obj:`[E, K, F]` tensor.
+    The sensitivities are evaluated once per pair of atoms (both directions of a pair have the
+    same distance) when the caller passes :obj:`pair_weight` with a layout built from the
+    graph's :obj:`pair_index`. The message is evaluated in the cheaper of two orders, with
+    identical results: projecting :math:`\mathbf{x}_j` on :math:`\mathbf{V}` first, so that only
+    the pair message :math:`c_{ij}[g] = \sum_{\nu, f} V_{\nu g f} s_\nu(r_{ij}) x_j[f]` is
+    formed per edge (one :math:`[D, K] \times [K, F_\mathrm{out}]` product per neighbour over
+    its :math:`D` edges, summed into the receivers straight from that grid for
+    :math:`l_\mathrm{max} = 0`, or weighted by :math:`Y^{(l)}` with one
+    :math:`[C, D] \times [D, F_\mathrm{out}]` product per receiver), or, for narrow inputs such
+    as the one-hot species, forming the environment
+    :math:`\sum_j s_\nu(r_{ij})\, Y^{(l)}(\hat{\mathbf{r}}_{ij})\, x_j[f]` as one
+    :math:`[K, D] \times [D, C F_\mathrm{in}]` product per receiver and contracting it with
+    :math:`\mathbf{V}` per atom, as hippynn does. Neither forms a per-edge :obj:`[E, K, F]`
+    tensor. The per-slot products run over blocks of atoms of :attr:`block_elements` elements
+    (:obj:`CHUNK_ELEMENTS` by default), which stay in cache: for :math:`l_\mathrm{max} = 0` no
+    per-slot :obj:`[N D, F_\mathrm{out}]` tensor is formed at all, and for
+    :math:`l_\mathrm{max} > 0` only the pair messages and their gradient (an autograd function
+    whose backward pass stays differentiable, for force training).
 
     Args:
         in_channels (int): Input features :math:`F_\mathrm{in}`.
@@ -70,18 +248,14 @@ class HIPNNInteraction(MessagePassing):
         - **input:** features :math:`(N, F_\mathrm{in})`, edge indices :math:`(2, E)` (row 0
           the neighbour :math:`j`, row 1 the receiver :math:`i`, no self-loops), edge lengths
           :math:`(E)`, edge vectors :math:`\mathbf{r}_i - \mathbf{r}_j` :math:`(E, 3)`,
-          optionally the :meth:`neighbor_layout` of the edges
+          optionally the :meth:`neighbor_layout` of the edges and, with a layout built from
+          a :obj:`pair_index`, the pair distances :math:`(P)`
         - **output:** :math:`(N, F_\mathrm{out})`
     """
-    # Argument types of propagate(), for TorchScript.
-    propagate_type = {'features': Tensor, 'sensitivity': Tensor, 'angular': Optional[Tensor],
-                      'project_first': bool, 'by_source': PaddedNeighbors,
-                      'by_receiver': PaddedNeighbors}
-
     def __init__(self, in_channels: int, out_channels: int, num_sensitivities: int,
                  soft_min: float, soft_max: float, cutoff: float, max_order: int = 0,
                  cusp_reg: float = 1e-6, contraction: str = 'auto'):
-        super().__init__(aggr='add', node_dim=0)
+        super().__init__()
         if max_order not in (0, 1, 2):
             raise ValueError(f'max_order must be 0 (HIP-NN), 1 or 2 (HIP-NN-TS), got {max_order}')
         if in_channels < 1 or out_channels < 1:
@@ -96,6 +270,7 @@ class HIPNNInteraction(MessagePassing):
         self.max_order = max_order
         self.cusp_reg = float(cusp_reg)
         self.contraction = contraction
+        self.block_elements = CHUNK_ELEMENTS
         self.sensitivity = InverseGaussianSensitivity(num_sensitivities, soft_min, soft_max,
                                                       cutoff)
         self.weight = torch.nn.Parameter(torch.empty(num_sensitivities, out_channels,
@@ -140,35 +315,75 @@ class HIPNNInteraction(MessagePassing):
         return torch.cat(parts, dim=-1)
 
     @staticmethod
-    def neighbor_layout(edge_index: Tensor,
-                        num_nodes: int) -> Tuple[PaddedNeighbors, PaddedNeighbors]:
-        r"""The edges grouped by neighbour (row 0) and by receiver (row 1), as
-        :class:`~pyg_tensorpot.nn.padded_neighbors.PaddedNeighbors`; pass it to every layer
-        that shares :obj:`edge_index` to build it once."""
-        return (padded_neighbors(edge_index[0], num_nodes),
-                padded_neighbors(edge_index[1], num_nodes))
+    def neighbor_layout(edge_index: Tensor, num_nodes: int, pair_index: Optional[Tensor] = None,
+                        num_pairs: Optional[int] = None) -> HIPNNLayout:
+        r"""The :class:`HIPNNLayout` of :obj:`edge_index`; pass it to every layer that shares
+        the edges to build it once.
+
+        Args:
+            edge_index (torch.Tensor): Row 0 the neighbour, row 1 the receiver, :obj:`[2, E]`.
+            num_nodes (int): Number of atoms.
+            pair_index (torch.Tensor, optional): Row of every edge in the pair distances
+                (the graph's :obj:`pair_index`; both directions of a pair share a row); the
+                layer then needs those distances as :obj:`pair_weight`. If :obj:`None`, every
+                edge is its own row. (default: :obj:`None`)
+            num_pairs (int, optional): Number of pair rows (the length of
+                :obj:`pair_weight`); counted from :obj:`pair_index` if :obj:`None`.
+                (default: :obj:`None`)
+        """
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError('edge_index must have shape [2, num_edges], got '
+                             + str(list(edge_index.shape)))
+        num_edges = edge_index.size(1)
+        if pair_index is None:
+            rows = torch.arange(num_edges, device=edge_index.device)
+            num_rows = num_edges
+        else:
+            if pair_index.dim() != 1 or pair_index.size(0) != num_edges:
+                raise ValueError('pair_index must have one entry per edge ([' + str(num_edges)
+                                 + ']), got ' + str(list(pair_index.shape)))
+            rows = pair_index
+            if num_pairs is None:
+                num_rows = int(pair_index.max()) + 1 if num_edges > 0 else 0
+            else:
+                num_rows = num_pairs
+        by_source = padded_neighbors(edge_index[0], num_nodes)
+        by_receiver = padded_neighbors(edge_index[1], num_nodes)
+        padding = torch.full_like(by_source.edge_of_slot, num_rows)
+        source_row = torch.where(by_source.mask, rows.index_select(0, by_source.edge_of_slot),
+                                 padding)
+        source_target = edge_index[1].index_select(0, by_source.edge_of_slot)
+        receiver_edge = by_receiver.edge_of_slot
+        padding = torch.full_like(receiver_edge, num_rows)
+        receiver_row = torch.where(by_receiver.mask, rows.index_select(0, receiver_edge),
+                                   padding)
+        return HIPNNLayout(num_nodes, num_rows, by_source.width, by_receiver.width, source_row,
+                           source_target, receiver_row,
+                           edge_index[0].index_select(0, receiver_edge), receiver_edge,
+                           by_source.slot.index_select(0, receiver_edge), by_receiver.mask)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_vec: Tensor,
-                layout: Optional[Tuple[PaddedNeighbors, PaddedNeighbors]] = None) -> Tensor:
+                layout: Optional[HIPNNLayout] = None,
+                pair_weight: Optional[Tensor] = None) -> Tensor:
         num_nodes = x.size(0)
         if layout is None:
+            if pair_weight is not None:
+                raise ValueError('pair_weight needs the layout of its pair_index: pass '
+                                 'neighbor_layout(edge_index, num_nodes, pair_index)')
             layout = self.neighbor_layout(edge_index, num_nodes)
-        by_source, by_receiver = layout
-        sensitivity = self.sensitivity(edge_weight)
-        angular = self.angular(edge_vec, edge_weight)
+        distances = edge_weight if pair_weight is None else pair_weight
+        if distances.size(0) != layout.num_rows or layout.num_nodes != num_nodes:
+            raise ValueError('the layout belongs to another graph: it has '
+                             + str(layout.num_rows) + ' distance rows and '
+                             + str(layout.num_nodes) + ' atoms, got ' + str(distances.size(0))
+                             + ' distances and ' + str(num_nodes) + ' atoms')
+        sensitivity = self.sensitivity(distances)
+        # Row num_rows, read by every padding slot: padding adds exact zeros.
+        sensitivity = torch.cat([sensitivity, sensitivity.new_zeros(1, sensitivity.size(1))])
         if self._project_first():
-            # (V x_j)[nu, g] for every atom, then c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g].
-            features = (x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, -1)).view(
-                num_nodes, self.num_sensitivities, self.out_channels)
-            m = self.propagate(edge_index, features=features, sensitivity=sensitivity,
-                               angular=angular, project_first=True, by_source=by_source,
-                               by_receiver=by_receiver, size=(num_nodes, num_nodes))
+            m = self._project_first_sum(x, sensitivity, edge_weight, edge_vec, layout)
         else:
-            # The message s(r_ij) (outer) x_j; V contracts the per-atom sum.
-            m = self.propagate(edge_index, features=x, sensitivity=sensitivity, angular=angular,
-                               project_first=False, by_source=by_source,
-                               by_receiver=by_receiver, size=(num_nodes, num_nodes))
-            m = m @ self.weight.permute(0, 2, 1).reshape(-1, self.out_channels)
+            m = self._environment_first_sum(x, sensitivity, edge_weight, edge_vec, layout)
 
         out = m[:, 0]
         scale = self.scale  # None exactly when max_order == 0
@@ -182,32 +397,76 @@ class HIPNNInteraction(MessagePassing):
             out = out + scale[1] * torch.sqrt(frobenius + self.cusp_reg)
         return out + self.lin_self(x)
 
-    def message(self, features: Tensor, sensitivity: Tensor, edge_index_j: Tensor,
-                project_first: bool, by_source: PaddedNeighbors) -> Tensor:
-        if not project_first:
-            x_j = features.index_select(0, edge_index_j)
-            return (sensitivity.unsqueeze(-1) * x_j.unsqueeze(1)).flatten(1)
-        # c_ij as one [D, K] @ [K, F] product per neighbour j over its D edges, instead of
-        # gathering (V x_j) [K, F] for every edge.
-        num_nodes, width = by_source.num_nodes, by_source.width
-        grid = sensitivity.index_select(0, by_source.edge_of_slot).view(
-            num_nodes, width, sensitivity.size(-1))
-        pair = torch.bmm(grid, features).view(num_nodes * width, features.size(-1))
-        return pair.index_select(0, by_source.slot)
+    def _receiver_angular(self, edge_weight: Tensor, edge_vec: Tensor,
+                          layout: HIPNNLayout) -> Tensor:
+        # Y of the edge in every receiver slot, [N * D_r, C] (edge 0's on padding).
+        angular = self.angular(edge_vec.index_select(0, layout.receiver_edge),
+                               edge_weight.index_select(0, layout.receiver_edge))
+        assert angular is not None
+        return angular
 
-    def aggregate(self, inputs: Tensor, index: Tensor, dim_size: Optional[int],
-                  angular: Optional[Tensor], by_receiver: PaddedNeighbors) -> Tensor:
-        if angular is None:
-            return scatter(inputs, index, 0, dim_size=dim_size, reduce='sum').unsqueeze(1)
-        # sum_j Y(r_ij) (outer) message_ij as one [C, D] @ [D, W] product per receiver. Only
-        # the narrow angular factor is masked: padding rows of the messages are multiplied by 0.
-        num_nodes, width = by_receiver.num_nodes, by_receiver.width
-        rows = inputs.index_select(0, by_receiver.edge_of_slot).view(num_nodes, width,
-                                                                     inputs.size(-1))
-        weights = angular.index_select(0, by_receiver.edge_of_slot)
-        weights = weights * by_receiver.mask.unsqueeze(-1).to(weights.dtype)
-        weights = weights.view(num_nodes, width, angular.size(-1)).transpose(1, 2)
-        return torch.bmm(weights, rows)
+    def _project_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
+                           edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
+        N, K, F = layout.num_nodes, self.num_sensitivities, self.out_channels
+        # (V x_j)[nu, g] for every atom, then c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g] as one
+        # [D_s, K] @ [K, F] product per neighbour j over its D_s source slots, instead of
+        # gathering (V x_j) [K, F] for every edge.
+        projected = (x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, K * F)).view(
+            N, K, F)
+        grid = sensitivity.index_select(0, layout.source_row).view(N, layout.source_width, K)
+        if self.max_order == 0:
+            return self._chunked_pair_sum(grid, projected, layout).unsqueeze(1)
+        # sum_j Y(r_ij) (outer) c_ij as one [C, D_r] @ [D_r, F] product per receiver. Only the
+        # narrow angular factor is masked: the padding rows of c are multiplied by 0.
+        angular = self._receiver_angular(edge_weight, edge_vec, layout)
+        angular = angular * layout.receiver_mask.unsqueeze(-1).to(angular.dtype)
+        return angular_pair_sum(grid, projected,
+                                angular.view(N, layout.receiver_width, self.num_components),
+                                layout.receiver_source_slot, self.block_elements)
+
+    def _chunked_pair_sum(self, grid: Tensor, projected: Tensor, layout: HIPNNLayout) -> Tensor:
+        # sum_j c_ij straight from the source grid into the receivers (padding rows of c are
+        # exact zeros), a block of neighbours at a time: no [E, F] or [N D_s, F] tensor is
+        # formed, in the forward pass nor in the backward passes (split() and in-place
+        # index_add_ have backward passes that cost one block each, double backward included).
+        N, width, F = layout.num_nodes, layout.source_width, self.out_channels
+        out = projected.new_zeros((N, F))
+        if torch.compiler.is_compiling() or N * width * F <= self.block_elements:
+            # One block (torch.export cannot loop over a data-dependent number of blocks).
+            return out.index_add_(0, layout.source_target,
+                                  torch.bmm(grid, projected).view(N * width, F))
+        step = max(1, self.block_elements // max(width * F, 1))
+        for block_grid, block_projected, block_target in zip(
+                grid.split(step), projected.split(step), layout.source_target.split(step * width)):
+            out.index_add_(0, block_target,
+                           torch.bmm(block_grid, block_projected).view(-1, F))
+        return out
+
+    def _environment_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
+                               edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
+        N, K, C = layout.num_nodes, self.num_sensitivities, self.num_components
+        F, width = self.in_channels, layout.receiver_width
+        # The environment sum_j s_nu(r_ij) Y(r_ij) x_j[f] as one [K, D_r] @ [D_r, C F] product
+        # per receiver; the sensitivities are zero on padding slots, so nothing is masked.
+        grid = sensitivity.index_select(0, layout.receiver_row).view(N, width, K)
+        neighbors = x.index_select(0, layout.receiver_neighbor).view(N, width, F)
+        if self.max_order == 0:
+            angular = neighbors.new_ones((N, width, 1))
+        else:
+            angular = self._receiver_angular(edge_weight, edge_vec, layout).view(N, width, C)
+        # A block of receivers at a time, so that Y (outer) x_j [D_r, C F] stays in cache.
+        step = N if torch.compiler.is_compiling() else max(
+            1, self.block_elements // max(width * C * F, 1))
+        blocks = [
+            torch.bmm(block_grid.transpose(1, 2),
+                      (block_angular.unsqueeze(-1) * block_neighbors.unsqueeze(2)).view(
+                          block_grid.size(0), width, C * F))
+            for block_grid, block_angular, block_neighbors in zip(
+                grid.split(step), angular.split(step), neighbors.split(step))
+        ]
+        environment = torch.cat(blocks) if len(blocks) > 0 else grid.new_zeros((0, K, C * F))
+        environment = environment.view(N, K, C, F).transpose(1, 2).reshape(N, C, K * F)
+        return environment @ self.weight.permute(0, 2, 1).reshape(K * F, self.out_channels)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, {self.out_channels}, '

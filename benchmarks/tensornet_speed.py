@@ -9,13 +9,15 @@ batch), neighbour list included, on this machine's CPU threads:
 
 * energy+forces throughput on batches of 64 S66x8 conformers (COMP6 v1) with 15-20 atoms;
 * one training step (energy+force MSE loss, backward, AdamW step) on the same batch;
-* energy+forces on single water boxes (liquid density) of ~100, ~1,000 and ~5,000 atoms,
+* energy+forces on single water boxes (liquid density) of ~1,000, ~5,000 and ~10,000 atoms,
   with the peak resident memory of the first call (each measurement runs in its own process;
   the kernel's high-water mark is reset just before the call: peak RSS minus RSS before it)
   and the median time of three calls.
 
 torchmd-net is timed on its default code path (Warp kernels when warp-lang is installed, as
 here) and on its pure-PyTorch path (the Warp ops swapped for its own PyTorch functions).
+The record goes to benchmarks/results/tensornet_speed.json (--json); --render prints the
+tables of an existing record.
 """
 import os
 
@@ -26,8 +28,8 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -39,8 +41,9 @@ import torch  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pyg_tensorpot import TensorNet  # noqa: E402
+from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from pyg_tensorpot.io import load_torchmdnet  # noqa: E402
+from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 
 CONFIG = dict(hidden_channels=128, num_layers=2, num_rbf=32, cutoff=4.5, max_z=128)
 IMPLEMENTATIONS = ('pyg-tensorpot', 'torchmd-net (warp)', 'torchmd-net (pure PyTorch)')
@@ -245,34 +248,20 @@ def ratio(ours, theirs):
     return f'{theirs / ours:.2f}x' if ours and theirs else 'n/a'
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--s66x8', default=None, help='COMP6 v1 s66x8_wb97x6-31gd.h5')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[100, 1000, 5000])
-    parser.add_argument('--memory-worker', nargs=2, metavar=('IMPL', 'ATOMS'),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_worker:
-        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
-        return
-    warnings_off()
-    path = args.s66x8 or next((p for p in DEFAULT_S66X8 if os.path.exists(p)), None)
-    if path is None:
-        sys.exit('S66x8 file not found: pass --s66x8 PATH to COMP6 v1 s66x8_wb97x6-31gd.h5')
-
+def measure(args, path):
+    """Runs every measurement and returns the record written to --json."""
     models = build_models()
     z, pos, batch = load_s66x8_batch(path)
-    agreement = check_agreement(models, z, pos, batch)
-
-    print(f'# TensorNet speed: pyg-tensorpot vs torchmd-net 3.1.0 ({time.strftime("%Y-%m-%d")})')
-    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
-          f'torch {torch.__version__}, {torch.get_num_threads()} threads, float32')
-    print(f'config: H=128, L=2, 32 RBF, cutoff 4.5 A, O(3); max relative difference of '
-          f'energies/forces between implementations on the batch: {agreement:.1e}\n')
-
-    n_atoms = z.numel()
+    record = {
+        'benchmark': 'tensornet_speed', 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        'machine': cpu_model(), 'logical_cpus': os.cpu_count(), 'threads': torch.get_num_threads(),
+        'torch': torch.__version__, 'load_average_before': list(os.getloadavg()),
+        'config': dict(CONFIG, num_rbf=CONFIG['num_rbf'], rbf='expnorm', equivariance='O(3)',
+                       dtype='float32'),
+        'numba_kernels': importlib.util.find_spec('numba') is not None,
+        'agreement_max_relative': check_agreement(models, z, pos, batch),
+        'repeats': args.repeats, 'batch_atoms': z.numel(), 'batch_molecules': 64,
+    }
     inference = {
         name: (lambda name=name, model=model: energy_and_forces(name, model, z, pos, batch))
         for name, model in models.items()
@@ -285,32 +274,99 @@ def main():
                        f_ref: training_step(name, model, optimizer, z, pos, batch, e_ref, f_ref))
     inference_time = timed_round_robin(inference, args.repeats)
     step_time = timed_round_robin(steps, args.repeats)
-    throughput = {name: 64 / seconds for name, seconds in inference_time.items()}
-
-    ours = IMPLEMENTATIONS[0]
-    print(f'## Batch of 64 S66x8 conformers ({n_atoms} atoms)\n')
-    print('| implementation | energy+forces (molecules/s) | speed-up of ours | training step (ms) '
-          '| speed-up of ours |')
-    print('|---|---|---|---|---|')
-    for name in IMPLEMENTATIONS:
-        print(f'| {name} | {throughput[name]:.0f} | {ratio(1 / throughput[ours], 1 / throughput[name])} | '
-              f'{step_time[name] * 1e3:.1f} | {ratio(step_time[ours], step_time[name])} |')
-
-    print('\n## Single systems (water box, open boundaries), energy+forces\n')
-    print('| atoms | implementation | time (s) | peak memory (MiB) | time ratio | memory ratio |')
-    print('|---|---|---|---|---|---|')
+    record['batch'] = {name: {'energy_forces_s': inference_time[name],
+                              'molecules_per_s': 64 / inference_time[name],
+                              'training_step_s': step_time[name]} for name in IMPLEMENTATIONS}
+    record['load_average_after_batch'] = list(os.getloadavg())
+    record['single_systems'] = []
     for size in args.sizes:
-        rows = {name: run_memory(name, size) for name in IMPLEMENTATIONS}
-        base = rows[ours]
         for name in IMPLEMENTATIONS:
-            row = rows[name]
-            if 'error' in row:
-                print(f'| {size} | {name} | failed: {row["error"][:60]} | | | |')
+            if name == IMPLEMENTATIONS[2] and size > args.pure_max_atoms:
+                row = {'skipped': f'above --pure-max-atoms {args.pure_max_atoms}'}
+            else:
+                row = run_memory(name, size)
+            record['single_systems'].append(dict(row, requested_atoms=size, implementation=name))
+    record['load_average_after'] = list(os.getloadavg())
+    return record
+
+
+def render(record):
+    """The Markdown tables of a record (benchmarks/README.md quotes them)."""
+    ours = IMPLEMENTATIONS[0]
+    lines = [f'# TensorNet speed: pyg-tensorpot vs torchmd-net 3.1.0 ({record["date"]})',
+             f'machine: {record["machine"]}, {record["logical_cpus"]} logical CPUs, torch '
+             f'{record["torch"]}, {record["threads"]} threads, float32; load average '
+             f'{record["load_average_before"][0]:.1f} before, '
+             f'{record["load_average_after"][0]:.1f} after; Numba kernels: '
+             f'{"yes" if record["numba_kernels"] else "no"}',
+             f'max relative difference of energies/forces between implementations on the batch: '
+             f'{record["agreement_max_relative"]:.1e}', '',
+             f'Batch of {record["batch_molecules"]} S66x8 conformers ({record["batch_atoms"]} '
+             f'atoms), median of {record["repeats"]}:', '',
+             '| implementation | energy+forces (molecules/s) | ours faster by | training step (ms) '
+             '| ours faster by |', '|---|---|---|---|---|']
+    batch = record['batch']
+    for name in IMPLEMENTATIONS:
+        row = batch[name]
+        lines.append(f'| {name} | {row["molecules_per_s"]:.0f} | '
+                     f'{ratio(batch[ours]["energy_forces_s"], row["energy_forces_s"])} | '
+                     f'{row["training_step_s"] * 1e3:.0f} | '
+                     f'{ratio(batch[ours]["training_step_s"], row["training_step_s"])} |')
+    lines += ['', 'Single systems (water box, open boundaries), energy+forces:', '',
+              '| atoms | implementation | time (s) | peak memory (MiB) | MB per atom '
+              '| ours faster by | ours smaller by |', '|---|---|---|---|---|---|---|']
+    rows = record['single_systems']
+    for size in sorted({r['requested_atoms'] for r in rows}):
+        group = {r['implementation']: r for r in rows if r['requested_atoms'] == size}
+        base = group.get(ours, {})
+        for name in IMPLEMENTATIONS:
+            row = group.get(name)
+            if row is None:
                 continue
-            print(f'| {row["atoms"]} | {name} | {row["seconds"]:.3f} | {row["peak_mib"]:.0f} | '
-                  f'{ratio(base["seconds"], row["seconds"])} | '
-                  f'{ratio(base["peak_mib"], row["peak_mib"])} |')
-    print('\nRatios are torchmd-net / pyg-tensorpot: above 1x means ours is faster or smaller.')
+            if 'skipped' in row or 'error' in row:
+                reason = row.get('skipped') or 'failed: ' + row['error'][:60]
+                lines.append(f'| {size} | {name} | {reason} | | | | |')
+                continue
+            lines.append(
+                f'| {row["atoms"]:,} | {name} | {row["seconds"]:.3f} | {row["peak_mib"]:,.0f} | '
+                f'{row["peak_mib"] * 2**20 / 1e6 / row["atoms"]:.3f} | '
+                f'{ratio(base.get("seconds"), row["seconds"]) if name != ours else ""} | '
+                f'{ratio(base.get("peak_mib"), row["peak_mib"]) if name != ours else ""} |')
+    lines.append('\nRatios are torchmd-net / pyg-tensorpot: above 1x means ours is faster or '
+                 'smaller.')
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--s66x8', default=None, help='COMP6 v1 s66x8_wb97x6-31gd.h5')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[1000, 5000, 10000])
+    parser.add_argument('--pure-max-atoms', type=int, default=5001,
+                        help='skip torchmd-net\'s pure-PyTorch path above this size (it needs '
+                        'about 2.7 MB per atom)')
+    parser.add_argument('--json', default=os.path.join(HERE, 'results', 'tensornet_speed.json'))
+    parser.add_argument('--render', action='store_true',
+                        help='print the tables of the existing --json record and exit')
+    parser.add_argument('--memory-worker', nargs=2, metavar=('IMPL', 'ATOMS'),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        return
+    if args.render:
+        with open(args.json) as f:
+            print(render(json.load(f)))
+        return
+    warnings_off()
+    path = args.s66x8 or next((p for p in DEFAULT_S66X8 if os.path.exists(p)), None)
+    if path is None:
+        sys.exit('S66x8 file not found: pass --s66x8 PATH to COMP6 v1 s66x8_wb97x6-31gd.h5')
+    record = measure(args, path)
+    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
+    print(render(record))
+    print(f'\nrecord written to {args.json}')
 
 
 def warnings_off():

@@ -1,24 +1,42 @@
 r"""Fused message kernels of TensorNet's embedding and interaction layers.
 
-Both sum per-edge products of radial filters with 10 packed tensor components into the
-receiving atoms. A plain gather-multiply-scatter materialises several ``[E, 10, H]`` tensors and
-keeps some of them alive for the backward pass (about 1 GB each for 5,000 atoms of liquid
-water at a 4.5 A cutoff). These autograd functions keep only what the gradients need at atom
-or pair level, recompute the per-edge products in the backward pass, and process the edges in
-chunks, so that the per-edge temporaries stay small. Filters may be given per radial row
-(shared by both directions of a pair) with :obj:`radial_index` mapping edges to rows. The
-backward passes are written with differentiable operations: force training (double backward)
-works.
+Both layers sum per-edge products of radial filters with the 10 packed tensor components
+into the receiving atoms. A plain gather-multiply-scatter materialises several ``[E, 10, H]``
+tensors and keeps some of them alive for the backward pass (about 1 GB each for 5,000 atoms
+of liquid water at a 4.5 A cutoff). Here every sum is a contraction of one multilinear form,
+
+.. math::
+    F(g, y, m) = \sum_{(j, i)} \sum_{k, h} g_{r(ij),\, c(k),\, h}\; y_{j k h}\; m_{i k h}
+    \quad \text{(interaction)}, \qquad
+    F(r, p, q, m) = \sum_{(j, i)} \sum_{k, h} r_{r(ij),\, c(k),\, h}\; p_{ij h}\;
+    q_{ij k}\; m_{i k h} \quad \text{(embedding)},
+
+with :math:`c(k)` the irreducible part (I, A or S) of component :math:`k` and :math:`r(ij)` the
+radial row of the edge. The message is :math:`\partial F / \partial m`, and the gradient of
+:math:`\partial F / \partial a` with respect to any other factor :math:`b` is
+:math:`\partial F / \partial b` with the upstream gradient in the place of :math:`a`: the
+backward pass of every contraction is made of contractions, so the double backward of force
+training needs nothing more, and nothing per edge is kept for it.
+
+Each contraction runs in a compiled loop over the edges when `Numba <https://numba.pydata.org>`_
+is installed and the tensors are on the CPU (no per-edge temporary at all; the edges are
+visited in their given order, so the result is deterministic), and otherwise as chunked
+gather/multiply/:obj:`index_add_` passes whose per-edge temporaries hold at most
+:obj:`CHUNK_ELEMENTS` numbers.
 """
-from typing import Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from pyg_tensorpot.nn.radial import gradient_requested
 from pyg_tensorpot.nn.tensor_algebra import PART_SLICES, scale_parts
 
-#: Number of float elements of one per-edge temporary; sets the chunk length.
-CHUNK_ELEMENTS = 2**24
+#: Number of float elements of one per-edge temporary of the PyTorch kernels; sets their chunk
+#: length.
+CHUNK_ELEMENTS = 2**22
+#: Use the compiled (Numba) kernels on CPU tensors when Numba is installed.
+USE_NUMBA = True
 
 
 def _chunks(num_edges: int, width: int) -> Iterator[slice]:
@@ -27,70 +45,286 @@ def _chunks(num_edges: int, width: int) -> Iterator[slice]:
         yield slice(start, min(start + step, num_edges))
 
 
-def _rows(filters: Tensor, radial_index: Optional[Tensor], edges: slice) -> Tensor:
-    return filters[edges] if radial_index is None else filters.index_select(
-        0, radial_index[edges])
-
-
-def _accumulate_rows(grad: Tensor, radial_index: Optional[Tensor], edges: slice,
-                     values: Tensor) -> None:
-    if radial_index is None:
-        grad[edges] = grad[edges] + values
-    else:
-        grad.index_add_(0, radial_index[edges], values)
-
-
-def _scale(values: Tensor, filters: Tensor) -> Tensor:
-    """values [E, 10, H] times each component's filter from filters [E, 3, H].
-
-    In place when autograd is not recording (the forward passes below, and their backward
-    unless a double backward was asked for), which saves passes over [E, 10, H].
-    """
-    if torch.is_grad_enabled():
-        return scale_parts(values, filters)
-    for c, part in enumerate(PART_SLICES):
-        values[:, part].mul_(filters[:, c:c + 1])
-    return values
-
-
-def _reduce(products: Tensor) -> Tensor:
-    # [E, 10, H] -> [E, 3, H], summing the components of each filter.
+def _reduce_parts(products: Tensor) -> Tensor:
+    # [E, 10, H] -> [E, 3, H], summing the components of each irreducible part.
     return torch.stack([products[:, part].sum(1) for part in PART_SLICES], dim=1)
 
 
-class _FilteredGatherScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features: Tensor, filters: Tensor, radial_index: Optional[Tensor],
-                source: Tensor, target: Tensor) -> Tensor:
-        ctx.save_for_backward(features, filters, radial_index, source, target)
-        width = features[0].numel()
-        out = torch.zeros_like(features)
-        with torch.no_grad():
-            for edges in _chunks(source.numel(), width):
-                messages = _scale(features.index_select(0, source[edges]),
-                                  _rows(filters, radial_index, edges))
-                out.index_add_(0, target[edges], messages)
+def _expand_parts(filters: Tensor) -> Tensor:
+    # [E, 3, H] -> [E, 10, H], each part's filter repeated over its components.
+    return filters.repeat_interleave(torch.tensor([1, 3, 6], device=filters.device), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loops compiled by Numba (on first use; also plain-Python correct, if slow). Component k
+# belongs to part 0 (k = 0), 1 (k = 1..3) or 2 (k = 4..9).
+
+
+def _loop_scatter(values, filters, gather, scatter, row, out):  # pragma: no cover - compiled
+    # out[scatter[e], k] += filters[row[e], c(k)] * values[gather[e], k]
+    H = values.shape[2]
+    for e in range(gather.shape[0]):
+        s, t, r = gather[e], scatter[e], row[e]
+        for k in range(10):
+            c = 0 if k == 0 else (1 if k < 4 else 2)
+            for h in range(H):
+                out[t, k, h] += filters[r, c, h] * values[s, k, h]
+
+
+def _loop_reduce(left, right, gather, scatter, row, out):  # pragma: no cover - compiled
+    # out[row[e], c] += sum_{k in c} left[gather[e], k] * right[scatter[e], k]
+    H = left.shape[2]
+    for e in range(gather.shape[0]):
+        s, t, r = gather[e], scatter[e], row[e]
+        for h in range(H):
+            out[r, 0, h] += left[s, 0, h] * right[t, 0, h]
+        for k in range(1, 4):
+            for h in range(H):
+                out[r, 1, h] += left[s, k, h] * right[t, k, h]
+        for k in range(4, 10):
+            for h in range(H):
+                out[r, 2, h] += left[s, k, h] * right[t, k, h]
+
+
+def _loop_embed(radial, pair, geometry, target, row, out):  # pragma: no cover - compiled
+    # out[target[e], k] += (radial[row[e], c(k)] * pair[e]) * geometry[e, k]
+    H = pair.shape[1]
+    for e in range(target.shape[0]):
+        t, r = target[e], row[e]
+        for k in range(10):
+            c = 0 if k == 0 else (1 if k < 4 else 2)
+            q = geometry[e, k]
+            for h in range(H):
+                out[t, k, h] += (radial[r, c, h] * pair[e, h]) * q
+
+
+def _loop_embed_radial(pair, geometry, grad, target, row, out):  # pragma: no cover - compiled
+    # out[row[e], c] += pair[e] * sum_{k in c} geometry[e, k] * grad[target[e], k]
+    H = pair.shape[1]
+    for e in range(target.shape[0]):
+        t, r = target[e], row[e]
+        for c in range(3):
+            lo = 0 if c == 0 else (1 if c == 1 else 4)
+            hi = 1 if c == 0 else (4 if c == 1 else 10)
+            for h in range(H):
+                acc = geometry[e, lo] * grad[t, lo, h]
+                for k in range(lo + 1, hi):
+                    acc += geometry[e, k] * grad[t, k, h]
+                out[r, c, h] += pair[e, h] * acc
+
+
+def _loop_embed_pair(radial, geometry, grad, target, row, out):  # pragma: no cover - compiled
+    # out[e] = sum_k radial[row[e], c(k)] * geometry[e, k] * grad[target[e], k]
+    H = out.shape[1]
+    for e in range(target.shape[0]):
+        t, r = target[e], row[e]
+        for k in range(10):
+            c = 0 if k == 0 else (1 if k < 4 else 2)
+            q = geometry[e, k]
+            for h in range(H):
+                out[e, h] += radial[r, c, h] * (q * grad[t, k, h])
+
+
+def _loop_embed_geometry(radial, pair, grad, target, row, out):  # pragma: no cover - compiled
+    # out[e, k] = sum_h radial[row[e], c(k)] * pair[e] * grad[target[e], k]
+    H = pair.shape[1]
+    for e in range(target.shape[0]):
+        t, r = target[e], row[e]
+        for k in range(10):
+            c = 0 if k == 0 else (1 if k < 4 else 2)
+            acc = 0.0
+            for h in range(H):
+                acc += (radial[r, c, h] * pair[e, h]) * grad[t, k, h]
+            out[e, k] = acc
+
+
+_LOOPS = {loop.__name__: loop for loop in (_loop_scatter, _loop_reduce, _loop_embed,
+                                           _loop_embed_radial, _loop_embed_pair,
+                                           _loop_embed_geometry)}
+_compiled: Dict[str, Callable] = {}
+_numba_missing = False
+
+
+def _numba_loop(name: str) -> Optional[Callable]:
+    global _numba_missing
+    if _numba_missing:
+        return None
+    if name not in _compiled:
+        try:
+            import numba
+        except ImportError:
+            _numba_missing = True
+            return None
+        # No fastmath: every product and sum rounds as in the PyTorch kernels.
+        _compiled[name] = numba.njit(cache=True, nogil=True)(_LOOPS[name])
+    return _compiled[name]
+
+
+def _compiled_loop(name: str, tensors: List[Tensor]) -> Optional[Callable]:
+    """The Numba loop :obj:`name` if it can run on :obj:`tensors` (CPU, float32/float64)."""
+    if not USE_NUMBA or any(t.device.type != 'cpu' for t in tensors):
+        return None
+    if tensors[0].dtype not in (torch.float32, torch.float64):
+        return None
+    return _numba_loop(name)
+
+
+def _run(loop: Callable, *tensors: Tensor) -> None:
+    loop(*[t.detach().contiguous().numpy() for t in tensors[:-1]], tensors[-1].numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# The interaction form F(g, y, m): slot 0 filters [R, 3, H] (by radial row), slot 1 neighbour
+# features [N, 10, H] (by source), slot 2 receiver features [N, 10, H] (by target).
+
+
+def _scatter(values: Tensor, filters: Tensor, gather: Tensor, scatter: Tensor, row: Tensor,
+             num_nodes: int) -> Tensor:
+    """out[scatter[e]] += filters[row[e]] (per part) * values[gather[e]], [num_nodes, 10, H]."""
+    out = values.new_zeros((num_nodes, ) + tuple(values.shape[1:]))
+    loop = _compiled_loop('_loop_scatter', [values, filters])
+    if loop is not None:
+        _run(loop, values, filters, gather, scatter, row, out)
         return out
+    for edges in _chunks(gather.numel(), values[0].numel()):
+        messages = values.index_select(0, gather[edges])
+        edge_filters = filters.index_select(0, row[edges])
+        for c, part in enumerate(PART_SLICES):
+            messages[:, part].mul_(edge_filters[:, c:c + 1])
+        out.index_add_(0, scatter[edges], messages)
+    return out
+
+
+def _reduce(left: Tensor, right: Tensor, gather: Tensor, scatter: Tensor, row: Tensor,
+            num_rows: int) -> Tensor:
+    """out[row[e], c] += sum over part c of left[gather[e]] * right[scatter[e]]."""
+    out = left.new_zeros((num_rows, 3, left.size(-1)))
+    loop = _compiled_loop('_loop_reduce', [left, right])
+    if loop is not None:
+        _run(loop, left, right, gather, scatter, row, out)
+        return out
+    for edges in _chunks(gather.numel(), left[0].numel()):
+        products = left.index_select(0, gather[edges])
+        products.mul_(right.index_select(0, scatter[edges]))
+        out.index_add_(0, row[edges], _reduce_parts(products))
+    return out
+
+
+def _interaction_slot(slot: int, a: Tensor, b: Tensor, source: Tensor, target: Tensor,
+                      row: Tensor, sizes: Tuple[int, int, int]) -> Tensor:
+    # ∂F/∂(slot) from the other two factors (a, b), given in slot order.
+    if slot == 2:  # (g, y) -> messages at the receivers
+        return _scatter(b, a, source, target, row, sizes[2])
+    if slot == 1:  # (g, m) -> the transpose graph: from receivers back to neighbours
+        return _scatter(b, a, target, source, row, sizes[1])
+    return _reduce(a, b, source, target, row, sizes[0])  # (y, m) -> filters
+
+
+class _InteractionContraction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, slot: int, a: Tensor, b: Tensor, source: Tensor, target: Tensor,
+                row: Tensor, sizes: Tuple[int, int, int]) -> Tensor:
+        ctx.save_for_backward(a, b, source, target, row)
+        ctx.slot, ctx.sizes = slot, sizes
+        return _interaction_slot(slot, a, b, source, target, row, sizes)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        features, filters, radial_index, source, target = ctx.saved_tensors
-        need_features, need_filters = ctx.needs_input_grad[:2]
-        grad_features = torch.zeros_like(features) if need_features else None
-        grad_filters = torch.zeros_like(filters) if need_filters else None
-        for edges in _chunks(source.numel(), features[0].numel()):
-            grad_at_target = grad_out.index_select(0, target[edges])
-            edge_filters = _rows(filters, radial_index, edges)
-            if need_filters:
-                products = features.index_select(0, source[edges])
-                products = (products * grad_at_target if torch.is_grad_enabled() else
-                            products.mul_(grad_at_target))
-                _accumulate_rows(grad_filters, radial_index, edges, _reduce(products))
-            if need_features:
-                # The transpose graph: gradients flow back from receivers to neighbours.
-                grad_features = grad_features.index_add(
-                    0, source[edges], _scale(grad_at_target, edge_filters))
-        return grad_features, grad_filters, None, None, None
+    def backward(ctx, grad: Tensor):
+        a, b, source, target, row = ctx.saved_tensors
+        slots = [s for s in range(3) if s != ctx.slot]
+        factors = {slots[0]: a, slots[1]: b, ctx.slot: grad.contiguous()}
+        grads = []
+        for i, (wanted, needed) in enumerate(zip(slots, ctx.needs_input_grad[1:3])):
+            if not (needed and gradient_requested(ctx, i)):
+                grads.append(None)
+                continue
+            x, y = [factors[s] for s in range(3) if s != wanted]
+            grads.append(_InteractionContraction.apply(wanted, x, y, source, target, row,
+                                                       ctx.sizes))
+        return None, grads[0], grads[1], None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedding form F(r, p, q, m): slot 0 radial filters [R, 3, H] (by radial row), slot 1 pair
+# embeddings [E, H], slot 2 edge components [E, 10], slot 3 receiver features [N, 10, H].
+
+
+def _embedding_slot(slot: int, a: Tensor, b: Tensor, c: Tensor, target: Tensor, row: Tensor,
+                    sizes: Tuple[int, int, int, int]) -> Tensor:
+    # ∂F/∂(slot) from the other three factors (a, b, c), given in slot order.
+    names = ('_loop_embed_radial', '_loop_embed_pair', '_loop_embed_geometry', '_loop_embed')
+    if slot == 0:
+        out = a.new_zeros((sizes[0], 3, a.size(-1)))
+    elif slot == 1:
+        out = a.new_zeros((target.numel(), a.size(-1)))
+    elif slot == 2:
+        out = a.new_zeros((target.numel(), c.size(1)))
+    else:
+        out = b.new_zeros((sizes[3], c.size(1), b.size(-1)))
+    loop = _compiled_loop(names[slot], [a, b, c])
+    if loop is not None:
+        _run(loop, a, b, c, target, row, out)
+        return out
+    H = a.size(-1) if slot != 3 else b.size(-1)
+    for edges in _chunks(target.numel(), c.size(1) * H):
+        if slot == 3:  # (r, p, q) -> messages
+            filters = a.index_select(0, row[edges]).mul_(b[edges].unsqueeze(1))
+            messages = _expand_parts(filters).mul_(c[edges].unsqueeze(-1))
+            out.index_add_(0, target[edges], messages)
+            continue
+        grad = c.index_select(0, target[edges])
+        if slot == 0:  # (p, q, m) -> radial filters
+            per_part = _reduce_parts(grad.mul_(b[edges].unsqueeze(-1)))
+            out.index_add_(0, row[edges], per_part.mul_(a[edges].unsqueeze(1)))
+        elif slot == 1:  # (r, q, m) -> pair embeddings
+            per_part = _reduce_parts(grad.mul_(b[edges].unsqueeze(-1)))
+            out[edges] = (a.index_select(0, row[edges]) * per_part).sum(1)
+        else:  # (r, p, m) -> edge components
+            filters = a.index_select(0, row[edges]).mul_(b[edges].unsqueeze(1))
+            out[edges] = (grad * _expand_parts(filters)).sum(-1)
+    return out
+
+
+class _EmbeddingContraction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, slot: int, a: Tensor, b: Tensor, c: Tensor, target: Tensor, row: Tensor,
+                sizes: Tuple[int, int, int, int]) -> Tensor:
+        ctx.save_for_backward(a, b, c, target, row)
+        ctx.slot, ctx.sizes = slot, sizes
+        return _embedding_slot(slot, a, b, c, target, row, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, c, target, row = ctx.saved_tensors
+        slots = [s for s in range(4) if s != ctx.slot]
+        factors = {slots[0]: a, slots[1]: b, slots[2]: c, ctx.slot: grad.contiguous()}
+        grads = []
+        for i, (wanted, needed) in enumerate(zip(slots, ctx.needs_input_grad[1:4])):
+            # Forces do not ask for the pair embeddings' gradient (they depend on z only).
+            if not (needed and gradient_requested(ctx, i)):
+                grads.append(None)
+                continue
+            x, y, z = [factors[s] for s in range(4) if s != wanted]
+            grads.append(_EmbeddingContraction.apply(wanted, x, y, z, target, row, ctx.sizes))
+        return None, grads[0], grads[1], grads[2], None, None, None
+
+
+def _radial_rows(radial_index: Optional[Tensor], edge_index: Tensor) -> Tensor:
+    if radial_index is None:
+        return torch.arange(edge_index.size(1), device=edge_index.device)
+    return radial_index.contiguous()
+
+
+def _check_edges(name: str, edge_index: Tensor, rows: Tensor, num_rows: int) -> None:
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f'{name}: edge_index must have shape [2, num_edges], got '
+                         f'{list(edge_index.shape)}')
+    if rows.numel() != edge_index.size(1):
+        raise ValueError(f'{name}: radial_index has {rows.numel()} entries for '
+                         f'{edge_index.size(1)} edges')
+    if rows.numel() > 0 and int(rows.max()) >= num_rows:
+        raise ValueError(f'{name}: an edge refers to radial row {int(rows.max())}, but only '
+                         f'{num_rows} rows of filters were given')
 
 
 def filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index: Tensor,
@@ -119,8 +353,17 @@ def _fused_filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index
     # those get the plain path (the same sums, with per-edge temporaries).
     if torch.compiler.is_compiling():
         return _plain_filtered_gather_scatter(features, filters, edge_index, radial_index)
-    return _FilteredGatherScatter.apply(features, filters, radial_index, edge_index[0],
-                                        edge_index[1])
+    if features.dim() != 3 or filters.dim() != 3 or filters.size(1) != 3 or \
+            features.size(-1) != filters.size(-1):
+        raise ValueError(f'filtered_gather_scatter: need features [N, 10, H] and filters '
+                         f'[R, 3, H], got {list(features.shape)} and {list(filters.shape)}')
+    rows = _radial_rows(radial_index, edge_index)
+    _check_edges('filtered_gather_scatter', edge_index, rows, filters.size(0))
+    num_nodes = features.size(0)
+    return _InteractionContraction.apply(2, filters.contiguous(), features.contiguous(),
+                                         edge_index[0].contiguous(),
+                                         edge_index[1].contiguous(), rows,
+                                         (filters.size(0), num_nodes, num_nodes))
 
 
 def _plain_filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index: Tensor,
@@ -128,53 +371,6 @@ def _plain_filtered_gather_scatter(features: Tensor, filters: Tensor, edge_index
     rows = filters if radial_index is None else filters.index_select(0, radial_index)
     messages = scale_parts(features.index_select(0, edge_index[0]), rows)
     return torch.zeros_like(features).index_add(0, edge_index[1], messages)
-
-
-class _EmbeddingScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, radial: Tensor, radial_index: Optional[Tensor], pair: Tensor,
-                geometry: Tensor, target: Tensor, num_nodes: int) -> Tensor:
-        ctx.save_for_backward(radial, radial_index, pair, geometry, target)
-        H = pair.size(-1)
-        out = pair.new_zeros((num_nodes, geometry.size(1), H))
-        with torch.no_grad():
-            for edges in _chunks(target.numel(), geometry.size(1) * H):
-                filters = _rows(radial, radial_index, edges).mul_(pair[edges].unsqueeze(1))
-                messages = filters.new_empty((filters.size(0), geometry.size(1), H))
-                for c, part in enumerate(PART_SLICES):
-                    torch.mul(filters[:, c:c + 1], geometry[edges, part, None],
-                              out=messages[:, part])
-                out.index_add_(0, target[edges], messages)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        radial, radial_index, pair, geometry, target = ctx.saved_tensors
-        need_radial, _, need_pair, need_geometry = ctx.needs_input_grad[:4]
-        grad_radial = torch.zeros_like(radial) if need_radial else None
-        grad_pair = torch.zeros_like(pair) if need_pair else None
-        grad_geometry = torch.zeros_like(geometry) if need_geometry else None
-        for edges in _chunks(target.numel(), geometry.size(1) * pair.size(-1)):
-            grad_at_target = grad_out.index_select(0, target[edges])
-            edge_radial = _rows(radial, radial_index, edges)
-            edge_pair = pair[edges].unsqueeze(1)
-            edge_geometry = geometry[edges]
-            if need_radial or need_pair:
-                grad_filters = torch.stack([
-                    torch.einsum('ek,ekh->eh', edge_geometry[:, part], grad_at_target[:, part])
-                    for part in PART_SLICES
-                ], dim=1)
-                if need_radial:
-                    _accumulate_rows(grad_radial, radial_index, edges, grad_filters * edge_pair)
-                if need_pair:
-                    grad_pair[edges] = (grad_filters * edge_radial).sum(1)
-            if need_geometry:
-                filters = edge_radial * edge_pair
-                grad_geometry[edges] = torch.cat([
-                    torch.einsum('ekh,eh->ek', grad_at_target[:, part], filters[:, c])
-                    for c, part in enumerate(PART_SLICES)
-                ], dim=1)
-        return grad_radial, None, grad_pair, grad_geometry, None, None
 
 
 def embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edge_index: Tensor,
@@ -206,8 +402,17 @@ def _fused_embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edg
     if torch.compiler.is_compiling():
         return _plain_embedding_scatter(radial, pair, geometry, edge_index, num_nodes,
                                         radial_index)
-    return _EmbeddingScatter.apply(radial, radial_index, pair, geometry, edge_index[1],
-                                   num_nodes)
+    if radial.dim() != 3 or radial.size(1) != 3 or pair.dim() != 2 or geometry.dim() != 2 \
+            or radial.size(-1) != pair.size(-1) or pair.size(0) != geometry.size(0) \
+            or pair.size(0) != edge_index.size(-1):
+        raise ValueError(f'embedding_scatter: need radial [R, 3, H], pair [E, H] and geometry '
+                         f'[E, 10] for E edges, got {list(radial.shape)}, {list(pair.shape)}, '
+                         f'{list(geometry.shape)} and {edge_index.size(-1)} edges')
+    rows = _radial_rows(radial_index, edge_index)
+    _check_edges('embedding_scatter', edge_index, rows, radial.size(0))
+    return _EmbeddingContraction.apply(3, radial.contiguous(), pair.contiguous(),
+                                       geometry.contiguous(), edge_index[1].contiguous(), rows,
+                                       (radial.size(0), pair.size(0), pair.size(0), num_nodes))
 
 
 def _plain_embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edge_index: Tensor,

@@ -1,10 +1,132 @@
-r"""Radial basis expansions :math:`e_k(d)` of interatomic distances."""
+r"""Radial basis expansions :math:`e_k(d)` of interatomic distances, and the evaluation of
+radial filters built on them without keeping their intermediates for the backward pass."""
 import math
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 from pyg_tensorpot.nn.cutoff import CosineCutoff
+
+#: Rows of a radial filter evaluated at once by :func:`recomputed_filter`.
+FILTER_CHUNK_ROWS = 16384
+
+
+def gradient_requested(ctx, index: int) -> bool:
+    """Whether the running backward pass needs the gradient of tensor input :obj:`index` of the
+    autograd function whose :obj:`ctx` this is (``autograd.grad(energy, pos)`` needs no weight
+    gradients, although the weights require them)."""
+    node = ctx.next_functions[index][0]
+    if node is None:
+        return False
+    try:  # a private query of the autograd engine: failing it only costs time
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
+class _RecomputedFilter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, module: torch.nn.Module, num_params: int, edge_attr: Tensor,
+                envelope: Tensor, *params: Tensor) -> Tensor:
+        ctx.module = module
+        ctx.save_for_backward(edge_attr, envelope, *params)
+        rows = edge_attr.size(0)
+        with torch.no_grad():
+            first = module(edge_attr[:1])
+            out = first.new_empty((rows, first.size(-1)))
+            for start in range(0, rows, FILTER_CHUNK_ROWS):
+                chunk = slice(start, min(start + FILTER_CHUNK_ROWS, rows))
+                torch.mul(module(edge_attr[chunk]), envelope[chunk].unsqueeze(-1),
+                          out=out[chunk])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        edge_attr, envelope, *params = ctx.saved_tensors
+        module = ctx.module
+        needed = [ctx.needs_input_grad[2 + i] and gradient_requested(ctx, i)
+                  for i in range(2 + len(params))]
+        inputs = [edge_attr, envelope, *params]
+        if not any(needed):
+            return (None, None, *[None for _ in inputs])
+        if torch.is_grad_enabled():
+            # A double backward (force training): recompute differentiably, all rows at once.
+            wanted = [x for x, n in zip(inputs, needed) if n]
+            out = module(edge_attr) * envelope.unsqueeze(-1)
+            found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
+                                             allow_unused=True))
+            grads: List[Optional[Tensor]] = [next(found) if n else None for n in needed]
+            return (None, None, *grads)
+        if isinstance(module, torch.nn.Linear):
+            return (None, None, *_linear_filter_backward(module, edge_attr, envelope, grad,
+                                                         needed))
+        grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, needed)]
+        rows = edge_attr.size(0)
+        for start in range(0, rows, FILTER_CHUNK_ROWS):
+            chunk = slice(start, min(start + FILTER_CHUNK_ROWS, rows))
+            with torch.enable_grad():
+                attr = edge_attr[chunk].detach().requires_grad_(needed[0])
+                env = envelope[chunk].detach().requires_grad_(needed[1])
+                out = module(attr) * env.unsqueeze(-1)
+                wanted = [x for x, n in zip([attr, env, *params], needed) if n]
+                found = iter(torch.autograd.grad(out, wanted, grad[chunk], allow_unused=True))
+            for i, n in enumerate(needed):
+                if not n:
+                    continue
+                value = next(found)
+                if value is None:
+                    continue
+                if i < 2:
+                    grads[i][chunk] = value
+                else:
+                    grads[i].add_(value)
+        return (None, None, *grads)
+
+
+def _linear_filter_backward(module: torch.nn.Linear, edge_attr: Tensor, envelope: Tensor,
+                            grad: Tensor, needed: List[bool]) -> List[Optional[Tensor]]:
+    # f = (e W^T + b) phi: with G = grad W, de = G phi and dphi = G . e + grad . b, so that
+    # nothing needs recomputing; dW = (grad phi)^T e and db = sum(grad phi).
+    grads: List[Optional[Tensor]] = [None] * len(needed)
+    if needed[0] or needed[1]:
+        projected = grad @ module.weight
+        if needed[0]:
+            grads[0] = projected * envelope.unsqueeze(-1)
+        if needed[1]:
+            grads[1] = (projected * edge_attr).sum(-1)
+            if module.bias is not None:
+                grads[1] = grads[1] + grad @ module.bias
+    if any(needed[2:]):
+        scaled = grad * envelope.unsqueeze(-1)
+        names = [name for name, _ in module.named_parameters()]
+        for i, name in enumerate(names):
+            if needed[2 + i]:
+                grads[2 + i] = scaled.t() @ edge_attr if name == 'weight' else scaled.sum(0)
+    return grads
+
+
+def recomputed_filter(module: torch.nn.Module, edge_attr: Tensor, envelope: Tensor) -> Tensor:
+    r"""The radial filter :math:`\phi(d)\,\mathrm{MLP}(\mathbf{e}(d))`, evaluated in chunks of
+    :obj:`FILTER_CHUNK_ROWS` rows and recomputed chunk by chunk in the backward pass, so that
+    none of the network's intermediates (several :obj:`[R, H]` to :obj:`[R, 3H]` tensors per
+    layer) is kept alive; a double backward recomputes it differentiably. Eager mode only
+    (TorchScript and torch.compile evaluate the module directly).
+
+    Args:
+        module (torch.nn.Module): The filter network, applied row-wise to :obj:`edge_attr`.
+        edge_attr (torch.Tensor): Radial basis :math:`\mathbf{e}(d)`, shape :obj:`[R, K]`.
+        envelope (torch.Tensor): Cutoff envelope :math:`\phi(d)`, shape :obj:`[R]`.
+
+    Returns:
+        torch.Tensor: :obj:`[R, F]`, the same numbers as :obj:`module(edge_attr) *
+        envelope[:, None]`.
+    """
+    if edge_attr.dim() != 2 or envelope.shape != edge_attr.shape[:1]:
+        raise ValueError(f'recomputed_filter: need edge_attr [R, K] and envelope [R], got '
+                         f'{list(edge_attr.shape)} and {list(envelope.shape)}')
+    params = [p for p in module.parameters()]
+    return _RecomputedFilter.apply(module, len(params), edge_attr, envelope, *params)
 
 
 class ExpNormalSmearing(torch.nn.Module):

@@ -93,7 +93,13 @@ def squared_norm(tensor: Tensor) -> Tensor:
 
 def matmul(left: Tensor, right: Tensor) -> Tensor:
     r"""Matrix product per channel, :math:`(\mathbf{L}\mathbf{R})_{ab} = \sum_c L_{ac}R_{cb}`."""
-    return (left.unsqueeze(-2) * right.unsqueeze(-4)).sum(-3)
+    # Three outer products of columns of L with rows of R, summed in the order c = 0, 1, 2:
+    # no [..., 3, 3, 3, H] temporary, and unbind's backward is one stack.
+    columns = left.unbind(-2)
+    rows = right.unbind(-3)
+    out = columns[0].unsqueeze(-2) * rows[0].unsqueeze(-3)
+    out = out + columns[1].unsqueeze(-2) * rows[1].unsqueeze(-3)
+    return out + columns[2].unsqueeze(-2) * rows[2].unsqueeze(-3)
 
 
 def o3_product(message: Tensor, features: Tensor) -> Tensor:
@@ -120,15 +126,19 @@ def pack(scalar: Tensor, antisymmetric: Tensor, symmetric: Tensor) -> Tensor:
 
 def unpack(components: Tensor) -> Tensor:
     r"""The full tensor :obj:`[..., 3, 3, H]` from the 10 components :obj:`[..., 10, H]`."""
-    return compose(*unpack_parts(components))
+    # compose(*unpack_parts(components)) entry by entry, with the same roundings
+    # ((I 1 + A) + S: a diagonal entry is I + S_aa, an off-diagonal one S_ab +/- a_c).
+    i, ax, ay, az, xx, yy, zz, xy, xz, yz = components.unbind(-2)
+    return torch.stack((i + xx, xy - az, xz + ay, xy + az, i + yy, yz - ax, xz - ay, yz + ax,
+                        i + zz), dim=-2).unflatten(-2, (3, 3))
 
 
 def unpack_parts(components: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     r"""Like :func:`unpack`, but returns :math:`(I, \mathbf{A}, \mathbf{S})` separately."""
-    c = components
-    xx, yy, zz, xy, xz, yz = c[..., 4:, :].unbind(-2)
+    scalar, vector, traceless = components.split([1, 3, 6], dim=-2)
+    xx, yy, zz, xy, xz, yz = traceless.unbind(-2)
     symmetric = torch.stack((xx, xy, xz, xy, yy, yz, xz, yz, zz), dim=-2).unflatten(-2, (3, 3))
-    return c[..., 0, :], skew(c[..., 1:4, :]), symmetric
+    return scalar.squeeze(-2), skew(vector), symmetric
 
 
 def traceless_outer(vector: Tensor) -> Tensor:
@@ -143,29 +153,31 @@ def traceless_outer(vector: Tensor) -> Tensor:
 def pack_tensor(tensor: Tensor) -> Tensor:
     r"""The 10 packed components :obj:`[..., 10, H]` of a full tensor :obj:`[..., 3, 3, H]`;
     the same as :obj:`pack(*decompose(tensor))`."""
-    t = tensor
-    scalar = t.diagonal(dim1=-3, dim2=-2).mean(-1)
+    # One unbind (its backward is one stack) instead of nine selects (each of whose backward
+    # would fill a zero tensor of the input's size).
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = tensor.flatten(-3, -2).unbind(-2)
+    scalar = tensor.diagonal(dim1=-3, dim2=-2).mean(-1)
     return torch.stack((
         scalar,
-        0.5 * (t[..., 2, 1, :] - t[..., 1, 2, :]),
-        0.5 * (t[..., 0, 2, :] - t[..., 2, 0, :]),
-        0.5 * (t[..., 1, 0, :] - t[..., 0, 1, :]),
-        t[..., 0, 0, :] - scalar,
-        t[..., 1, 1, :] - scalar,
-        t[..., 2, 2, :] - scalar,
-        0.5 * (t[..., 0, 1, :] + t[..., 1, 0, :]),
-        0.5 * (t[..., 0, 2, :] + t[..., 2, 0, :]),
-        0.5 * (t[..., 1, 2, :] + t[..., 2, 1, :]),
+        0.5 * (t21 - t12),
+        0.5 * (t02 - t20),
+        0.5 * (t10 - t01),
+        t00 - scalar,
+        t11 - scalar,
+        t22 - scalar,
+        0.5 * (t01 + t10),
+        0.5 * (t02 + t20),
+        0.5 * (t12 + t21),
     ), dim=-2)
 
 
 def packed_squared_norms(components: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     r"""Squared Frobenius norms :math:`(\|I\mathbf{1}\|^2, \|\mathbf{A}\|^2, \|\mathbf{S}\|^2)`
     per channel, each :obj:`[..., H]`, from packed components :obj:`[..., 10, H]`."""
-    c = components
-    scalar = 3.0 * c[..., 0, :].square()
-    antisymmetric = 2.0 * c[..., 1:4, :].square().sum(-2)
-    symmetric = c[..., 4:7, :].square().sum(-2) + 2.0 * c[..., 7:, :].square().sum(-2)
+    i, a, diagonal, off_diagonal = components.split([1, 3, 3, 3], dim=-2)
+    scalar = 3.0 * i.squeeze(-2).square()
+    antisymmetric = 2.0 * a.square().sum(-2)
+    symmetric = diagonal.square().sum(-2) + 2.0 * off_diagonal.square().sum(-2)
     return scalar, antisymmetric, symmetric
 
 
@@ -188,15 +200,14 @@ def mix_parts(components: Tensor, scalar_weight: Tensor, antisymmetric_weight: T
     part (those of bias-free :class:`torch.nn.Linear` layers, with identical results);
     :func:`mix_packed` written for TorchScript."""
     linear = torch.nn.functional.linear
-    return torch.cat([linear(components[..., 0:1, :], scalar_weight),
-                      linear(components[..., 1:4, :], antisymmetric_weight),
-                      linear(components[..., 4:10, :], symmetric_weight)], dim=-2)
+    i, a, s = components.split([1, 3, 6], dim=-2)
+    return torch.cat([linear(i, scalar_weight), linear(a, antisymmetric_weight),
+                      linear(s, symmetric_weight)], dim=-2)
 
 
 def scale_parts(components: Tensor, factors: Tensor) -> Tensor:
     r"""Multiplies the components :obj:`[..., 10, H]` of each irreducible part by that part's
     factor, :obj:`factors` :obj:`[..., 3, H]` in the order :math:`(I, \mathbf{A}, \mathbf{S})`."""
-    # The slices of PART_SLICES written out: TorchScript cannot iterate over a tuple of slices.
-    return torch.cat([components[..., 0:1, :] * factors[..., 0:1, :],
-                      components[..., 1:4, :] * factors[..., 1:2, :],
-                      components[..., 4:10, :] * factors[..., 2:3, :]], dim=-2)
+    i, a, s = components.split([1, 3, 6], dim=-2)
+    fi, fa, fs = factors.split([1, 1, 1], dim=-2)
+    return torch.cat([i * fi, a * fa, s * fs], dim=-2)

@@ -7,6 +7,7 @@ from torch_geometric.nn import MessagePassing
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import embedding_scatter
+from pyg_tensorpot.nn.radial import recomputed_filter
 from pyg_tensorpot.nn.tensor_algebra import (
     mix_parts,
     packed_squared_norms,
@@ -40,6 +41,9 @@ class TensorEmbedding(MessagePassing):
         \operatorname{LN}(\|\mathbf{X}_i\|^2) + \mathbf{b}_1) + \mathbf{b}_2),
 
     where :math:`\|\cdot\|^2` is the squared Frobenius norm per channel, as in torchmd-net.
+
+    In eager mode the radial projection is evaluated in row blocks and not kept for the
+    backward pass (:func:`~pyg_tensorpot.nn.radial.recomputed_filter`).
 
     Args:
         hidden_channels (int): Number of tensor channels :math:`H`.
@@ -120,7 +124,11 @@ class TensorEmbedding(MessagePassing):
         sender = torch.nn.functional.linear(atom, weight_j)
         source, target = edge_index[0], edge_index[1]
         pair = receiver.index_select(0, target) + sender.index_select(0, source)
-        radial = self.radial_projection(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
+        envelope = self.cutoff_fn(edge_weight)
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+            radial = self.radial_projection(edge_attr) * envelope.unsqueeze(-1)
+        else:
+            radial = self._recomputed_radial(edge_attr, envelope)
         components = self.message_and_aggregate(edge_index, radial.unflatten(-1, (3, H)), pair,
                                                 edge_unit, z.size(0), radial_index)
         norm_i, norm_a, norm_s = packed_squared_norms(components)
@@ -128,6 +136,11 @@ class TensorEmbedding(MessagePassing):
         mixed = mix_parts(components, self.mixing[0].weight, self.mixing[1].weight,
                           self.mixing[2].weight)
         return unpack(scale_parts(mixed, gates))
+
+    @torch.jit.unused
+    def _recomputed_radial(self, edge_attr: Tensor, envelope: Tensor) -> Tensor:
+        # The same numbers, without keeping the [R, 3H] projection for the backward pass.
+        return recomputed_filter(self.radial_projection, edge_attr, envelope)
 
     def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
         # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with

@@ -2,11 +2,13 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import MessagePassing
 
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
 from pyg_tensorpot.nn.message import filtered_gather_scatter
+from pyg_tensorpot.nn.radial import recomputed_filter
 from pyg_tensorpot.nn.tensor_algebra import (
     matmul,
     mix_parts,
@@ -17,6 +19,10 @@ from pyg_tensorpot.nn.tensor_algebra import (
     squared_norm,
     unpack,
 )
+
+#: Atoms per block of the recomputed atom-level update (inference with forces).
+ATOM_CHUNK = 4096
+
 
 class TensorInteraction(MessagePassing):
     r"""The interaction layer of TensorNet, from the
@@ -44,6 +50,12 @@ class TensorInteraction(MessagePassing):
     where the MLP has three layers with an activation after each, :math:`\mathbf{W}_k` mix
     channels only, products are per-channel 3x3 matrix products, :math:`\|\cdot\|^2` is the
     squared Frobenius norm and :math:`Q` the total charge of the molecule (0 if not given).
+
+    In eager mode the filter MLP is evaluated in row blocks and recomputed in the backward pass
+    (:func:`~pyg_tensorpot.nn.radial.recomputed_filter`), and in evaluation mode the atom-level
+    update is recomputed too (activation checkpointing in blocks of :obj:`ATOM_CHUNK` atoms),
+    so that energy+forces keep no per-layer intermediates beyond the filters and the packed
+    features; training mode keeps the update's intermediates, for speed.
 
     Args:
         hidden_channels (int): Number of tensor channels :math:`H`.
@@ -111,15 +123,38 @@ class TensorInteraction(MessagePassing):
                 :obj:`edge_attr` for each edge :obj:`[E]` (see
                 :class:`TensorEmbedding`); :obj:`R = E` if :obj:`None`. (default: :obj:`None`)
         """
-        filters = self.filter_mlp(edge_attr) * self.cutoff_fn(edge_weight).unsqueeze(-1)
+        envelope = self.cutoff_fn(edge_weight)
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+            filters = self.filter_mlp(edge_attr) * envelope.unsqueeze(-1)
+        else:
+            filters = self._recomputed_filters(edge_attr, envelope)
         filters = filters.unflatten(-1, (3, self.hidden_channels))
 
-        x = x / (squared_norm(x) + 1.0).unsqueeze(-2).unsqueeze(-2)
-        y = mix_parts(pack_tensor(x), self.mixing_in[0].weight, self.mixing_in[1].weight,
-                      self.mixing_in[2].weight)
-        message = unpack(self.message_and_aggregate(edge_index, y, filters, radial_index))
-        y = unpack(y)
+        recompute = not (self.training or torch.jit.is_scripting()
+                         or torch.compiler.is_compiling()) and torch.is_grad_enabled()
+        if recompute:
+            y = self._checkpointed_mix_in(x)
+        else:
+            y = self._mix_in(x)
+        message = self.message_and_aggregate(edge_index, y, filters, radial_index)
+        if recompute:
+            return self._checkpointed_update(x, y, message, charge)
+        return self._update(x, y, message, charge)
 
+    def _normalized(self, x: Tensor) -> Tensor:
+        return x / (squared_norm(x) + 1.0).unsqueeze(-2).unsqueeze(-2)
+
+    def _mix_in(self, x: Tensor) -> Tensor:
+        # Packed Y = W_0 I 1 + W_1 A + W_2 S of the normalised features.
+        return mix_parts(pack_tensor(self._normalized(x)), self.mixing_in[0].weight,
+                         self.mixing_in[1].weight, self.mixing_in[2].weight)
+
+    def _update(self, x: Tensor, y: Tensor, message: Tensor,
+                charge: Optional[Tensor] = None) -> Tensor:
+        # X' = X/(|X|^2 + 1) + dX + (1 + 0.1 Q) dX dX from the packed Y and M.
+        x = self._normalized(x)
+        message = unpack(message)
+        y = unpack(y)
         charge_factor: Optional[Tensor] = None
         if charge is not None:
             charge_factor = (1.0 + 0.1 * charge).to(x.dtype)[:, None, None, None]
@@ -138,6 +173,28 @@ class TensorInteraction(MessagePassing):
         if charge_factor is not None:
             square = charge_factor * square
         return x + dx + square
+
+    @torch.jit.unused
+    def _checkpointed_mix_in(self, x: Tensor) -> Tensor:
+        # Inference with forces: the atom-level intermediates (about 20 [N, 3, 3, H] tensors
+        # per layer) are recomputed in the backward pass instead of being kept, in blocks of
+        # ATOM_CHUNK atoms so that the recomputation does not hold them all at once either.
+        return torch.cat([checkpoint(self._mix_in, block, use_reentrant=False)
+                          for block in x.split(ATOM_CHUNK)])
+
+    @torch.jit.unused
+    def _checkpointed_update(self, x: Tensor, y: Tensor, message: Tensor,
+                             charge: Optional[Tensor]) -> Tensor:
+        blocks = [x.split(ATOM_CHUNK), y.split(ATOM_CHUNK), message.split(ATOM_CHUNK)]
+        charges = [None] * len(blocks[0]) if charge is None else charge.split(ATOM_CHUNK)
+        return torch.cat([checkpoint(self._update, *parts, q, use_reentrant=False)
+                          for *parts, q in zip(*blocks, charges)])
+
+    @torch.jit.unused
+    def _recomputed_filters(self, edge_attr: Tensor, envelope: Tensor) -> Tensor:
+        # The same numbers, without keeping the MLP's [R, H], [R, 2H] and [R, 3H]
+        # intermediates for the backward pass (about 0.6 GB per layer at 5,000 atoms).
+        return recomputed_filter(self.filter_mlp, edge_attr, envelope)
 
     def message(self, y_j: Tensor, filters: Tensor) -> Tensor:
         # The per-edge message [E, 10, H]; forward() uses the fused equivalent below.

@@ -10,10 +10,12 @@ and force evaluations taken in turns (compiled, eager, compiled, ...) so that lo
 jobs hits both alike, the speed-up, whether the compiled energy matches, and dynamo's graph
 break count (with its first reason).
 
-Prints a table and writes a JSON record (``--json``)::
+Prints a table and writes a JSON record (``--json``). Every row carries the date and load
+average of its own run; rows of models not in ``--models`` are kept from the existing record,
+so that one model can be rerun alone::
 
     python benchmarks/compile_speed.py
-    python benchmarks/compile_speed.py --models tensornet-ani1x --molecules 64 --repeats 5
+    python benchmarks/compile_speed.py --models hipnn-ts-ani1x --repeats 5
 """
 import os
 
@@ -73,13 +75,34 @@ def measure(name: str, molecules: int, args) -> dict:
             times[label].append(time.perf_counter() - started)
     compiled_s = statistics.median(times['compiled'])
     eager_s = statistics.median(times['eager'])
-    return {'model': name, 'atoms': int(z.numel()), 'edges': int(graph.edge_index.size(1)),
+    return {'model': name, 'date': _now(), 'load_average': list(os.getloadavg()),
+            'atoms': int(z.numel()), 'edges': int(graph.edge_index.size(1)),
             'dtype': args.dtype, 'compile_s': compile_s, 'eager_s': eager_s,
             'compiled_s': compiled_s, 'speedup': eager_s / compiled_s,
             'energy_difference_eV': float((e_compiled - e_eager).abs().max()),
             'force_difference_eV_per_A': float((f_compiled - f_eager).abs().max()),
             'graph_breaks': explanation.graph_break_count, 'break_reasons': reasons[:3],
             'repeats': args.repeats}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+
+
+def kept_rows(path: str, models) -> list:
+    # Rows of other models from an earlier record, dated with that record where they
+    # predate per-row dates.
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        old = json.load(f)
+    rows = []
+    for row in old.get('runs', []):
+        if row['model'] not in models:
+            row.setdefault('date', old.get('date'))
+            row.setdefault('load_average', old.get('load_average_before'))
+            rows.append(row)
+    return rows
 
 
 def table(rows) -> str:
@@ -105,12 +128,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
+    models = [m.strip() for m in args.models.split(',') if m.strip()]
+    record = {'date': _now(), 'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
               'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(os.getloadavg()), 'runs': []}
+              'load_average_before': list(os.getloadavg()),
+              'runs': kept_rows(args.json, models)}
     started = time.perf_counter()
-    for name in [m.strip() for m in args.models.split(',') if m.strip()]:
+    for name in models:
         for molecules in [int(m) for m in args.molecules.split(',')]:
             row = measure(name, molecules, args)
             print(json.dumps(row), flush=True)

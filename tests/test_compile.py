@@ -15,15 +15,18 @@ from model_factories import (  # tests/ is on sys.path
     WATER_Z,
     build_model,
 )
+from pyg_tensorpot.nn.conv import HIPNNInteraction
+from pyg_tensorpot.nn.neighbors import edge_vectors, neighbor_pairs
+from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
 from pyg_tensorpot.nn.verlet import VerletList
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
-#: Kinds whose own layers trace without a break; HIP-NN's interaction builds a padded
-#: neighbour layout (nn/padded_neighbors.py: bincount and counts.max().item()), a
-#: data-dependent shape, so for HIP-NN only the package's graph construction is compiled
-#: with fullgraph=True here (test_graph_construction_has_no_graph_break).
-FULLGRAPH_KINDS = ['tensornet-o3', 'tensornet-so3', 'composed']
+#: Every kind traces whole without a break. HIP-NN's padded neighbour grid has a
+#: data-dependent width, so under compile its interaction sums over the edge list instead
+#: (HIPNNLayout.padded is False).
+FULLGRAPH_KINDS = ['tensornet-o3', 'tensornet-so3', 'composed', 'hipnn', 'hipnn-ts-l1',
+                   'hipnn-ts-l2']
 
 
 def caller_edges(model, z, pos, batch=None):
@@ -63,8 +66,9 @@ def test_forward_with_edge_index_has_no_graph_break(kind):
     torch.testing.assert_close(got, model(z, pos, batch), rtol=1e-12, atol=0.0)
 
 
-@pytest.mark.parametrize('kind', ['tensornet-o3', 'composed'])
+@pytest.mark.parametrize('kind', ['tensornet-o3', 'composed', 'hipnn', 'hipnn-ts-l2'])
 def test_graph_outputs_on_a_verlet_graph_has_no_graph_break(kind):
+    # The Verlet graph has a pair_index: HIP-NN evaluates its sensitivities once per pair.
     model = build_model(kind)
     z, pos = ETHANOL_Z, ETHANOL_POS
     verlet = VerletList(model.cutoff, skin=0.5, self_loops=model.self_loops)
@@ -77,9 +81,8 @@ def test_graph_outputs_on_a_verlet_graph_has_no_graph_break(kind):
 
 @pytest.mark.parametrize('kind', ['hipnn', 'hipnn-ts-l2'])
 def test_graph_construction_has_no_graph_break(kind):
-    # HIP-NN too (the kinds of FULLGRAPH_KINDS compile whole above): what base.py,
-    # nn/graph.py and utils/validation.py do before the layers (checks, edge vectors,
-    # distances) compiles in one graph.
+    # What base.py, nn/graph.py and utils/validation.py do before the layers (checks, edge
+    # vectors, distances) compiles in one graph.
     model = build_model(kind)
     z, pos, batch = two_molecules()
     edges = caller_edges(model, z, pos, batch)
@@ -92,8 +95,9 @@ def test_graph_construction_has_no_graph_break(kind):
                                torch.sort(eager.edge_weight).values, rtol=0.0, atol=0.0)
 
 
-def test_compiled_energy_and_forces_match_eager():
-    model = build_model('tensornet-o3')
+@pytest.mark.parametrize('kind', ['tensornet-o3', 'hipnn', 'hipnn-ts-l2'])
+def test_compiled_energy_and_forces_match_eager(kind):
+    model = build_model(kind)
     z, pos = ETHANOL_Z, ETHANOL_POS
     edges = caller_edges(model, z, pos)
     compiled = torch.compile(model, backend='eager', fullgraph=True)
@@ -105,6 +109,61 @@ def test_compiled_energy_and_forces_match_eager():
 
     for got, want in zip(energy_and_forces(compiled), energy_and_forces(model)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize('max_order', [0, 1, 2])
+@pytest.mark.parametrize('contraction', ['project_first', 'environment_first'])
+def test_hipnn_interaction_edge_sums_match_the_padded_grid(max_order, contraction):
+    """Under compile the layer sums over the edge list (no data-dependent grid width): its
+    output and its gradients (first and second order, as force training needs) equal the
+    eager padded-grid sums."""
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(z.numel(), 6, generator=g, dtype=torch.float64)
+    layer = HIPNNInteraction(6, 5, 4, 0.75, 3.5, 4.0, max_order,
+                             contraction=contraction).double()
+    layer.block_elements = 64  # eager: blocks of a few atoms
+
+    def outputs_and_gradients(function):
+        positions = pos.clone().requires_grad_(True)
+        features = x.clone().requires_grad_(True)
+        edge_vec, edge_weight = edge_vectors(positions, edge_index)
+        out = function(features, edge_index, edge_weight, edge_vec)
+        grad_pos, grad_x = torch.autograd.grad(out.square().sum(), [positions, features],
+                                               create_graph=True)
+        (second, ) = torch.autograd.grad(grad_pos.square().sum(), [layer.weight])
+        return out, grad_pos, grad_x, second
+
+    edge_vec, edge_weight = edge_vectors(pos, edge_index)
+    explanation = torch._dynamo.explain(layer)(x, edge_index, edge_weight, edge_vec)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(layer, backend='eager', fullgraph=True)
+    for got, want in zip(outputs_and_gradients(compiled), outputs_and_gradients(layer)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_hipnn_layout_under_compile_needs_num_pairs():
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    pair_index = torch.arange(edge_index.size(1))
+
+    def layout(edge_index, pair_index):
+        return HIPNNInteraction.neighbor_layout(edge_index, z.numel(), pair_index)
+
+    with pytest.raises(Exception, match='pass num_pairs'):
+        torch.compile(layout, backend='eager', fullgraph=True)(edge_index, pair_index)
+
+
+def test_padded_neighbors_traces_with_captured_scalars():
+    # The grid's width is an unbacked integer: one flag, set by the caller, avoids the break.
+    index = torch.tensor([2, 0, 2, 2, 1, 0])
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        got = torch.compile(padded_neighbors, backend='eager', fullgraph=True)(index, 4)
+    want = padded_neighbors(index, 4)
+    assert (got.num_nodes, got.width) == (want.num_nodes, want.width) == (4, 3)
+    for got_part, want_part in zip(got[:3], want[:3]):
+        assert torch.equal(got_part, want_part)
 
 
 def test_input_checks_stay_active_under_compile():

@@ -6,6 +6,12 @@ degree): row :math:`n` holds the edges whose endpoint is atom :math:`n`, the res
 Gathering per-edge rows into the grid turns sums over neighbours into :func:`torch.bmm` calls
 of moderate size, which run at matrix-multiply speed and never hold per-edge tensors with a
 channel dimension larger than the output's.
+
+The width is a data-dependent size: under :func:`torch.compile` it is an unbacked integer,
+which traces without a graph break only with ``torch._dynamo.config.capture_scalar_outputs =
+True`` (set by the caller, e.g. with ``torch._dynamo.config.patch``).
+:class:`~pyg_tensorpot.nn.conv.HIPNNInteraction` does not need it: under compile it sums over
+the edge list instead.
 """
 from typing import NamedTuple
 
@@ -43,7 +49,12 @@ def padded_neighbors(index: Tensor, num_nodes: int) -> PaddedNeighbors:
     if index.dim() != 1:
         raise ValueError(f'index must be one-dimensional, got shape {list(index.shape)}')
     num_edges = index.numel()
-    counts = torch.bincount(index, minlength=num_nodes)
+    if torch.compiler.is_compiling():
+        # bincount's output size depends on the data (a graph break); this one's does not.
+        counts = torch.zeros(num_nodes, dtype=torch.long, device=index.device).index_add_(
+            0, index, torch.ones_like(index))
+    else:
+        counts = torch.bincount(index, minlength=num_nodes)
     if num_edges == 0:
         width = 0
     elif torch.jit.is_scripting():

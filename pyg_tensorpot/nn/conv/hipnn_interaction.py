@@ -1,3 +1,9 @@
+"""HIP-NN's interaction layer and its neighbour sums.
+
+Over 500 lines because one sum is kept here in the three forms that must agree: the blocked
+padded-grid sums of eager mode (with the fused autograd function of HIP-NN-TS), the plain
+formulas that TorchScript compiles, and the edge-list sums traced by torch.compile.
+"""
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -40,6 +46,10 @@ class HIPNNLayout(NamedTuple):
         receiver_source_slot (torch.Tensor): Source slot of the edge of every receiver slot
             (0 on padding).
         receiver_mask (torch.Tensor): :obj:`True` where a receiver slot holds an edge.
+        padded (bool): :obj:`False` for the layout built under :func:`torch.compile`, whose
+            grid widths (largest degrees) would be data-dependent shapes: its slots are then
+            the edges themselves (widths 0, :obj:`source_row` the row of every edge) and the
+            layer sums over edges with :meth:`~torch.Tensor.index_add`.
     """
     num_nodes: int
     num_rows: int
@@ -52,6 +62,7 @@ class HIPNNLayout(NamedTuple):
     receiver_edge: Tensor
     receiver_source_slot: Tensor
     receiver_mask: Tensor
+    padded: bool
 
 
 def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple[int, int]]:
@@ -182,6 +193,17 @@ def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
                                  angular.contiguous(), source_slot, block_elements)
 
 
+def _gather_rows(source: Tensor, index: Tensor) -> Tensor:
+    # source[index] for a [num_rows, D] table.
+    return torch.gather(source, 0, index.unsqueeze(-1).expand(-1, source.size(1)))
+
+
+def _scatter_rows(values: Tensor, index: Tensor, num_rows: int) -> Tensor:
+    # out[n] = sum of values[e] with index[e] = n, [num_rows, D].
+    return values.new_zeros((num_rows, values.size(1))).scatter_add(
+        0, index.unsqueeze(-1).expand_as(values), values)
+
+
 class HIPNNInteraction(torch.nn.Module):
     r"""The interaction layer of HIP-NN, from the `"Hierarchical modeling of molecular energies
     using a deep neural network" <https://doi.org/10.1063/1.5011181>`_ paper (Lubbers, Smith &
@@ -229,7 +251,10 @@ class HIPNNInteraction(torch.nn.Module):
     (:obj:`CHUNK_ELEMENTS` by default), which stay in cache: for :math:`l_\mathrm{max} = 0` no
     per-slot :obj:`[N D, F_\mathrm{out}]` tensor is formed at all, and for
     :math:`l_\mathrm{max} > 0` only the pair messages and their gradient (an autograd function
-    whose backward pass stays differentiable, for force training).
+    whose backward pass stays differentiable, for force training). Under :func:`torch.compile`
+    and :func:`torch.export`, whose graphs cannot hold the grid's data-dependent width,
+    :meth:`neighbor_layout` returns the edge list itself and the same contractions are summed
+    over the edges with :meth:`~torch.Tensor.index_add` (no graph break).
 
     Args:
         in_channels (int): Input features :math:`F_\mathrm{in}`.
@@ -344,9 +369,14 @@ class HIPNNInteraction(torch.nn.Module):
                                  + ']), got ' + str(list(pair_index.shape)))
             rows = pair_index
             if num_pairs is None:
+                if torch.compiler.is_compiling():
+                    raise ValueError('under torch.compile pass num_pairs (the number of pair '
+                                     'distances): counting them is a data-dependent size')
                 num_rows = int(pair_index.max()) + 1 if num_edges > 0 else 0
             else:
                 num_rows = num_pairs
+        if torch.compiler.is_compiling():
+            return HIPNNInteraction._edge_layout(edge_index, num_nodes, rows, num_rows)
         by_source = padded_neighbors(edge_index[0], num_nodes)
         by_receiver = padded_neighbors(edge_index[1], num_nodes)
         padding = torch.full_like(by_source.edge_of_slot, num_rows)
@@ -360,7 +390,18 @@ class HIPNNInteraction(torch.nn.Module):
         return HIPNNLayout(num_nodes, num_rows, by_source.width, by_receiver.width, source_row,
                            source_target, receiver_row,
                            edge_index[0].index_select(0, receiver_edge), receiver_edge,
-                           by_source.slot.index_select(0, receiver_edge), by_receiver.mask)
+                           by_source.slot.index_select(0, receiver_edge), by_receiver.mask,
+                           True)
+
+    @staticmethod
+    def _edge_layout(edge_index: Tensor, num_nodes: int, rows: Tensor,
+                     num_rows: int) -> HIPNNLayout:
+        # torch.compile's layout: no grid, whose width (the largest degree) is a
+        # data-dependent size that breaks the graph; every edge is its own slot.
+        edges = torch.arange(edge_index.size(1), device=edge_index.device)
+        return HIPNNLayout(num_nodes, num_rows, 0, 0, rows, edge_index[1], rows,
+                           edge_index[0], edges, edges,
+                           torch.ones_like(edges, dtype=torch.bool), False)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_vec: Tensor,
                 layout: Optional[HIPNNLayout] = None,
@@ -380,7 +421,9 @@ class HIPNNInteraction(torch.nn.Module):
         sensitivity = self.sensitivity(distances)
         # Row num_rows, read by every padding slot: padding adds exact zeros.
         sensitivity = torch.cat([sensitivity, sensitivity.new_zeros(1, sensitivity.size(1))])
-        if self._project_first():
+        if not layout.padded:
+            m = self._edge_sum(x, sensitivity, edge_index, edge_weight, edge_vec, layout)
+        elif self._project_first():
             m = self._project_first_sum(x, sensitivity, edge_weight, edge_vec, layout)
         else:
             m = self._environment_first_sum(x, sensitivity, edge_weight, edge_vec, layout)
@@ -396,6 +439,36 @@ class HIPNNInteraction(torch.nn.Module):
             frobenius = 2.0 * (quad.square().sum(1) + quad[:, 0] * quad[:, 3])
             out = out + scale[1] * torch.sqrt(frobenius + self.cusp_reg)
         return out + self.lin_self(x)
+
+    def _edge_sum(self, x: Tensor, sensitivity: Tensor, edge_index: Tensor,
+                  edge_weight: Tensor, edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
+        # The sums of _project_first_sum / _environment_first_sum over the edge list (the
+        # layout of torch.compile), in the same contraction order. Rows are moved with
+        # gather / scatter_add, not index_select / index_add: inductor turns index_add (and
+        # index_select's backward) into atomic adds, several times slower on CPU than the
+        # scatter_add kernel it calls instead.
+        N, K, C = layout.num_nodes, self.num_sensitivities, self.num_components
+        neighbor, receiver = edge_index[0], edge_index[1]
+        s = _gather_rows(sensitivity, layout.source_row)  # [E, K]
+        angular = self.angular(edge_vec, edge_weight)  # [E, C] or None
+        if self._project_first():
+            F = self.out_channels
+            projected = x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, K * F)
+            # c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g]
+            pair = (s.unsqueeze(-1) * _gather_rows(projected, neighbor).view(-1, K, F)).sum(1)
+            if angular is None:
+                return _scatter_rows(pair, receiver, N).unsqueeze(1)
+            message = (angular.unsqueeze(-1) * pair.unsqueeze(1)).view(-1, C * F)
+            return _scatter_rows(message, receiver, N).view(N, C, F)
+        F = self.in_channels
+        neighbors = _gather_rows(x, neighbor)  # [E, F_in]
+        weight = neighbors.new_ones((neighbors.size(0), 1)) if angular is None else angular
+        # The environment sum_j s_nu(r_ij) Y_c(r_ij) x_j[f], [N, K, C, F_in].
+        message = (s[:, :, None, None] * weight[:, None, :, None]
+                   * neighbors[:, None, None, :]).view(-1, K * C * F)
+        environment = _scatter_rows(message, receiver, N)
+        environment = environment.view(N, K, C, F).transpose(1, 2).reshape(N, C, K * F)
+        return environment @ self.weight.permute(0, 2, 1).reshape(K * F, self.out_channels)
 
     def _receiver_angular(self, edge_weight: Tensor, edge_vec: Tensor,
                           layout: HIPNNLayout) -> Tensor:

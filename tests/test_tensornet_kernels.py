@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from pyg_tensorpot.nn import TensorEmbedding, TensorInteraction, tensor_algebra
+from pyg_tensorpot.nn.conv import tensor_interaction
 from pyg_tensorpot.nn import message as message_module
 from pyg_tensorpot.nn import radial as radial_module
-from pyg_tensorpot.nn.message import embedding_scatter, filtered_gather_scatter
+from pyg_tensorpot.nn.message import (
+    embedding_scatter,
+    filtered_gather_scatter,
+    recomputed_embedding_scatter,
+    recomputed_gather_scatter,
+)
 from pyg_tensorpot.nn.radial import recomputed_filter
 
 HAS_NUMBA = importlib.util.find_spec('numba') is not None
@@ -199,9 +205,14 @@ def test_recomputed_filter_force_training(small_filter_chunks):
 
 
 @pytest.mark.parametrize('equivariance', ['O(3)', 'SO(3)'])
-def test_interaction_recomputed_update_equals_plain(equivariance):
-    # Eval mode recomputes the atom-level update in the backward pass (checkpoint); training
-    # mode keeps its intermediates. Same values and gradients.
+@pytest.mark.parametrize('recompute_filters', [False, True])
+def test_interaction_recomputed_update_equals_plain(equivariance, recompute_filters,
+                                                    monkeypatch):
+    # Eval mode recomputes the atom-level update in the backward pass (checkpoint), and for
+    # large systems the filters too; training mode keeps its intermediates. Same values and
+    # gradients.
+    if recompute_filters:  # as if the system were large
+        monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_FILTER_ELEMENTS', 0)
     torch.manual_seed(0)
     layer = TensorInteraction(4, num_rbf=5, cutoff=3.0, equivariance=equivariance).double()
     edge_index, radial_index, g = random_graph(seed=7)
@@ -236,3 +247,75 @@ def test_recomputed_linear_filter_gradients(bias):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
     torch.autograd.gradgradcheck(lambda a, e: recomputed_filter(linear, a, e), (attr, envelope),
                                  fast_mode=True)
+
+
+@pytest.mark.parametrize('form', ['interaction', 'embedding'])
+def test_recomputed_contractions_equal_kept_filters(backend, small_filter_chunks, form):
+    # The contractions with the filters recomputed in the backward pass: the values of the
+    # contraction of module(edge_attr) * envelope, their gradients (weights included, and none
+    # computed for the weights by autograd.grad on the inputs) and their double backward.
+    edge_index, radial_index, g = random_graph(seed=9)
+    E = edge_index.size(1)
+    H = 2
+    mlp = filter_mlp() if form == 'interaction' else torch.nn.Linear(4, 6).double()
+    attr = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    envelope = torch.rand(5, generator=g, dtype=torch.float64, requires_grad=True)
+    if form == 'interaction':
+        inputs = (torch.randn(4, 10, H, generator=g, dtype=torch.float64, requires_grad=True), )
+
+        def recomputed(a, e, y):
+            return recomputed_gather_scatter(y, mlp, a, e, edge_index, radial_index)
+
+        def kept(a, e, y):
+            filters = (mlp(a) * e.unsqueeze(-1)).unflatten(-1, (3, H))
+            return filtered_gather_scatter(y, filters, edge_index, radial_index)
+    else:
+        # Pair embeddings at atom level: Z_ij = receiver_i + sender_j.
+        inputs = (torch.randn(4, H, generator=g, dtype=torch.float64, requires_grad=True),
+                  torch.randn(4, H, generator=g, dtype=torch.float64, requires_grad=True),
+                  torch.randn(E, 10, generator=g, dtype=torch.float64, requires_grad=True))
+
+        def recomputed(a, e, receiver, sender, q):
+            return recomputed_embedding_scatter(mlp, a, e, receiver, sender, q, edge_index,
+                                                radial_index)
+
+        def kept(a, e, receiver, sender, q):
+            radial = (mlp(a) * e.unsqueeze(-1)).unflatten(-1, (3, H))
+            pair = receiver[edge_index[1]] + sender[edge_index[0]]
+            return embedding_scatter(radial, pair, q, edge_index, 4, radial_index)
+
+    args = (attr, envelope, *inputs)
+    torch.testing.assert_close(recomputed(*args), kept(*args), rtol=1e-14, atol=1e-14)
+    params = list(mlp.parameters())
+    upstream = torch.randn(4, 10, H, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(kept(*args), [*args, *params], upstream)
+    found = torch.autograd.grad(recomputed(*args), [*args, *params], upstream)
+    for a, b in zip(found, expected):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    recomputed(*args).backward(upstream)
+    for p, reference in zip(params, expected[len(args):]):
+        torch.testing.assert_close(p.grad, reference, rtol=1e-13, atol=1e-13)
+        p.grad = None
+    torch.autograd.grad(recomputed(*args), attr, upstream)
+    assert all(p.grad is None for p in params)
+    # Force training: the weight gradient of a loss on the input gradient.
+    weight_grads = []
+    for fn in (kept, recomputed):
+        force, = torch.autograd.grad(fn(*args).square().sum(), attr, create_graph=True)
+        weight_grads.append(torch.autograd.grad(force.square().sum(), params))
+    for a, b in zip(*weight_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.autograd.gradcheck(recomputed, args, fast_mode=True)
+    torch.autograd.gradgradcheck(recomputed, args, fast_mode=True)
+
+
+def test_recomputed_contractions_reject_bad_shapes():
+    edge_index, radial_index, g = random_graph()
+    mlp = torch.nn.Linear(4, 6).double()
+    with pytest.raises(ValueError, match='radial row'):
+        recomputed_gather_scatter(torch.randn(4, 10, 2), mlp, torch.randn(3, 4),
+                                  torch.rand(3), edge_index, radial_index)
+    with pytest.raises(ValueError, match=r'envelope \[R\]'):
+        recomputed_embedding_scatter(mlp, torch.randn(5, 4), torch.rand(4), torch.randn(4, 2),
+                                     torch.randn(4, 2), torch.randn(8, 10), edge_index,
+                                     radial_index)

@@ -22,14 +22,25 @@ Each contraction runs in a compiled loop over the edges when `Numba <https://num
 is installed and the tensors are on the CPU (no per-edge temporary at all; the edges are
 visited in their given order, so the result is deterministic), and otherwise as chunked
 gather/multiply/:obj:`index_add_` passes whose per-edge temporaries hold at most
-:obj:`CHUNK_ELEMENTS` numbers.
+:obj:`CHUNK_ELEMENTS` numbers. In evaluation, :func:`recomputed_gather_scatter` and
+:func:`recomputed_embedding_scatter` also compute the filters inside the contraction and
+recompute them in its backward pass, and take the pair embeddings at atom level.
+
+The module is longer than 500 lines because the two forms, their compiled loops, their PyTorch
+fallbacks and the recomputing wrapper share one slot/backward scheme, which splitting would
+scatter over several files.
 """
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from pyg_tensorpot.nn.radial import gradient_requested
+from pyg_tensorpot.nn.radial import (
+    evaluate_filter,
+    filter_gradients,
+    gradient_requested,
+    recomputed_filter,
+)
 from pyg_tensorpot.nn.tensor_algebra import PART_SLICES, scale_parts
 
 #: Number of float elements of one per-edge temporary of the PyTorch kernels; sets their chunk
@@ -309,6 +320,119 @@ class _EmbeddingContraction(torch.autograd.Function):
         return None, grads[0], grads[1], grads[2], None, None, None
 
 
+# ---------------------------------------------------------------------------------------------
+# Either form with its slot-0 filters computed from a radial network inside the contraction and
+# recomputed in the backward pass, so that no [R, 3, H] filter is kept alive in between. The
+# embedding form takes its pair embeddings at atom level, Z_ij = receiver_i + sender_j, formed
+# per edge only while a pass runs: it keeps no [E, H] tensor either.
+
+_FORMS = {'interaction': (_InteractionContraction, _interaction_slot),
+          'embedding': (_EmbeddingContraction, _embedding_slot)}
+
+
+def _form_factors(form: str, factors: List[Tensor],
+                  indices: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    # The factors and indices of the contraction itself, from the inputs of the function.
+    if form == 'interaction':
+        return factors, indices
+    receiver, sender, geometry = factors
+    source, target, row = indices
+    pair = receiver.index_select(0, target) + sender.index_select(0, source)
+    return [pair, geometry], [target, row]
+
+
+def _input_grads(form: str, grads: List[Optional[Tensor]], factors: List[Tensor],
+                 indices: List[Tensor], needed: List[bool]) -> List[Optional[Tensor]]:
+    # Gradients of the contraction's factors -> gradients of the function's inputs.
+    if form == 'interaction':
+        return grads
+    grad_pair, grad_geometry = grads
+    receiver, sender, _ = factors
+    source, target, _ = indices
+    out: List[Optional[Tensor]] = [None, None, grad_geometry]
+    if grad_pair is not None:
+        for i, (atoms, index) in enumerate(((receiver, target), (sender, source))):
+            if needed[i]:
+                out[i] = torch.zeros_like(atoms).index_add(0, index, grad_pair)
+    return out
+
+
+class _RecomputedContraction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, form: str, module: torch.nn.Module, sizes: Tuple[int, ...],
+                num_factors: int, num_indices: int, edge_attr: Tensor, envelope: Tensor,
+                *rest: Tensor) -> Tensor:
+        factors = list(rest[:num_factors])
+        indices = list(rest[num_factors:num_factors + num_indices])
+        ctx.form, ctx.module, ctx.sizes = form, module, sizes
+        ctx.counts = (num_factors, num_indices)
+        ctx.save_for_backward(edge_attr, envelope, *rest)
+        filters = evaluate_filter(module, edge_attr, envelope)
+        filters = filters.unflatten(-1, (3, filters.size(-1) // 3))
+        factors, indices = _form_factors(form, factors, indices)
+        return _FORMS[form][1](len(factors) + 1, filters, *factors, *indices, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        num_factors, num_indices = ctx.counts
+        edge_attr, envelope, *rest = ctx.saved_tensors
+        inputs = list(rest[:num_factors])
+        input_indices = list(rest[num_factors:num_factors + num_indices])
+        params = rest[num_factors + num_indices:]
+        form, module, sizes = ctx.form, ctx.module, ctx.sizes
+        contraction, slot_fn = _FORMS[form]
+        # Tensor inputs in order: edge_attr, envelope, factors, indices, params.
+        flags = [ctx.needs_input_grad[5 + i] and gradient_requested(ctx, i)
+                 for i in range(2 + len(rest))]
+        need_inputs = flags[2:2 + num_factors]
+        need_filter = flags[:2] + flags[2 + num_factors + num_indices:]
+        # The pair embeddings are wanted if the receiver or sender term is.
+        need_factors = need_inputs if form == 'interaction' else \
+            [need_inputs[0] or need_inputs[1], need_inputs[2]]
+        count = len(need_factors)
+        factor_grads: List[Optional[Tensor]] = [None] * count
+        filter_grads: List[Optional[Tensor]] = [None] * len(need_filter)
+        grad = grad.contiguous()
+        if torch.is_grad_enabled():
+            # A double backward (force training): differentiable recomputation and contractions.
+            filters = recomputed_filter(module, edge_attr, envelope)
+            filters = filters.unflatten(-1, (3, filters.size(-1) // 3))
+            factors, indices = _form_factors(form, inputs, input_indices)
+            slots = [filters, *factors, grad]
+            for s in range(count + 1 if any(need_filter) else count):
+                wanted = (s + 1) % (count + 1)  # the factors first, the filters last
+                if wanted > 0 and not need_factors[wanted - 1]:
+                    continue
+                others = [slots[k] for k in range(count + 2) if k != wanted]
+                value = contraction.apply(wanted, *others, *indices, sizes)
+                if wanted > 0:
+                    factor_grads[wanted - 1] = value
+                    continue
+                chosen = [x for x, n in zip([edge_attr, envelope, *params], need_filter) if n]
+                found = iter(torch.autograd.grad(filters, chosen, value, create_graph=True,
+                                                 allow_unused=True))
+                filter_grads = [next(found) if n else None for n in need_filter]
+        else:
+            factors, indices = _form_factors(form, inputs, input_indices)
+            if any(need_factors):
+                filters = evaluate_filter(module, edge_attr, envelope)
+                slots = [filters.unflatten(-1, (3, filters.size(-1) // 3)), *factors, grad]
+                for wanted in range(1, count + 1):
+                    if need_factors[wanted - 1]:
+                        others = [slots[k] for k in range(count + 2) if k != wanted]
+                        factor_grads[wanted - 1] = slot_fn(wanted, *others, *indices, sizes)
+                # Freed before the filters' gradient, of the same size, is formed.
+                del filters, slots
+            if any(need_filter):
+                grad_filters = slot_fn(0, *factors, grad, *indices, sizes)
+                del factors
+                filter_grads = filter_gradients(module, edge_attr, envelope, list(params),
+                                                grad_filters.flatten(1), need_filter)
+        input_grads = _input_grads(form, factor_grads, inputs, input_indices, need_inputs)
+        return (None, None, None, None, None, filter_grads[0], filter_grads[1], *input_grads,
+                *[None] * num_indices, *filter_grads[2:])
+
+
 def _radial_rows(radial_index: Optional[Tensor], edge_index: Tensor) -> Tensor:
     if radial_index is None:
         return torch.arange(edge_index.size(1), device=edge_index.device)
@@ -424,3 +548,82 @@ def _plain_embedding_scatter(radial: Tensor, pair: Tensor, geometry: Tensor, edg
                           filters[:, 2:3] * geometry[:, 4:10, None]], dim=1)
     out = pair.new_zeros((num_nodes, geometry.size(1), pair.size(-1)))
     return out.index_add(0, edge_index[1], messages)
+
+
+def recomputed_gather_scatter(features: Tensor, module: torch.nn.Module, edge_attr: Tensor,
+                              envelope: Tensor, edge_index: Tensor,
+                              radial_index: Optional[Tensor] = None) -> Tensor:
+    r""":func:`filtered_gather_scatter` with the filters :math:`g = \phi(d)\,
+    \mathrm{MLP}(\mathbf{e}(d))` computed inside, in blocks, and recomputed in the backward
+    pass instead of being kept (one more evaluation of the network, about 1.5 kB less per edge
+    row at :math:`H = 128` in float32); double backward recomputes them differentiably.
+    Eager mode only.
+
+    Args:
+        features (torch.Tensor): Packed node features :math:`y`, shape :obj:`[N, 10, H]`.
+        module (torch.nn.Module): The filter network, :obj:`[R, K] -> [R, 3H]` (parts I, A, S).
+        edge_attr (torch.Tensor): Radial basis :math:`\mathbf{e}(d)`, shape :obj:`[R, K]`.
+        envelope (torch.Tensor): Cutoff envelope :math:`\phi(d)`, shape :obj:`[R]`.
+        edge_index (torch.Tensor): Row 0 the neighbour :math:`j`, row 1 the receiver :math:`i`.
+        radial_index (torch.Tensor, optional): Row of :obj:`edge_attr` for every edge.
+            (default: :obj:`None`)
+
+    Returns:
+        torch.Tensor: :obj:`[N, 10, H]`.
+    """
+    if features.dim() != 3 or edge_attr.dim() != 2 or envelope.shape != edge_attr.shape[:1]:
+        raise ValueError(f'recomputed_gather_scatter: need features [N, 10, H], edge_attr '
+                         f'[R, K] and envelope [R], got {list(features.shape)}, '
+                         f'{list(edge_attr.shape)} and {list(envelope.shape)}')
+    rows = _radial_rows(radial_index, edge_index)
+    _check_edges('recomputed_gather_scatter', edge_index, rows, edge_attr.size(0))
+    num_nodes = features.size(0)
+    params = list(module.parameters())
+    return _RecomputedContraction.apply(
+        'interaction', module, (edge_attr.size(0), num_nodes, num_nodes), 1, 3, edge_attr,
+        envelope, features.contiguous(), edge_index[0].contiguous(),
+        edge_index[1].contiguous(), rows, *params)
+
+
+def recomputed_embedding_scatter(module: torch.nn.Module, edge_attr: Tensor, envelope: Tensor,
+                                 receiver: Tensor, sender: Tensor, geometry: Tensor,
+                                 edge_index: Tensor,
+                                 radial_index: Optional[Tensor] = None) -> Tensor:
+    r""":func:`embedding_scatter` with the radial filters :math:`r = \phi(d)\,
+    \mathrm{module}(\mathbf{e}(d))` computed inside and recomputed in the backward pass
+    (see :func:`recomputed_gather_scatter`), and the pair embeddings given at atom level,
+    :math:`Z_{ij} = \mathbf{a}_i + \mathbf{b}_j` (receiver and sender terms), so that
+    neither :obj:`[R, 3, H]` nor :obj:`[E, H]` tensors are kept between the passes.
+    Eager mode only.
+
+    Args:
+        module (torch.nn.Module): The radial network, :obj:`[R, K] -> [R, 3H]`.
+        edge_attr (torch.Tensor): Radial basis :math:`\mathbf{e}(d)`, shape :obj:`[R, K]`.
+        envelope (torch.Tensor): Cutoff envelope :math:`\phi(d)`, shape :obj:`[R]`.
+        receiver (torch.Tensor): Receiver term :math:`\mathbf{a}`, shape :obj:`[N, H]`.
+        sender (torch.Tensor): Sender term :math:`\mathbf{b}`, shape :obj:`[N, H]`.
+        geometry (torch.Tensor): Per-edge components :math:`q`, shape :obj:`[E, 10]`.
+        edge_index (torch.Tensor): Row 0 the neighbour :math:`j`, row 1 the receiver :math:`i`.
+        radial_index (torch.Tensor, optional): Row of :obj:`edge_attr` for every edge.
+            (default: :obj:`None`)
+
+    Returns:
+        torch.Tensor: :obj:`[N, 10, H]`.
+    """
+    if receiver.dim() != 2 or receiver.shape != sender.shape or geometry.dim() != 2 \
+            or geometry.size(0) != edge_index.size(-1) or edge_attr.dim() != 2 \
+            or envelope.shape != edge_attr.shape[:1]:
+        raise ValueError(f'recomputed_embedding_scatter: need edge_attr [R, K], envelope [R], '
+                         f'receiver and sender [N, H] and geometry [E, 10] for E edges, got '
+                         f'{list(edge_attr.shape)}, {list(envelope.shape)}, '
+                         f'{list(receiver.shape)}, {list(sender.shape)}, '
+                         f'{list(geometry.shape)} and {edge_index.size(-1)} edges')
+    rows = _radial_rows(radial_index, edge_index)
+    _check_edges('recomputed_embedding_scatter', edge_index, rows, edge_attr.size(0))
+    params = list(module.parameters())
+    num_edges = geometry.size(0)
+    sizes = (edge_attr.size(0), num_edges, num_edges, receiver.size(0))
+    return _RecomputedContraction.apply(
+        'embedding', module, sizes, 3, 3, edge_attr, envelope, receiver.contiguous(),
+        sender.contiguous(), geometry.contiguous(), edge_index[0].contiguous(),
+        edge_index[1].contiguous(), rows, *params)

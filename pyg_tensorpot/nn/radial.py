@@ -31,15 +31,7 @@ class _RecomputedFilter(torch.autograd.Function):
                 envelope: Tensor, *params: Tensor) -> Tensor:
         ctx.module = module
         ctx.save_for_backward(edge_attr, envelope, *params)
-        rows = edge_attr.size(0)
-        with torch.no_grad():
-            first = module(edge_attr[:1])
-            out = first.new_empty((rows, first.size(-1)))
-            for start in range(0, rows, FILTER_CHUNK_ROWS):
-                chunk = slice(start, min(start + FILTER_CHUNK_ROWS, rows))
-                torch.mul(module(edge_attr[chunk]), envelope[chunk].unsqueeze(-1),
-                          out=out[chunk])
-        return out
+        return evaluate_filter(module, edge_attr, envelope)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -58,30 +50,53 @@ class _RecomputedFilter(torch.autograd.Function):
                                              allow_unused=True))
             grads: List[Optional[Tensor]] = [next(found) if n else None for n in needed]
             return (None, None, *grads)
-        if isinstance(module, torch.nn.Linear):
-            return (None, None, *_linear_filter_backward(module, edge_attr, envelope, grad,
-                                                         needed))
-        grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, needed)]
-        rows = edge_attr.size(0)
+        return (None, None, *filter_gradients(module, edge_attr, envelope, params, grad,
+                                               needed))
+
+
+def evaluate_filter(module: torch.nn.Module, edge_attr: Tensor, envelope: Tensor) -> Tensor:
+    """:obj:`module(edge_attr) * envelope[:, None]` without autograd, in blocks of
+    :obj:`FILTER_CHUNK_ROWS` rows (the forward pass of :func:`recomputed_filter`)."""
+    rows = edge_attr.size(0)
+    with torch.no_grad():
+        first = module(edge_attr[:1])
+        out = first.new_empty((rows, first.size(-1)))
         for start in range(0, rows, FILTER_CHUNK_ROWS):
             chunk = slice(start, min(start + FILTER_CHUNK_ROWS, rows))
-            with torch.enable_grad():
-                attr = edge_attr[chunk].detach().requires_grad_(needed[0])
-                env = envelope[chunk].detach().requires_grad_(needed[1])
-                out = module(attr) * env.unsqueeze(-1)
-                wanted = [x for x, n in zip([attr, env, *params], needed) if n]
-                found = iter(torch.autograd.grad(out, wanted, grad[chunk], allow_unused=True))
-            for i, n in enumerate(needed):
-                if not n:
-                    continue
-                value = next(found)
-                if value is None:
-                    continue
-                if i < 2:
-                    grads[i][chunk] = value
-                else:
-                    grads[i].add_(value)
-        return (None, None, *grads)
+            torch.mul(module(edge_attr[chunk]), envelope[chunk].unsqueeze(-1), out=out[chunk])
+    return out
+
+
+def filter_gradients(module: torch.nn.Module, edge_attr: Tensor, envelope: Tensor,
+                     params: List[Tensor], grad: Tensor,
+                     needed: List[bool]) -> List[Optional[Tensor]]:
+    """The gradients of :obj:`(edge_attr, envelope, *params)` (those flagged in :obj:`needed`)
+    of :obj:`evaluate_filter(module, edge_attr, envelope)` given the upstream :obj:`grad`
+    :obj:`[R, F]`, recomputing the network block by block (no graph is built)."""
+    if isinstance(module, torch.nn.Linear):
+        return _linear_filter_backward(module, edge_attr, envelope, grad, needed)
+    inputs = [edge_attr, envelope, *params]
+    grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, needed)]
+    rows = edge_attr.size(0)
+    for start in range(0, rows, FILTER_CHUNK_ROWS):
+        chunk = slice(start, min(start + FILTER_CHUNK_ROWS, rows))
+        with torch.enable_grad():
+            attr = edge_attr[chunk].detach().requires_grad_(needed[0])
+            env = envelope[chunk].detach().requires_grad_(needed[1])
+            out = module(attr) * env.unsqueeze(-1)
+            wanted = [x for x, n in zip([attr, env, *params], needed) if n]
+            found = iter(torch.autograd.grad(out, wanted, grad[chunk], allow_unused=True))
+        for i, n in enumerate(needed):
+            if not n:
+                continue
+            value = next(found)
+            if value is None:
+                continue
+            if i < 2:
+                grads[i][chunk] = value
+            else:
+                grads[i].add_(value)
+    return grads
 
 
 def _linear_filter_backward(module: torch.nn.Linear, edge_attr: Tensor, envelope: Tensor,

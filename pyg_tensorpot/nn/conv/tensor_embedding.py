@@ -6,7 +6,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
-from pyg_tensorpot.nn.message import embedding_scatter
+from pyg_tensorpot.nn.message import embedding_scatter, recomputed_embedding_scatter
 from pyg_tensorpot.nn.radial import recomputed_filter
 from pyg_tensorpot.nn.tensor_algebra import (
     mix_parts,
@@ -43,7 +43,10 @@ class TensorEmbedding(MessagePassing):
     where :math:`\|\cdot\|^2` is the squared Frobenius norm per channel, as in torchmd-net.
 
     In eager mode the radial projection is evaluated in row blocks and not kept for the
-    backward pass (:func:`~pyg_tensorpot.nn.radial.recomputed_filter`).
+    backward pass (:func:`~pyg_tensorpot.nn.radial.recomputed_filter`); in evaluation mode the
+    filters :math:`[R, 3, H]` are not kept either but recomputed inside the message
+    contraction's backward pass, and the pair embeddings enter it at atom level
+    (:func:`~pyg_tensorpot.nn.message.recomputed_embedding_scatter`).
 
     Args:
         hidden_channels (int): Number of tensor channels :math:`H`.
@@ -122,15 +125,20 @@ class TensorEmbedding(MessagePassing):
         weight_i, weight_j = self.pair_embedding.weight.split(H, dim=1)
         receiver = torch.nn.functional.linear(atom, weight_i, self.pair_embedding.bias)
         sender = torch.nn.functional.linear(atom, weight_j)
-        source, target = edge_index[0], edge_index[1]
-        pair = receiver.index_select(0, target) + sender.index_select(0, source)
         envelope = self.cutoff_fn(edge_weight)
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
-            radial = self.radial_projection(edge_attr) * envelope.unsqueeze(-1)
+        eager = not (torch.jit.is_scripting() or torch.compiler.is_compiling())
+        if eager and not self.training:
+            components = self._recomputed_aggregate(edge_index, edge_attr, envelope, receiver,
+                                                    sender, edge_unit, radial_index)
         else:
-            radial = self._recomputed_radial(edge_attr, envelope)
-        components = self.message_and_aggregate(edge_index, radial.unflatten(-1, (3, H)), pair,
-                                                edge_unit, z.size(0), radial_index)
+            source, target = edge_index[0], edge_index[1]
+            pair = receiver.index_select(0, target) + sender.index_select(0, source)
+            if eager:
+                radial = self._recomputed_radial(edge_attr, envelope)
+            else:
+                radial = self.radial_projection(edge_attr) * envelope.unsqueeze(-1)
+            components = self.message_and_aggregate(edge_index, radial.unflatten(-1, (3, H)),
+                                                    pair, edge_unit, z.size(0), radial_index)
         norm_i, norm_a, norm_s = packed_squared_norms(components)
         gates = self.gate_mlp(self.norm(norm_i + norm_a + norm_s)).unflatten(-1, (3, H))
         mixed = mix_parts(components, self.mixing[0].weight, self.mixing[1].weight,
@@ -141,6 +149,23 @@ class TensorEmbedding(MessagePassing):
     def _recomputed_radial(self, edge_attr: Tensor, envelope: Tensor) -> Tensor:
         # The same numbers, without keeping the [R, 3H] projection for the backward pass.
         return recomputed_filter(self.radial_projection, edge_attr, envelope)
+
+    @torch.jit.unused
+    def _recomputed_aggregate(self, edge_index: Tensor, edge_attr: Tensor, envelope: Tensor,
+                              receiver: Tensor, sender: Tensor, edge_unit: Tensor,
+                              radial_index: Optional[Tensor]) -> Tensor:
+        # Evaluation mode: message_and_aggregate() keeping neither the radial filters
+        # [R, 3, H] (recomputed in the backward pass; a Linear layer, so cheaply) nor the pair
+        # embeddings [E, H] (formed per pass from the atom-level terms), about 46 kB per atom
+        # for liquid water at 4.5 A, H = 128, float32.
+        return recomputed_embedding_scatter(self.radial_projection, edge_attr, envelope,
+                                            receiver, sender, self._geometry(edge_unit),
+                                            edge_index, radial_index)
+
+    def _geometry(self, edge_unit: Tensor) -> Tensor:
+        # [E, 10]: the packed components (1, u, u u^T - |u|^2/3 Id) of the edge direction.
+        return torch.cat([torch.ones_like(edge_unit[:, :1]), edge_unit,
+                          traceless_outer(edge_unit)], dim=-1)
 
     def message(self, radial: Tensor, pair: Tensor, edge_unit: Tensor) -> Tensor:
         # [E, 10, H]: (f^I, f^A u, f^S (u u^T - |u|^2/3 Id)) in packed components, with
@@ -157,9 +182,8 @@ class TensorEmbedding(MessagePassing):
                               radial_index: Optional[Tensor] = None) -> Tensor:
         # Equal to propagate() with message() above (radial rows picked by radial_index),
         # without keeping per-edge [E, 10, H] tensors alive for the backward pass.
-        geometry = torch.cat([torch.ones_like(edge_unit[:, :1]), edge_unit,
-                              traceless_outer(edge_unit)], dim=-1)
-        return embedding_scatter(radial, pair, geometry, edge_index, num_nodes, radial_index)
+        return embedding_scatter(radial, pair, self._geometry(edge_unit), edge_index, num_nodes,
+                                 radial_index)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.hidden_channels}, num_rbf={self.num_rbf}, '

@@ -7,7 +7,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_tensorpot.nn.activations import activation_resolver
 from pyg_tensorpot.nn.cutoff import CosineCutoff
-from pyg_tensorpot.nn.message import filtered_gather_scatter
+from pyg_tensorpot.nn.message import filtered_gather_scatter, recomputed_gather_scatter
 from pyg_tensorpot.nn.radial import recomputed_filter
 from pyg_tensorpot.nn.tensor_algebra import (
     matmul,
@@ -22,6 +22,11 @@ from pyg_tensorpot.nn.tensor_algebra import (
 
 #: Atoms per block of the recomputed atom-level update (inference with forces).
 ATOM_CHUNK = 4096
+#: Filters of more numbers than this ([R, 3, H]; 2^25 is 128 MiB in float32, about 5,000
+#: atoms of liquid water at 4.5 A with H = 128) are recomputed in the backward pass of
+#: energy+forces instead of kept: one more filter MLP evaluation (about 15 % of the time)
+#: for 27 kB per atom less memory, worth it only where memory is what limits the size.
+RECOMPUTE_FILTER_ELEMENTS = 2**25
 
 
 class TensorInteraction(MessagePassing):
@@ -53,9 +58,12 @@ class TensorInteraction(MessagePassing):
 
     In eager mode the filter MLP is evaluated in row blocks and recomputed in the backward pass
     (:func:`~pyg_tensorpot.nn.radial.recomputed_filter`), and in evaluation mode the atom-level
-    update is recomputed too (activation checkpointing in blocks of :obj:`ATOM_CHUNK` atoms),
-    so that energy+forces keep no per-layer intermediates beyond the filters and the packed
-    features; training mode keeps the update's intermediates, for speed.
+    update is recomputed too (activation checkpointing in blocks of :obj:`ATOM_CHUNK` atoms)
+    and, for large systems (filters of more than :obj:`RECOMPUTE_FILTER_ELEMENTS` numbers), so
+    are the filters, inside the message contraction's backward pass
+    (:func:`~pyg_tensorpot.nn.message.recomputed_gather_scatter`), so that energy+forces keep
+    no per-layer intermediates beyond the packed features; training mode keeps the update's
+    intermediates, for speed.
 
     Args:
         hidden_channels (int): Number of tensor channels :math:`H`.
@@ -124,19 +132,23 @@ class TensorInteraction(MessagePassing):
                 :class:`TensorEmbedding`); :obj:`R = E` if :obj:`None`. (default: :obj:`None`)
         """
         envelope = self.cutoff_fn(edge_weight)
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
-            filters = self.filter_mlp(edge_attr) * envelope.unsqueeze(-1)
-        else:
-            filters = self._recomputed_filters(edge_attr, envelope)
-        filters = filters.unflatten(-1, (3, self.hidden_channels))
-
-        recompute = not (self.training or torch.jit.is_scripting()
-                         or torch.compiler.is_compiling()) and torch.is_grad_enabled()
+        eager = not (torch.jit.is_scripting() or torch.compiler.is_compiling())
+        recompute = eager and not self.training and torch.is_grad_enabled()
         if recompute:
             y = self._checkpointed_mix_in(x)
         else:
             y = self._mix_in(x)
-        message = self.message_and_aggregate(edge_index, y, filters, radial_index)
+        if recompute and (edge_attr.size(0) * 3 * self.hidden_channels
+                          > RECOMPUTE_FILTER_ELEMENTS):
+            message = self._recomputed_aggregate(edge_index, y, edge_attr, envelope,
+                                                 radial_index)
+        else:
+            if eager:
+                filters = self._recomputed_filters(edge_attr, envelope)
+            else:
+                filters = self.filter_mlp(edge_attr) * envelope.unsqueeze(-1)
+            filters = filters.unflatten(-1, (3, self.hidden_channels))
+            message = self.message_and_aggregate(edge_index, y, filters, radial_index)
         if recompute:
             return self._checkpointed_update(x, y, message, charge)
         return self._update(x, y, message, charge)
@@ -195,6 +207,15 @@ class TensorInteraction(MessagePassing):
         # The same numbers, without keeping the MLP's [R, H], [R, 2H] and [R, 3H]
         # intermediates for the backward pass (about 0.6 GB per layer at 5,000 atoms).
         return recomputed_filter(self.filter_mlp, edge_attr, envelope)
+
+    @torch.jit.unused
+    def _recomputed_aggregate(self, edge_index: Tensor, y: Tensor, edge_attr: Tensor,
+                              envelope: Tensor, radial_index: Optional[Tensor]) -> Tensor:
+        # Inference with forces: message_and_aggregate() with the filters [R, 3, H] (about
+        # 27 kB per atom for liquid water at 4.5 A, H = 128, float32) recomputed in the
+        # backward pass instead of being kept between the passes.
+        return recomputed_gather_scatter(y, self.filter_mlp, edge_attr, envelope, edge_index,
+                                         radial_index)
 
     def message(self, y_j: Tensor, filters: Tensor) -> Tensor:
         # The per-edge message [E, 10, H]; forward() uses the fused equivalent below.

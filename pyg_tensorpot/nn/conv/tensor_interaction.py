@@ -138,8 +138,7 @@ class TensorInteraction(MessagePassing):
             y = self._checkpointed_mix_in(x)
         else:
             y = self._mix_in(x)
-        if recompute and (edge_attr.size(0) * 3 * self.hidden_channels
-                          > RECOMPUTE_FILTER_ELEMENTS):
+        if recompute and self._filters_are_large(edge_attr):
             message = self._recomputed_aggregate(edge_index, y, edge_attr, envelope,
                                                  radial_index)
         else:
@@ -207,6 +206,11 @@ class TensorInteraction(MessagePassing):
         # The same numbers, without keeping the MLP's [R, H], [R, 2H] and [R, 3H]
         # intermediates for the backward pass (about 0.6 GB per layer at 5,000 atoms).
         return recomputed_filter(self.filter_mlp, edge_attr, envelope)
+
+    @torch.jit.unused
+    def _filters_are_large(self, edge_attr: Tensor) -> bool:
+        # Eager only (TorchScript has no module globals): see RECOMPUTE_FILTER_ELEMENTS.
+        return edge_attr.size(0) * 3 * self.hidden_channels > RECOMPUTE_FILTER_ELEMENTS
 
     @torch.jit.unused
     def _recomputed_aggregate(self, edge_index: Tensor, y: Tensor, edge_attr: Tensor,

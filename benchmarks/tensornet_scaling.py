@@ -26,7 +26,6 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -39,8 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from pyg_tensorpot.utils.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from tensornet_speed import (IMPLEMENTATIONS, _status_mib, build_models,  # noqa: E402
-                             energy_and_forces, warnings_off, water_box)
+from tensornet_speed import IMPLEMENTATIONS, single_system, warnings_off  # noqa: E402
 
 OURS, WARP = IMPLEMENTATIONS[0], IMPLEMENTATIONS[1]
 
@@ -48,25 +46,8 @@ OURS, WARP = IMPLEMENTATIONS[0], IMPLEMENTATIONS[1]
 def worker(name, num_atoms):
     """In a fresh process: peak memory and times of energy+forces on one water box."""
     warnings_off()
-    torch.manual_seed(0)
-    model = build_models()[name]
-    zs, ps = water_box(60)
-    energy_and_forces(name, model, zs, ps, torch.zeros_like(zs))
-    z, pos = water_box(num_atoms)
-    batch = torch.zeros_like(z)
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    rss_before = _status_mib('VmRSS')
-    start = time.perf_counter()
-    energy_and_forces(name, model, z, pos, batch)
-    times = [time.perf_counter() - start]
-    peak = _status_mib('VmHWM') - rss_before
-    for _ in range(2 if num_atoms <= 10000 else 0):
-        start = time.perf_counter()
-        energy_and_forces(name, model, z, pos, batch)
-        times.append(time.perf_counter() - start)
-    row = {'atoms': len(z), 'seconds': statistics.median(times), 'calls': len(times),
-           'peak_mib': peak}
+    row, model, (z, pos, batch) = single_system(name, num_atoms,
+                                                repeats=2 if num_atoms <= 10000 else 0)
     if name == OURS:
         with torch.no_grad():
             start = time.perf_counter()

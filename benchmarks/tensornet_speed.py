@@ -195,14 +195,14 @@ def check_agreement(models, z, pos, batch):
     return worst
 
 
-def memory_worker(name, num_atoms):
-    """Run in a fresh process: one energy+forces call, peak RSS increase in MiB and time."""
+def single_system(name, num_atoms, repeats=2):
+    """One energy+forces call on a fresh water box of :obj:`num_atoms`: its peak RSS increase
+    (MiB) and the median time of it and :obj:`repeats` more calls (as in molecular dynamics).
+    Returns the row and the model and inputs, for further measurements in the same process."""
     torch.manual_seed(0)
-    max_neighbors = 128
-    models = build_models(max_neighbors)
-    model = models[name]
-    # Warm up kernels (Warp JIT, allocator) on a small system so their one-time cost is not
-    # counted as the big system's memory.
+    model = build_models(128)[name]
+    # Warm up kernels (Warp JIT, Numba, allocator) on a small system so their one-time cost is
+    # not counted as the big system's memory.
     zs, ps = water_box(60)
     energy_and_forces(name, model, zs, ps, torch.zeros_like(zs))
     z, pos = water_box(num_atoms)
@@ -213,16 +213,21 @@ def memory_worker(name, num_atoms):
     rss_before = _status_mib('VmRSS')
     start = time.perf_counter()
     energy_and_forces(name, model, z, pos, batch)
-    first = time.perf_counter() - start
+    times = [time.perf_counter() - start]
     peak = _status_mib('VmHWM') - rss_before
-    # The time of repeated calls (as in molecular dynamics): median of two more.
-    repeats = [first]
-    for _ in range(2):
+    for _ in range(repeats):
         start = time.perf_counter()
         energy_and_forces(name, model, z, pos, batch)
-        repeats.append(time.perf_counter() - start)
-    print(json.dumps({'peak_mib': peak, 'seconds': statistics.median(repeats),
-                      'atoms': len(z)}))
+        times.append(time.perf_counter() - start)
+    row = {'atoms': len(z), 'seconds': statistics.median(times), 'calls': len(times),
+           'peak_mib': peak}
+    return row, model, (z, pos, batch)
+
+
+def memory_worker(name, num_atoms):
+    """Run in a fresh process: prints :func:`single_system`'s row as JSON."""
+    row, _, _ = single_system(name, num_atoms)
+    print(json.dumps(row))
 
 
 def _status_mib(field):

@@ -172,15 +172,20 @@ class AtomisticModel(HubMixin, torch.nn.Module):
                                  + str(budget) + '; raise the budget (no pair is dropped)')
 
     @torch.jit.unused
+    def _check_input(self, z: Tensor, pos: Tensor, batch: Optional[Tensor]) -> None:
+        # The checks of the eager and the compiled graph builders.
+        check_atoms(z, pos, batch, self.max_z, self.supported_elements)
+        if pos.dtype != self.dtype:
+            raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '
+                            f'convert one of them (e.g. model.to(pos.dtype))')
+
+    @torch.jit.unused
     def _compiled_graph(self, z: Tensor, pos: Tensor, batch: Optional[Tensor],
                         edge_index: Tensor, cell: Optional[Tensor],
                         pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
                         num_graphs: Optional[int]) -> AtomGraph:
         # Under torch.compile: no host sync, no data-dependent shape (see the class docstring).
-        check_atoms(z, pos, batch, self.max_z, self.supported_elements)
-        if pos.dtype != self.dtype:
-            raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '
-                            f'convert one of them (e.g. model.to(pos.dtype))')
+        self._check_input(z, pos, batch)
         if cell is not None:
             raise ValueError('pass either edge_index or cell, not both: periodic images need '
                              'the shifts that the model computes itself')
@@ -207,10 +212,7 @@ class AtomisticModel(HubMixin, torch.nn.Module):
                      edge_index: Optional[Tensor], cell: Optional[Tensor],
                      pbc: Optional[Union[bool, Tensor]], total_charge: Optional[Tensor],
                      num_graphs: Optional[int]) -> AtomGraph:
-        check_atoms(z, pos, batch, self.max_z, self.supported_elements)
-        if pos.dtype != self.dtype:
-            raise TypeError(f'pos is {pos.dtype} but the model is {self.dtype}; '
-                            f'convert one of them (e.g. model.to(pos.dtype))')
+        self._check_input(z, pos, batch)
         graph = atom_graph(z, pos, self.cutoff, batch, edge_index, cell, pbc, self.self_loops,
                            self.max_num_neighbors, num_graphs)
         check_total_charge(total_charge, graph.num_graphs)

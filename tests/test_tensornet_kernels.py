@@ -211,8 +211,9 @@ def test_interaction_recomputed_update_equals_plain(equivariance, recompute_filt
     # Eval mode recomputes the atom-level update in the backward pass (checkpoint), and for
     # large systems the filters too; training mode keeps its intermediates. Same values and
     # gradients.
-    if recompute_filters:  # as if the system were large
+    if recompute_filters:  # as if the system were large: filters in blocks of 2 radial rows
         monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_FILTER_ELEMENTS', 0)
+        monkeypatch.setattr(message_module, 'ROW_BLOCK', 2)
     torch.manual_seed(0)
     layer = TensorInteraction(4, num_rbf=5, cutoff=3.0, equivariance=equivariance).double()
     edge_index, radial_index, g = random_graph(seed=7)
@@ -249,11 +250,16 @@ def test_recomputed_linear_filter_gradients(bias):
                                  fast_mode=True)
 
 
+@pytest.mark.parametrize('row_block', [None, 2])
 @pytest.mark.parametrize('form', ['interaction', 'embedding'])
-def test_recomputed_contractions_equal_kept_filters(backend, small_filter_chunks, form):
+def test_recomputed_contractions_equal_kept_filters(backend, small_filter_chunks, form,
+                                                    row_block, monkeypatch):
     # The contractions with the filters recomputed in the backward pass: the values of the
     # contraction of module(edge_attr) * envelope, their gradients (weights included, and none
-    # computed for the weights by autograd.grad on the inputs) and their double backward.
+    # computed for the weights by autograd.grad on the inputs) and their double backward; with
+    # row_block, the filters are formed in blocks of 2 of the 5 radial rows (3 blocks).
+    if row_block is not None:
+        monkeypatch.setattr(message_module, 'ROW_BLOCK', row_block)
     edge_index, radial_index, g = random_graph(seed=9)
     E = edge_index.size(1)
     H = 2
@@ -319,3 +325,20 @@ def test_recomputed_contractions_reject_bad_shapes():
         recomputed_embedding_scatter(mlp, torch.randn(5, 4), torch.rand(4), torch.randn(4, 2),
                                      torch.randn(4, 2), torch.randn(8, 10), edge_index,
                                      radial_index)
+
+
+def test_row_blocked_filters_keep_energy_and_forces(monkeypatch):
+    # A large system's path (filters recomputed in the contractions' backward pass, formed a few
+    # radial rows at a time) gives the energy and forces of the small-system path, in float64.
+    from pyg_tensorpot import TensorNet
+    torch.manual_seed(3)
+    model = TensorNet(hidden_channels=8, num_layers=2, num_rbf=6, cutoff=4.0).double().eval()
+    g = torch.Generator().manual_seed(4)
+    z = torch.tensor([8, 1, 1, 6, 1, 1, 1, 7, 1])
+    pos = torch.randn(9, 3, generator=g, dtype=torch.float64) * 1.3
+    expected = model.energy_and_forces(z, pos)
+    monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_FILTER_ELEMENTS', 0)
+    monkeypatch.setattr(message_module, 'ROW_BLOCK', 4)
+    found = model.energy_and_forces(z, pos)
+    for a, b in zip(found, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -23,8 +23,10 @@ is installed and the tensors are on the CPU (no per-edge temporary at all; the e
 visited in their given order, so the result is deterministic), and otherwise as chunked
 gather/multiply/:obj:`index_add_` passes whose per-edge temporaries hold at most
 :obj:`CHUNK_ELEMENTS` numbers. In evaluation, :func:`recomputed_gather_scatter` and
-:func:`recomputed_embedding_scatter` also compute the filters inside the contraction and
-recompute them in its backward pass, and take the pair embeddings at atom level.
+:func:`recomputed_embedding_scatter` also compute the filters inside the contraction, one block
+of :obj:`ROW_BLOCK` radial rows at a time, recompute them the same way in its backward pass,
+and take the pair embeddings at atom level: nothing of the size of the filters is ever formed
+for all rows at once.
 
 The module is longer than 500 lines because the two forms, their compiled loops, their PyTorch
 fallbacks and the recomputing wrapper share one slot/backward scheme, which splitting would
@@ -48,6 +50,11 @@ from pyg_tensorpot.nn.tensor_algebra import PART_SLICES, scale_parts
 CHUNK_ELEMENTS = 2**22
 #: Use the compiled (Numba) kernels on CPU tensors when Numba is installed.
 USE_NUMBA = True
+#: Radial rows per block of :func:`recomputed_gather_scatter` and
+#: :func:`recomputed_embedding_scatter`: their filters and the filters' gradient exist one
+#: block at a time (:obj:`[ROW_BLOCK, 3, H]`, 96 MiB at H = 128 in float32) instead of for all
+#: rows (3 GB each at 100,000 atoms of water).
+ROW_BLOCK = 65536
 
 
 def _chunks(num_edges: int, width: int) -> Iterator[slice]:
@@ -190,9 +197,11 @@ def _run(loop: Callable, *tensors: Tensor) -> None:
 
 
 def _scatter(values: Tensor, filters: Tensor, gather: Tensor, scatter: Tensor, row: Tensor,
-             num_nodes: int) -> Tensor:
-    """out[scatter[e]] += filters[row[e]] (per part) * values[gather[e]], [num_nodes, 10, H]."""
-    out = values.new_zeros((num_nodes, ) + tuple(values.shape[1:]))
+             num_nodes: int, out: Optional[Tensor] = None) -> Tensor:
+    """out[scatter[e]] += filters[row[e]] (per part) * values[gather[e]], [num_nodes, 10, H]
+    (into :obj:`out` if given)."""
+    if out is None:
+        out = values.new_zeros((num_nodes, ) + tuple(values.shape[1:]))
     loop = _compiled_loop('_loop_scatter', [values, filters])
     if loop is not None:
         _run(loop, values, filters, gather, scatter, row, out)
@@ -207,9 +216,10 @@ def _scatter(values: Tensor, filters: Tensor, gather: Tensor, scatter: Tensor, r
 
 
 def _reduce(left: Tensor, right: Tensor, gather: Tensor, scatter: Tensor, row: Tensor,
-            num_rows: int) -> Tensor:
+            num_rows: int, out: Optional[Tensor] = None) -> Tensor:
     """out[row[e], c] += sum over part c of left[gather[e]] * right[scatter[e]]."""
-    out = left.new_zeros((num_rows, 3, left.size(-1)))
+    if out is None:
+        out = left.new_zeros((num_rows, 3, left.size(-1)))
     loop = _compiled_loop('_loop_reduce', [left, right])
     if loop is not None:
         _run(loop, left, right, gather, scatter, row, out)
@@ -222,13 +232,14 @@ def _reduce(left: Tensor, right: Tensor, gather: Tensor, scatter: Tensor, row: T
 
 
 def _interaction_slot(slot: int, a: Tensor, b: Tensor, source: Tensor, target: Tensor,
-                      row: Tensor, sizes: Tuple[int, int, int]) -> Tensor:
-    # ∂F/∂(slot) from the other two factors (a, b), given in slot order.
+                      row: Tensor, sizes: Tuple[int, int, int],
+                      out: Optional[Tensor] = None) -> Tensor:
+    # ∂F/∂(slot) from the other two factors (a, b), given in slot order; added into out if given.
     if slot == 2:  # (g, y) -> messages at the receivers
-        return _scatter(b, a, source, target, row, sizes[2])
+        return _scatter(b, a, source, target, row, sizes[2], out)
     if slot == 1:  # (g, m) -> the transpose graph: from receivers back to neighbours
-        return _scatter(b, a, target, source, row, sizes[1])
-    return _reduce(a, b, source, target, row, sizes[0])  # (y, m) -> filters
+        return _scatter(b, a, target, source, row, sizes[1], out)
+    return _reduce(a, b, source, target, row, sizes[0], out)  # (y, m) -> filters
 
 
 class _InteractionContraction(torch.autograd.Function):
@@ -261,17 +272,17 @@ class _InteractionContraction(torch.autograd.Function):
 
 
 def _embedding_slot(slot: int, a: Tensor, b: Tensor, c: Tensor, target: Tensor, row: Tensor,
-                    sizes: Tuple[int, int, int, int]) -> Tensor:
-    # ∂F/∂(slot) from the other three factors (a, b, c), given in slot order.
+                    sizes: Tuple[int, int, int, int], out: Optional[Tensor] = None) -> Tensor:
+    # ∂F/∂(slot) from the other three factors (a, b, c), given in slot order; the per-row and
+    # per-atom results (slots 0 and 3) are added into out if given.
     names = ('_loop_embed_radial', '_loop_embed_pair', '_loop_embed_geometry', '_loop_embed')
-    if slot == 0:
-        out = a.new_zeros((sizes[0], 3, a.size(-1)))
-    elif slot == 1:
+    if slot == 1:
         out = a.new_zeros((target.numel(), a.size(-1)))
     elif slot == 2:
         out = a.new_zeros((target.numel(), c.size(1)))
-    else:
-        out = b.new_zeros((sizes[3], c.size(1), b.size(-1)))
+    elif out is None:
+        out = a.new_zeros((sizes[0], 3, a.size(-1))) if slot == 0 else \
+            b.new_zeros((sizes[3], c.size(1), b.size(-1)))
     loop = _compiled_loop(names[slot], [a, b, c])
     if loop is not None:
         _run(loop, a, b, c, target, row, out)
@@ -341,36 +352,87 @@ def _form_factors(form: str, factors: List[Tensor],
     return [pair, geometry], [target, row]
 
 
-def _input_grads(form: str, grads: List[Optional[Tensor]], factors: List[Tensor],
-                 indices: List[Tensor], needed: List[bool]) -> List[Optional[Tensor]]:
-    # Gradients of the contraction's factors -> gradients of the function's inputs.
+def _add_input_grads(form: str, grads: List[Optional[Tensor]], indices: List[Tensor],
+                     edges: Optional[Tensor], needed: List[bool],
+                     totals: List[Optional[Tensor]]) -> None:
+    # Gradients of one row block's contraction factors, added into those of the function's
+    # inputs (totals, zeros of the inputs' shapes where needed). The interaction form's are
+    # already added (slot functions accumulate into their out argument).
     if form == 'interaction':
-        return grads
+        return
     grad_pair, grad_geometry = grads
-    receiver, sender, _ = factors
     source, target, _ = indices
-    out: List[Optional[Tensor]] = [None, None, grad_geometry]
     if grad_pair is not None:
-        for i, (atoms, index) in enumerate(((receiver, target), (sender, source))):
+        for i, index in enumerate((target, source)):
             if needed[i]:
-                out[i] = torch.zeros_like(atoms).index_add(0, index, grad_pair)
-    return out
+                totals[i].index_add_(0, index, grad_pair)
+    if grad_geometry is not None:
+        if edges is None:
+            totals[2].copy_(grad_geometry)
+        else:
+            totals[2].index_copy_(0, edges, grad_geometry)
+
+
+def _row_blocks(rows: Tensor, num_rows: int) -> List[Tuple[int, int, Optional[Tensor]]]:
+    """:obj:`(lo, hi, edges)` for every block of :obj:`ROW_BLOCK` radial rows: the edges whose
+    row is in :obj:`[lo, hi)`, in their given order (:obj:`None`, all edges, for one block)."""
+    if num_rows <= ROW_BLOCK:
+        return [(0, num_rows, None)]
+    block = torch.div(rows, ROW_BLOCK, rounding_mode='floor')
+    order = torch.sort(block, stable=True).indices
+    counts = torch.bincount(block, minlength=(num_rows + ROW_BLOCK - 1) // ROW_BLOCK).tolist()
+    blocks: List[Tuple[int, int, Optional[Tensor]]] = []
+    start = 0
+    for b, count in enumerate(counts):
+        lo = b * ROW_BLOCK
+        blocks.append((lo, min(lo + ROW_BLOCK, num_rows), order[start:start + count]))
+        start += count
+    return blocks
+
+
+def _block(form: str, inputs: List[Tensor], indices: List[Tensor], sizes: Tuple[int, ...],
+           lo: int, hi: int, edges: Optional[Tensor]):
+    """The contraction restricted to the edges of radial rows :obj:`[lo, hi)`: its factors,
+    indices and sizes, and the function's indices of those edges (rows counted from lo)."""
+    if edges is not None:
+        source, target, row = [x.index_select(0, edges) for x in indices]
+        indices = [source, target, row - lo]
+        if form == 'interaction':
+            sizes = (hi - lo, ) + tuple(sizes[1:])
+        else:
+            receiver, sender, geometry = inputs
+            inputs = [receiver, sender, geometry.index_select(0, edges)]
+            sizes = (hi - lo, edges.numel(), edges.numel(), sizes[3])
+    factors, contraction_indices = _form_factors(form, inputs, indices)
+    return factors, contraction_indices, sizes, indices
+
+
+def _block_filters(module: torch.nn.Module, edge_attr: Tensor, envelope: Tensor, lo: int,
+                   hi: int) -> Tensor:
+    filters = evaluate_filter(module, edge_attr[lo:hi], envelope[lo:hi])
+    return filters.unflatten(-1, (3, filters.size(-1) // 3))
 
 
 class _RecomputedContraction(torch.autograd.Function):
+    # Without a double backward, the filters and their gradient are formed one block of
+    # ROW_BLOCK radial rows at a time, in the forward and in the backward pass.
     @staticmethod
     def forward(ctx, form: str, module: torch.nn.Module, sizes: Tuple[int, ...],
                 num_factors: int, num_indices: int, edge_attr: Tensor, envelope: Tensor,
                 *rest: Tensor) -> Tensor:
-        factors = list(rest[:num_factors])
+        inputs = list(rest[:num_factors])
         indices = list(rest[num_factors:num_factors + num_indices])
         ctx.form, ctx.module, ctx.sizes = form, module, sizes
         ctx.counts = (num_factors, num_indices)
         ctx.save_for_backward(edge_attr, envelope, *rest)
-        filters = evaluate_filter(module, edge_attr, envelope)
-        filters = filters.unflatten(-1, (3, filters.size(-1) // 3))
-        factors, indices = _form_factors(form, factors, indices)
-        return _FORMS[form][1](len(factors) + 1, filters, *factors, *indices, sizes)
+        slot_fn = _FORMS[form][1]
+        out: Optional[Tensor] = None
+        for lo, hi, edges in _row_blocks(indices[-1], edge_attr.size(0)):
+            factors, block_indices, block_sizes, _ = _block(form, inputs, indices, sizes, lo,
+                                                            hi, edges)
+            filters = _block_filters(module, edge_attr, envelope, lo, hi)
+            out = slot_fn(len(factors) + 1, filters, *factors, *block_indices, block_sizes, out)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -390,11 +452,11 @@ class _RecomputedContraction(torch.autograd.Function):
         need_factors = need_inputs if form == 'interaction' else \
             [need_inputs[0] or need_inputs[1], need_inputs[2]]
         count = len(need_factors)
-        factor_grads: List[Optional[Tensor]] = [None] * count
-        filter_grads: List[Optional[Tensor]] = [None] * len(need_filter)
         grad = grad.contiguous()
         if torch.is_grad_enabled():
             # A double backward (force training): differentiable recomputation and contractions.
+            factor_grads: List[Optional[Tensor]] = [None] * count
+            filter_grads: List[Optional[Tensor]] = [None] * len(need_filter)
             filters = recomputed_filter(module, edge_attr, envelope)
             filters = filters.unflatten(-1, (3, filters.size(-1) // 3))
             factors, indices = _form_factors(form, inputs, input_indices)
@@ -412,25 +474,73 @@ class _RecomputedContraction(torch.autograd.Function):
                 found = iter(torch.autograd.grad(filters, chosen, value, create_graph=True,
                                                  allow_unused=True))
                 filter_grads = [next(found) if n else None for n in need_filter]
+            input_grads = _kept_input_grads(form, factor_grads, inputs, input_indices,
+                                            need_inputs)
         else:
-            factors, indices = _form_factors(form, inputs, input_indices)
-            if any(need_factors):
-                filters = evaluate_filter(module, edge_attr, envelope)
-                slots = [filters.unflatten(-1, (3, filters.size(-1) // 3)), *factors, grad]
-                for wanted in range(1, count + 1):
-                    if need_factors[wanted - 1]:
-                        others = [slots[k] for k in range(count + 2) if k != wanted]
-                        factor_grads[wanted - 1] = slot_fn(wanted, *others, *indices, sizes)
-                # Freed before the filters' gradient, of the same size, is formed.
-                del filters, slots
-            if any(need_filter):
-                grad_filters = slot_fn(0, *factors, grad, *indices, sizes)
-                del factors
-                filter_grads = filter_gradients(module, edge_attr, envelope, list(params),
-                                                grad_filters.flatten(1), need_filter)
-        input_grads = _input_grads(form, factor_grads, inputs, input_indices, need_inputs)
+            input_grads, filter_grads = _blocked_backward(
+                form, module, sizes, edge_attr, envelope, inputs, input_indices, list(params),
+                grad, need_inputs, need_factors, need_filter)
         return (None, None, None, None, None, filter_grads[0], filter_grads[1], *input_grads,
                 *[None] * num_indices, *filter_grads[2:])
+
+
+def _kept_input_grads(form: str, grads: List[Optional[Tensor]], factors: List[Tensor],
+                      indices: List[Tensor], needed: List[bool]) -> List[Optional[Tensor]]:
+    # Gradients of the contraction's factors -> gradients of the function's inputs.
+    if form == 'interaction':
+        return grads
+    totals: List[Optional[Tensor]] = [torch.zeros_like(x) if n else None
+                                      for x, n in zip(factors, needed)]
+    if grads[1] is not None:
+        totals[2] = grads[1]
+    _add_input_grads(form, [grads[0], None], indices, None, needed, totals)
+    return totals
+
+
+def _blocked_backward(form: str, module: torch.nn.Module, sizes: Tuple[int, ...],
+                      edge_attr: Tensor, envelope: Tensor, inputs: List[Tensor],
+                      indices: List[Tensor], params: List[Tensor], grad: Tensor,
+                      need_inputs: List[bool], need_factors: List[bool],
+                      need_filter: List[bool]) -> Tuple[List[Optional[Tensor]],
+                                                         List[Optional[Tensor]]]:
+    # The gradients of the inputs and of the filter network's inputs and weights, one block of
+    # radial rows at a time: the block's filters give the factors' gradients, then the factors
+    # give the block's filter gradient, which the network's backward pass turns into the rest.
+    slot_fn = _FORMS[form][1]
+    count = len(need_factors)
+    input_grads: List[Optional[Tensor]] = [torch.zeros_like(x) if n else None
+                                           for x, n in zip(inputs, need_inputs)]
+    filter_inputs = [edge_attr, envelope, *params]
+    filter_grads: List[Optional[Tensor]] = [torch.zeros_like(x) if n else None
+                                            for x, n in zip(filter_inputs, need_filter)]
+    for lo, hi, edges in _row_blocks(indices[-1], edge_attr.size(0)):
+        factors, block_indices, block_sizes, function_indices = _block(
+            form, inputs, indices, sizes, lo, hi, edges)
+        if any(need_factors):
+            slots = [_block_filters(module, edge_attr, envelope, lo, hi), *factors, grad]
+            factor_grads: List[Optional[Tensor]] = [None] * count
+            for wanted in range(1, count + 1):
+                if need_factors[wanted - 1]:
+                    others = [slots[k] for k in range(count + 2) if k != wanted]
+                    # The interaction form's atom gradient accumulates in place.
+                    out = input_grads[0] if form == 'interaction' else None
+                    factor_grads[wanted - 1] = slot_fn(wanted, *others, *block_indices,
+                                                       block_sizes, out)
+            _add_input_grads(form, factor_grads, function_indices, edges, need_inputs,
+                             input_grads)
+            del slots, factor_grads  # freed before the filters' gradient, of the same size
+        if any(need_filter):
+            grad_filters = slot_fn(0, *factors, grad, *block_indices, block_sizes)
+            del factors
+            found = filter_gradients(module, edge_attr[lo:hi], envelope[lo:hi], params,
+                                     grad_filters.flatten(1), need_filter)
+            del grad_filters
+            for i, value in enumerate(found):
+                if value is None:
+                    continue
+                target = filter_grads[i] if i >= 2 else filter_grads[i][lo:hi]
+                target.add_(value)
+    return input_grads, filter_grads
 
 
 def _radial_rows(radial_index: Optional[Tensor], edge_index: Tensor) -> Tensor:

@@ -426,8 +426,10 @@ class _RecomputedContraction(torch.autograd.Function):
         ctx.counts = (num_factors, num_indices)
         ctx.save_for_backward(edge_attr, envelope, *rest)
         slot_fn = _FORMS[form][1]
+        # Kept for the backward pass rather than sorted again there.
+        ctx.blocks = _row_blocks(indices[-1], edge_attr.size(0))
         out: Optional[Tensor] = None
-        for lo, hi, edges in _row_blocks(indices[-1], edge_attr.size(0)):
+        for lo, hi, edges in ctx.blocks:
             factors, block_indices, block_sizes, _ = _block(form, inputs, indices, sizes, lo,
                                                             hi, edges)
             filters = _block_filters(module, edge_attr, envelope, lo, hi)
@@ -479,7 +481,7 @@ class _RecomputedContraction(torch.autograd.Function):
         else:
             input_grads, filter_grads = _blocked_backward(
                 form, module, sizes, edge_attr, envelope, inputs, input_indices, list(params),
-                grad, need_inputs, need_factors, need_filter)
+                grad, need_inputs, need_factors, need_filter, ctx.blocks)
         return (None, None, None, None, None, filter_grads[0], filter_grads[1], *input_grads,
                 *[None] * num_indices, *filter_grads[2:])
 
@@ -490,9 +492,8 @@ def _kept_input_grads(form: str, grads: List[Optional[Tensor]], factors: List[Te
     if form == 'interaction':
         return grads
     totals: List[Optional[Tensor]] = [torch.zeros_like(x) if n else None
-                                      for x, n in zip(factors, needed)]
-    if grads[1] is not None:
-        totals[2] = grads[1]
+                                      for x, n in zip(factors[:2], needed[:2])]
+    totals.append(grads[1])
     _add_input_grads(form, [grads[0], None], indices, None, needed, totals)
     return totals
 
@@ -501,8 +502,9 @@ def _blocked_backward(form: str, module: torch.nn.Module, sizes: Tuple[int, ...]
                       edge_attr: Tensor, envelope: Tensor, inputs: List[Tensor],
                       indices: List[Tensor], params: List[Tensor], grad: Tensor,
                       need_inputs: List[bool], need_factors: List[bool],
-                      need_filter: List[bool]) -> Tuple[List[Optional[Tensor]],
-                                                         List[Optional[Tensor]]]:
+                      need_filter: List[bool],
+                      blocks: List[Tuple[int, int, Optional[Tensor]]]
+                      ) -> Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]:
     # The gradients of the inputs and of the filter network's inputs and weights, one block of
     # radial rows at a time: the block's filters give the factors' gradients, then the factors
     # give the block's filter gradient, which the network's backward pass turns into the rest.
@@ -513,7 +515,7 @@ def _blocked_backward(form: str, module: torch.nn.Module, sizes: Tuple[int, ...]
     filter_inputs = [edge_attr, envelope, *params]
     filter_grads: List[Optional[Tensor]] = [torch.zeros_like(x) if n else None
                                             for x, n in zip(filter_inputs, need_filter)]
-    for lo, hi, edges in _row_blocks(indices[-1], edge_attr.size(0)):
+    for lo, hi, edges in blocks:
         factors, block_indices, block_sizes, function_indices = _block(
             form, inputs, indices, sizes, lo, hi, edges)
         if any(need_factors):

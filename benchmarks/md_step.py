@@ -1,8 +1,10 @@
-"""MD step time with the ASE calculator, with and without a Verlet skin (issue 12).
+"""MD step time with the ASE calculator and with TorchSim, with and without a Verlet skin
+(issue 12).
 
 A periodic box of ``--molecules`` waters (500 = 1,500 atoms by default,
 :func:`pyg_tensorpot.structures.water_box`), velocities at 300 K, ASE velocity-Verlet steps of
-0.5 fs with :class:`~pyg_tensorpot.calculator.TensorPotCalculator` for every model of
+0.5 fs with :class:`~pyg_tensorpot.calculator.TensorPotCalculator`, and TorchSim's NVE steps
+with :class:`~pyg_tensorpot.deploy.torchsim.TensorPotModel` (``--drivers``), for every model of
 ``--models`` and every skin of ``--skins`` (Angstrom; 0 searches the neighbours every step).
 The skins take turns, ``--steps`` steps each, over ``--rounds`` rounds, so that load from
 other jobs hits them alike; every skin runs its own copy of the same trajectory. The time
@@ -96,7 +98,8 @@ def run(model_name: str, skins, args) -> list:
         verlet = entry['atoms'].calc.verlet
         step = float(np.median(entry['step_s']))
         results.append({
-            'model': model_name, 'skin_A': entry['skin'], 'atoms': len(entry['atoms']),
+            'driver': 'ase', 'model': model_name, 'skin_A': entry['skin'],
+            'atoms': len(entry['atoms']),
             'median_step_s': step, 'steps_per_s': 1.0 / step,
             'search_share': entry['search_s'] / (sum(entry['step_s']) * args.steps),
             'builds': None if verlet is None else verlet.num_builds,
@@ -106,6 +109,71 @@ def run(model_name: str, skins, args) -> list:
     for result in results:
         result['speedup_vs_skin0'] = base / result['median_step_s']
     return results
+
+
+def run_torchsim(model_name: str, skins, args) -> list:
+    # The same box as one TorchSim state: TorchSim's NVE integrator wraps the atoms back into
+    # the cell every step, which the Verlet list takes as no motion (its rebases).
+    import torch_sim as ts
+
+    from pyg_tensorpot.deploy.torchsim import TensorPotModel
+    dtype = getattr(torch, args.dtype)
+    z, pos, cell = water_box(args.molecules, seed=args.seed)
+    units = ts.units.MetalUnits
+    search = Timer(graph_module.neighbor_pairs)
+    graph_module.neighbor_pairs = search
+    runs = []
+    try:
+        for skin in skins:
+            model = TensorPotModel(model_name, dtype=dtype, skin=skin)
+            state = ts.SimState(positions=pos.to(dtype), masses=_masses(z).to(dtype),
+                                cell=cell.to(dtype).T.unsqueeze(0), pbc=True, atomic_numbers=z)
+            timer = None
+            if model.verlet is not None:
+                timer = Timer(model.verlet.pairs)
+                model.verlet.pairs = timer
+            init, step = ts.integrators.nve(
+                model, dt=torch.tensor(args.timestep * 1e-3 * units.time, dtype=dtype),
+                kT=torch.tensor(300.0 * units.temperature, dtype=dtype), seed=args.seed)
+            md = init(state)
+            for _ in range(args.warmup):
+                md = step(md)
+            runs.append({'skin': skin, 'model': model, 'md': md, 'step': step, 'timer': timer,
+                         'step_s': [], 'search_s': 0.0, 'steps': 0})
+        for _ in range(args.rounds):
+            for entry in runs:
+                timer = entry['timer'] or search
+                before_search = timer.seconds
+                started = time.perf_counter()
+                for _ in range(args.steps):
+                    entry['md'] = entry['step'](entry['md'])
+                entry['step_s'].append((time.perf_counter() - started) / args.steps)
+                entry['search_s'] += timer.seconds - before_search
+                entry['steps'] += args.steps
+    finally:
+        graph_module.neighbor_pairs = search.function
+    results = []
+    for entry in runs:
+        verlet = entry['model'].verlet
+        step = float(np.median(entry['step_s']))
+        results.append({
+            'driver': 'torchsim', 'model': model_name, 'skin_A': entry['skin'],
+            'atoms': int(z.numel()), 'median_step_s': step, 'steps_per_s': 1.0 / step,
+            'search_share': entry['search_s'] / (sum(entry['step_s']) * args.steps),
+            'builds': None if verlet is None else verlet.num_builds,
+            'calls': None if verlet is None else verlet.num_calls,
+            'rebases': None if verlet is None else verlet.num_rebases,
+            'finite': bool(torch.isfinite(entry['md'].energy).all()),
+            'timed_steps': entry['steps'], 'warmup_steps': args.warmup})
+    base = results[0]['median_step_s']
+    for result in results:
+        result['speedup_vs_skin0'] = base / result['median_step_s']
+    return results
+
+
+def _masses(z: torch.Tensor) -> torch.Tensor:
+    from ase.data import atomic_masses
+    return torch.as_tensor(atomic_masses[z.numpy()], dtype=torch.float64)
 
 
 def search_alone(cutoff: float, skins, args) -> list:
@@ -144,11 +212,14 @@ def search_table(rows) -> str:
 
 
 def table(rows) -> str:
-    lines = ['| model | skin (A) | steps/s | ms/step | neighbour search share | builds / calls '
-             '| speed-up vs skin 0 |', '|---|---|---|---|---|---|---|']
+    lines = ['| driver | model | skin (A) | steps/s | ms/step | neighbour search share | '
+             'builds / calls | speed-up vs skin 0 |', '|---|---|---|---|---|---|---|---|']
     for r in rows:
         builds = '-' if r['builds'] is None else f"{r['builds']} / {r['calls']}"
-        lines.append(f"| {r['model']} | {r['skin_A']:g} | {r['steps_per_s']:.2f} | "
+        if r.get('rebases'):
+            builds += f" ({r['rebases']} rebases)"
+        lines.append(f"| {r.get('driver', 'ase')} | {r['model']} | {r['skin_A']:g} | "
+                     f"{r['steps_per_s']:.2f} | "
                      f"{1000 * r['median_step_s']:.0f} | {100 * r['search_share']:.0f}% | "
                      f"{builds} | {r['speedup_vs_skin0']:.2f}x |")
     return '\n'.join(lines)
@@ -157,6 +228,9 @@ def table(rows) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', default='tensornet-ani1x,hipnn-ts-ani1x')
+    parser.add_argument('--drivers', default='ase,torchsim',
+                        help='ase (VelocityVerlet with the calculator) and/or torchsim (NVE '
+                        'with TensorPotModel)')
     parser.add_argument('--skins', default='0,0.5,1.0', help='Angstrom; the first is the base')
     parser.add_argument('--molecules', type=int, default=500)
     parser.add_argument('--dtype', default='float32')
@@ -178,11 +252,17 @@ def main(argv=None) -> dict:
               'load_average_before': list(os.getloadavg()), 'dtype': args.dtype,
               'timestep_fs': args.timestep, 'molecules': args.molecules, 'runs': []}
     started = time.perf_counter()
+    drivers = {'ase': run, 'torchsim': run_torchsim}
+    chosen = [d.strip() for d in args.drivers.split(',') if d.strip()]
+    unknown = sorted(set(chosen) - set(drivers))
+    if unknown:
+        parser.error(f'unknown drivers {unknown}; choose from {sorted(drivers)}')
     for name in [m.strip() for m in args.models.split(',') if m.strip()]:
-        rows = run(name, skins, args)
-        for row in rows:
-            print(json.dumps(row), flush=True)
-        record['runs'].extend(rows)
+        for driver in chosen:
+            rows = drivers[driver](name, skins, args)
+            for row in rows:
+                print(json.dumps(row), flush=True)
+            record['runs'].extend(rows)
     from pyg_tensorpot.hub import from_pretrained
     cutoff = from_pretrained(args.models.split(',')[0].strip()).cutoff
     record['search'] = search_alone(cutoff, skins, args)

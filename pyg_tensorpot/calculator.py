@@ -22,10 +22,9 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
 
 from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.models.ensemble import Ensemble
-from pyg_tensorpot.models.properties import _apply_strain, _volumes, compute_properties
+from pyg_tensorpot.models.properties import compute_properties
 from pyg_tensorpot.nn.verlet import VerletList
 from pyg_tensorpot.utils.devices import inference_copy, load_model, resolve_device
-from pyg_tensorpot.utils.validation import check_atoms, check_total_charge
 
 __all__ = ['TensorPotCalculator']
 
@@ -84,8 +83,7 @@ class TensorPotCalculator(Calculator):
             searched at cutoff + skin and reused until an atom has moved more than half the
             skin, or the cell, the periodic directions or the atoms change; energies, forces
             and stress are those of a fresh search (the same pair set). :obj:`0` searches at
-            every call. A model of the package (not an ensemble) is needed for a skin; the
-            per-atom energies (:obj:`"energies"`) are always computed with a fresh search.
+            every call. A model of the package (not an ensemble) is needed for a skin.
             Builds are counted in :obj:`calc.verlet.num_builds`. (default: :obj:`0.0`)
         **kwargs: Passed on to :class:`ase.calculators.calculator.Calculator` (e.g.
             :obj:`label`, :obj:`directory`).
@@ -225,17 +223,14 @@ class TensorPotCalculator(Calculator):
         total_charge = None if charge is None else torch.tensor(
             [charge], dtype=self.dtype, device=self.device)
         pos = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
-        if self.verlet is not None and 'energies' not in want:
-            out = self._verlet_properties(self._numbers(atoms.numbers), pos, cell, pbc,
-                                          total_charge, want_stress)
-        elif isinstance(self.model, Ensemble):
+        if isinstance(self.model, Ensemble):
             out = self.model.compute(self._numbers(atoms.numbers), pos, cell=cell, pbc=pbc,
                                      total_charge=total_charge, properties=want,
                                      create_graph=False)
         else:
             out = compute_properties(self.model, self._numbers(atoms.numbers), pos, cell=cell,
                                      pbc=pbc, total_charge=total_charge, properties=want,
-                                     create_graph=False, num_graphs=1)
+                                     create_graph=False, num_graphs=1, neighbors=self.verlet)
         energy = float(out['energy'].reshape(-1)[0])
         self._last_charge = atoms.info.get('charge', self.parameters.get('charge'))
         self.results['energy'] = energy
@@ -252,33 +247,6 @@ class TensorPotCalculator(Calculator):
             if want_stress:
                 self.results['stress_std'] = full_3x3_to_voigt_6_stress(
                     out['stress_std'].reshape(3, 3).to('cpu', torch.float64).numpy())
-
-    def _verlet_properties(self, z: torch.Tensor, pos: torch.Tensor,
-                           cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor],
-                           total_charge: Optional[torch.Tensor],
-                           want_stress: bool) -> Dict[str, torch.Tensor]:
-        # compute_properties with the graph of the reused Verlet list: the same strain
-        # derivative, the model's checks, then graph_outputs() on the prebuilt graph.
-        model, verlet = self.model, self.verlet
-        assert isinstance(model, AtomisticModel) and verlet is not None
-        check_atoms(z, pos, None, model.max_z, model.supported_elements)
-        check_total_charge(total_charge, 1)
-        with torch.enable_grad():
-            pos_in = pos.detach().requires_grad_(True)
-            positions, cell_in, strain = pos_in, cell, None
-            if want_stress:
-                cell_in, strain, positions = _apply_strain(pos_in, cell, pbc, None, 1)
-            graph = verlet.graph(z, positions, cell=cell_in, pbc=pbc, num_graphs=1)
-            energy = model.graph_outputs(z, positions, graph, total_charge).reshape(-1)
-            wrt = [pos_in] + ([] if strain is None else [strain])
-            grads = torch.autograd.grad(energy.sum(), wrt, allow_unused=True)
-        out = {'energy': energy.detach(),
-               'forces': -(grads[0] if grads[0] is not None else torch.zeros_like(pos))}
-        if strain is not None:
-            assert cell_in is not None
-            de_dstrain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-            out['stress'] = de_dstrain / _volumes(cell_in, pbc, 1)
-        return out
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(model={type(self.model).__name__}, '

@@ -226,6 +226,33 @@ def test_batched_nve_conserves_energy_per_system(pretrained64):
     assert bool((md.momenta.abs().sum(-1) > 0).all())  # every system did move
 
 
+@pytest.mark.parametrize('periodic', [False, True])
+def test_verlet_skin_follows_the_fresh_search_along_md(pretrained64, periodic):
+    # Two wrappers of one model, with and without a skin, on the same NVE trajectory (driven
+    # by the fresh search): every step the skin's energies, forces and stress are the fresh
+    # search's, while the candidates are searched only a few times.
+    model = pretrained64['tensornet-ani1x']
+    fresh = TensorPotModel(model, compute_stress=periodic)
+    reused = TensorPotModel(model, compute_stress=periodic, skin=0.5)
+    systems = [sheared_water(8, seed=0), sheared_water(12, seed=1)] if periodic else \
+        molecules(['CH3OH', 'C6H6', 'HCOOH'], seed=2)
+    state = ts.io.atoms_to_state(systems, fresh.device, fresh.dtype)
+    units = ts.units.MetalUnits
+    init, step = ts.integrators.nve(
+        fresh, dt=torch.tensor(0.5e-3 * units.time, dtype=torch.float64),
+        kT=torch.tensor(600.0 * units.temperature, dtype=torch.float64), seed=0)
+    md = init(state)
+    keys = ['energy', 'forces'] + (['stress'] if periodic else [])
+    for _ in range(12):
+        md = step(md)
+        ref, got = fresh(md), reused(md)
+        for key in keys:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-12, atol=1e-12)
+    assert reused.verlet is not None and reused.verlet.num_calls == 12
+    assert 1 <= reused.verlet.num_builds < 12, reused.verlet
+    assert 'skin=0.5' in repr(reused)
+
+
 def test_torchsim_runner_integrates_the_wrapper(pretrained64):
     # TorchSim's high-level runner (state from ASE atoms, its unit handling, Langevin): the
     # potential energies it ends with are the model's at the final positions.
@@ -254,6 +281,12 @@ def test_bad_input_gets_clear_errors(pretrained64):
         TensorPotModel(pretrained64['tensornet-ani1x'], dtype=torch.int64)
     with pytest.raises(TypeError, match='torch.nn.Module'):
         TensorPotModel(42)
+    for skin in (-0.5, float('nan'), True, '1'):
+        with pytest.raises(ValueError, match='skin must be a finite number of Angstrom'):
+            TensorPotModel(pretrained64['tensornet-ani1x'], skin=skin)
+    ensemble = Ensemble([pretrained64['tensornet-ani1x'], pretrained64['tensornet-ani1x']])
+    with pytest.raises(ValueError, match='a Verlet skin needs a model of the package'):
+        TensorPotModel(ensemble, skin=0.5)
 
 
 def test_caller_model_is_not_modified():

@@ -46,6 +46,31 @@ def test_pairs_match_fresh_search_along_random_walk():
     assert 1 < verlet.num_builds < verlet.num_calls == 12
 
 
+@pytest.mark.parametrize('pbc', [(True, True, True), (True, False, True)])
+def test_wrapping_atoms_into_the_cell_keeps_the_candidates(pbc):
+    # A random walk wrapped back into a sheared cell every step (as TorchSim's integrators
+    # do): the pairs stay those of a fresh search, and the builds are those of the same walk
+    # unwrapped, since wrapping is not motion.
+    z, pos, cell = water_box(24, seed=5)
+    cell = cell @ torch.tensor([[1.0, 0.0, 0.0], [0.15, 1.0, 0.0], [-0.1, 0.2, 1.0]],
+                               dtype=cell.dtype).T
+    flags = torch.tensor(pbc)
+    wrapped_list, unwrapped_list = VerletList(4.0, skin=0.6), VerletList(4.0, skin=0.6)
+    generator = torch.Generator().manual_seed(2)
+    inverse = torch.linalg.inv(cell)
+    for _ in range(16):
+        pos = pos + 0.07 * torch.randn(pos.shape, generator=generator, dtype=pos.dtype)
+        fractional = pos @ inverse
+        wrapped = (fractional - torch.floor(fractional) * flags) @ cell
+        got = wrapped_list.pairs(wrapped, cell=cell, pbc=flags, z=z)
+        fresh = neighbor_pairs(wrapped, 4.0, cell=cell, pbc=flags)
+        assert pair_set(got.edge_index, got.shifts) == pair_set(fresh.edge_index, fresh.shifts)
+        unwrapped_list.pairs(pos, cell=cell, pbc=flags, z=z)
+    assert wrapped_list.num_rebases > 0, wrapped_list
+    assert wrapped_list.num_builds == unwrapped_list.num_builds < 16, (wrapped_list,
+                                                                       unwrapped_list)
+
+
 def test_rebuild_exactly_when_an_atom_moves_more_than_half_the_skin():
     z, pos, cell = water_box(16, seed=1)
     verlet = VerletList(cutoff=4.0, skin=1.0)
@@ -130,39 +155,32 @@ def test_float32_pair_at_the_cutoff_matches_fresh_search():
             bool(x < cutoff))
 
 
-def _md_check(model, z, pos, cell, skin, steps, dt=0.5):
+def _md_check(model, z, pos, cell, skin, steps, dt=0.5, batch=None):
     # A short velocity-Verlet trajectory (A, fs-like units) driven by the fresh-search forces;
-    # every step, the Verlet list's graph gives the same energy, forces and stress.
-    from pyg_tensorpot.models.properties import _apply_strain, _volumes
+    # every step, compute_properties with the Verlet list gives the same energy, forces,
+    # per-atom energies and (periodic) stress as without it.
+    from pyg_tensorpot import compute_properties
     generator = torch.Generator().manual_seed(1)
     velocity = 0.02 * torch.randn(pos.shape, generator=generator, dtype=pos.dtype)
     verlet = VerletList(model.cutoff, skin, model.self_loops, model.max_num_neighbors)
+    properties = ('energy', 'forces') + (('stress', ) if cell is not None else ())
     worst = 0.0
-
-    def evaluate(positions, use_verlet):
-        positions = positions.detach().requires_grad_(True)
-        points, cell_in, strain = positions, cell, None
-        if cell is not None:
-            cell_in, strain, points = _apply_strain(positions, cell, True, None, 1)
-        if use_verlet:
-            graph = verlet.graph(z, points, cell=cell_in, num_graphs=1)
-            energy = model.graph_outputs(z, points, graph)
-        else:
-            energy = model(z, points, cell=cell_in, num_graphs=1)
-        wrt = [positions] + ([] if strain is None else [strain])
-        grads = torch.autograd.grad(energy.sum(), wrt)
-        stress = None if strain is None else (grads[1] / _volumes(cell_in, True, 1))
-        return energy.detach(), -grads[0], stress
-
     for _ in range(steps):
-        e_ref, f_ref, s_ref = evaluate(pos, False)
-        e, f, s = evaluate(pos, True)
-        worst = max(worst, float((e - e_ref).abs().max() / e_ref.abs().max()),
-                    float((f - f_ref).abs().max() / f_ref.abs().max()))
-        if s is not None:
-            worst = max(worst, float((s - s_ref).abs().max() / s_ref.abs().max()))
+        ref = compute_properties(model, z, pos, batch=batch, cell=cell, properties=properties)
+        got = compute_properties(model, z, pos, batch=batch, cell=cell, properties=properties,
+                                 neighbors=verlet)
+        for key in properties:
+            worst = max(worst, float((got[key] - ref[key]).abs().max() /
+                                     ref[key].abs().max()))
+        f_ref = ref['forces']
         velocity = velocity + dt * f_ref * 0.01
         pos = pos + dt * velocity
+    # Per-atom energies through the reused list as well (the last geometry).
+    ref = compute_properties(model, z, pos, batch=batch, cell=cell, properties=('energies', ))
+    got = compute_properties(model, z, pos, batch=batch, cell=cell, properties=('energies', ),
+                             neighbors=verlet)
+    worst = max(worst, float((got['energies'] - ref['energies']).abs().max() /
+                             ref['energies'].abs().max()))
     return worst, verlet
 
 
@@ -183,6 +201,38 @@ def test_md_trajectory_molecule_matches_fresh_search(name):
     worst, verlet = _md_check(model, z, pos, None, skin=0.3, steps=12)
     assert worst < 1e-12, worst
     assert verlet.num_builds < verlet.num_calls, verlet
+
+
+@pytest.mark.parametrize('name', ['tensornet', 'hipnn-ts'])
+def test_md_trajectory_batch_of_molecules_matches_fresh_search(name):
+    from model_factories import ETHANOL_POS, ETHANOL_Z  # tests/ is on sys.path
+    model = small_models()[name]
+    z = torch.cat([ETHANOL_Z, ETHANOL_Z])
+    pos = torch.cat([ETHANOL_POS, ETHANOL_POS + torch.tensor([0.1, -0.2, 0.05],
+                                                               dtype=ETHANOL_POS.dtype)])
+    batch = torch.repeat_interleave(torch.arange(2), ETHANOL_Z.numel())
+    worst, verlet = _md_check(model, z, pos, None, skin=0.3, steps=8, batch=batch)
+    assert worst < 1e-12, worst
+    assert verlet.num_builds < verlet.num_calls, verlet
+
+
+def test_compute_properties_refuses_a_foreign_verlet_list():
+    from pyg_tensorpot import compute_properties
+    from pyg_tensorpot.models.ensemble import Ensemble
+    from model_factories import ETHANOL_POS, ETHANOL_Z  # tests/ is on sys.path
+    model = small_models()['tensornet']
+    with pytest.raises(ValueError, match='was not made for this model'):
+        compute_properties(model, ETHANOL_Z, ETHANOL_POS,
+                           neighbors=VerletList(model.cutoff + 1.0, skin=0.5))
+    with pytest.raises(ValueError, match='needs a model of the package'):
+        compute_properties(Ensemble([model, model]), ETHANOL_Z, ETHANOL_POS,
+                           neighbors=VerletList(model.cutoff, skin=0.5))
+    with pytest.raises(ValueError, match='either edge_index or neighbors'):
+        compute_properties(model, ETHANOL_Z, ETHANOL_POS,
+                           edge_index=torch.tensor([[0, 1], [1, 0]]),
+                           neighbors=VerletList(model.cutoff, skin=0.5))
+    with pytest.raises(TypeError, match='must be a pyg_tensorpot.nn.VerletList'):
+        compute_properties(model, ETHANOL_Z, ETHANOL_POS, neighbors='skin')
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')

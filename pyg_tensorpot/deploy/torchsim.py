@@ -27,6 +27,7 @@ plain dict), and whose per-system extras may carry a ``total_charge``; 0.6's int
 plain functions (``nve_init(state, model, kT=...)``, ``nve_step(state, model, dt=...)``) where
 0.3.0 has factories (``nve(model, dt=..., kT=...)`` returning the init and update functions).
 """
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -41,7 +42,9 @@ except ImportError as error:  # pragma: no cover - exercised only without TorchS
         "torch-sim-atomistic (0.3.0 for Python 3.11, 0.6 or later for Python >= 3.12)"
     ) from error
 
+from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
+from pyg_tensorpot.nn.verlet import VerletList
 from pyg_tensorpot.utils.devices import (
     inference_copy,
     load_model,
@@ -82,6 +85,14 @@ class TensorPotModel(ModelInterface):
             them). (default: :obj:`True`)
         compute_stress (bool, optional): Whether to return stress, for NPT or cell relaxation
             of periodic systems. (default: :obj:`False`)
+        skin (float, optional): Verlet skin in Angstrom
+            (:class:`~pyg_tensorpot.nn.verlet.VerletList`): the neighbour candidates of the
+            whole batch are searched at cutoff + skin and reused across steps until an atom
+            has moved more than half the skin, or the cells, the periodic directions, the
+            atoms or the systems change (a moving cell, as in NPT, builds every step; so does
+            an atom wrapped back into its cell). Results are those of a fresh search.
+            :obj:`0` searches at every call. Needs a model of the package (not an ensemble).
+            Builds are counted in :obj:`model.verlet.num_builds`. (default: :obj:`0.0`)
 
     Example:
         >>> import torch_sim as ts
@@ -100,8 +111,13 @@ class TensorPotModel(ModelInterface):
         dtype: Optional[torch.dtype] = None,
         compute_forces: bool = True,
         compute_stress: bool = False,
+        skin: float = 0.0,
     ):
         super().__init__()
+        if isinstance(skin, bool) or not isinstance(skin, (int, float)) or \
+                not math.isfinite(skin) or skin < 0:
+            raise ValueError(f'skin must be a finite number of Angstrom >= 0 (0 searches the '
+                             f'neighbours at every call), got {skin!r}')
         if dtype is not None and (not isinstance(dtype, torch.dtype)
                                   or not dtype.is_floating_point):
             raise TypeError(f'dtype must be a floating-point torch dtype such as torch.float64 '
@@ -114,6 +130,15 @@ class TensorPotModel(ModelInterface):
         self.model = inference_copy(module, self._dtype, self._device, owned)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
+        self.skin = float(skin)
+        self.verlet: Optional[VerletList] = None
+        if self.skin > 0:
+            if not isinstance(self.model, AtomisticModel):
+                raise ValueError(f'a Verlet skin needs a model of the package (an '
+                                 f'AtomisticModel), got {type(self.model).__name__}; use '
+                                 f'skin=0 for ensembles and other modules')
+            self.verlet = VerletList(self.model.cutoff, self.skin, self.model.self_loops,
+                                     self.model.max_num_neighbors)
         # Radial cutoff: the memory per system grows with atoms times density (TorchSim's
         # autobatcher uses this to size batches).
         self._memory_scales_with = 'n_atoms_x_density'
@@ -198,7 +223,7 @@ class TensorPotModel(ModelInterface):
                                  cell=cell, pbc=pbc if periodic else None,
                                  total_charge=self._charges_of(state, num_systems),
                                  properties=properties, create_graph=False,
-                                 num_graphs=num_systems)
+                                 num_graphs=num_systems, neighbors=self.verlet)
         return {key: out[key].to(self._dtype) for key in properties}
 
     @staticmethod
@@ -217,4 +242,4 @@ class TensorPotModel(ModelInterface):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({type(self.model).__name__}, device={self._device}, '
                 f'dtype={self._dtype}, compute_forces={self._compute_forces}, '
-                f'compute_stress={self._compute_stress})')
+                f'compute_stress={self._compute_stress}, skin={self.skin})')

@@ -286,9 +286,44 @@ class AtomisticModel(HubMixin, torch.nn.Module):
         float64 :obj:`[num_atoms]`; their sum over a structure is its energy. Arguments as in
         :meth:`forward`."""
         graph = self.graph(z, pos, batch, edge_index, cell, pbc, total_charge, num_graphs)
+        return self.graph_atomic_energies(z, pos, graph, total_charge)
+
+    def graph_atomic_energies(self, z: Tensor, pos: Tensor, graph: AtomGraph,
+                              total_charge: Optional[Tensor] = None) -> Tensor:
+        r"""The result of :meth:`atomic_energies` from its graph, float64
+        :obj:`[num_atoms]`."""
         terms = self.atomic_terms(z, pos, graph, total_charge).to(torch.float64)
         counts = torch.bincount(graph.batch, minlength=graph.num_graphs).to(torch.float64)
         return terms + self.atomref[z] + self.mean / counts[graph.batch]
+
+    @torch.jit.unused
+    def verlet_graph(self, neighbors: Any, z: Tensor, pos: Tensor,
+                     batch: Optional[Tensor] = None, cell: Optional[Tensor] = None,
+                     pbc: Optional[Union[bool, Tensor]] = None,
+                     total_charge: Optional[Tensor] = None,
+                     num_graphs: Optional[int] = None) -> AtomGraph:
+        r"""What :meth:`graph` returns, with the pairs of a
+        :class:`~pyg_tensorpot.nn.verlet.VerletList` reused across MD steps instead of a
+        fresh neighbour search; the same input checks. The list must have been made for this
+        model: :obj:`VerletList(model.cutoff, skin, model.self_loops,
+        model.max_num_neighbors)`. Python only."""
+        from pyg_tensorpot.nn.verlet import VerletList
+        if not isinstance(neighbors, VerletList):
+            raise TypeError(f'neighbors must be a pyg_tensorpot.nn.VerletList, got '
+                            f'{type(neighbors).__name__}')
+        if neighbors.cutoff != self.cutoff or neighbors.self_loops != bool(self.self_loops) \
+                or neighbors.max_num_neighbors != self.max_num_neighbors:
+            raise ValueError(
+                f'the Verlet list (cutoff {neighbors.cutoff} A, self_loops '
+                f'{neighbors.self_loops}, max_num_neighbors {neighbors.max_num_neighbors}) was '
+                f'not made for this model (cutoff {self.cutoff} A, self_loops '
+                f'{bool(self.self_loops)}, max_num_neighbors {self.max_num_neighbors}): create '
+                'it as VerletList(model.cutoff, skin, model.self_loops, '
+                'model.max_num_neighbors)')
+        self._check_input(z, pos, batch)
+        graph = neighbors.graph(z, pos, batch, cell, pbc, num_graphs)
+        check_total_charge(total_charge, graph.num_graphs)
+        return graph
 
     def reduce_energy(self, atomic_terms: Tensor, z: Tensor, batch: Tensor,
                       num_graphs: Optional[int] = None) -> Tensor:

@@ -66,6 +66,7 @@ def compute_properties(
     create_graph: Optional[bool] = None,
     num_graphs: Optional[int] = None,
     regularization: bool = False,
+    neighbors: Optional[Any] = None,
 ) -> Dict[str, Tensor]:
     r"""Energies and, on request, forces, stress, virial, per-atom energies and the Hessian of
     a (batch of) structure(s), by automatic differentiation of the model's energy.
@@ -103,6 +104,12 @@ def compute_properties(
             energy (the model's :meth:`graph_outputs_and_regularization`; none for modules
             that are not an :class:`~pyg_tensorpot.models.AtomisticModel`). Not with
             :obj:`"energies"`. (default: :obj:`False`)
+        neighbors (pyg_tensorpot.nn.VerletList, optional): A Verlet list made for the model
+            (:obj:`VerletList(model.cutoff, skin, model.self_loops,
+            model.max_num_neighbors)`) whose pairs are reused across calls (MD steps) until an
+            atom has moved more than half the skin; the results are those of a fresh search.
+            Only for an :class:`~pyg_tensorpot.models.AtomisticModel` and without
+            :obj:`edge_index`. (default: :obj:`None`, a fresh search every call)
 
     Returns:
         dict: :obj:`"energy"` :obj:`[B]` (eV), :obj:`"forces"` :obj:`[N, 3]` (eV/A),
@@ -145,6 +152,13 @@ def compute_properties(
     if regularization and 'energies' in want:
         raise ValueError('per-atom energies and regularisation terms are not computed together;'
                          ' ask for them in two calls')
+    if neighbors is not None:
+        if not _is_atomistic(model):
+            raise ValueError(f'a Verlet list (neighbors) needs a model of the package (an '
+                             f'AtomisticModel), got {type(model).__name__}; pass '
+                             f'neighbors=None for ensembles and other modules')
+        if edge_index is not None:
+            raise ValueError('pass either edge_index or neighbors (a Verlet list), not both')
     result: Dict[str, Tensor] = {}
 
     with torch.enable_grad():
@@ -155,19 +169,25 @@ def compute_properties(
             cell_in, strain, pos_in = _apply_strain(pos_in, cell, pbc, batch, num_graphs)
         args, options = _model_inputs(model, z, pos_in, batch, edge_index, cell_in, pbc,
                                       total_charge, num_graphs)
+        graph = None if neighbors is None else model.verlet_graph(
+            neighbors, z, pos_in, batch, cell_in, pbc, total_charge, num_graphs)
         if 'energies' in want:
             _check_atomic_energies(model)
-            energies = model.atomic_energies(*args, **options)
+            energies = model.atomic_energies(*args, **options) if graph is None else \
+                model.graph_atomic_energies(z, pos_in, graph, total_charge)
             energy = scatter(energies, _batch_of(batch, z), 0, dim_size=num_graphs,
                              reduce='sum')
             result['energies'] = energies
         elif regularization and _is_atomistic(model):
-            graph = model.graph(*args, **options)
+            if graph is None:
+                graph = model.graph(*args, **options)
             out, penalties = model.graph_outputs_and_regularization(z, pos_in, graph,
                                                                     total_charge)
             energy = out.reshape(-1)
             for name, value in penalties.items():
                 result[f'regularization.{name}'] = value
+        elif graph is not None:
+            energy = model.graph_outputs(z, pos_in, graph, total_charge).reshape(-1)
         else:
             energy = model(*args, **options).reshape(-1)
         result['energy'] = energy

@@ -29,10 +29,13 @@ class VerletList:
     :obj:`cutoff + skin` and reused until an atom has moved more than :obj:`skin / 2`.
 
     A new search (a *build*) is made on the first call, when an atom has moved more than half
-    the skin since the last build (displacements of the unwrapped positions, so wrapping atoms
-    back into the cell also triggers one), and when the number of atoms, the atomic numbers,
-    the batch vector, the cell or the periodic directions change (NPT dynamics with a moving
-    cell therefore builds every step). With :obj:`skin=0` every call builds.
+    the skin since the last build, and when the number of atoms, the atomic numbers, the batch
+    vector, the cell or the periodic directions change (NPT dynamics with a moving cell
+    therefore builds every step). With :obj:`skin=0` every call builds. An atom wrapped back
+    into a periodic cell (as TorchSim's integrators do) has not moved: its displacement is
+    taken modulo the lattice vectors of the periodic directions, and the image shifts of its
+    candidates are corrected by the lattice vectors it was wrapped by (counted in
+    :obj:`num_rebases`), with no new search.
 
     The pairs returned are those of a fresh
     :func:`~pyg_tensorpot.nn.neighbors.neighbor_pairs` at :obj:`cutoff`: the candidates'
@@ -58,6 +61,7 @@ class VerletList:
     Attributes:
         num_builds (int): Searches made so far.
         num_calls (int): Calls so far; :obj:`num_calls - num_builds` reused the candidates.
+        num_rebases (int): Reuses whose image shifts were corrected for wrapped atoms.
 
     Example:
 
@@ -88,6 +92,7 @@ class VerletList:
         self.max_num_neighbors = max_num_neighbors
         self.num_builds = 0
         self.num_calls = 0
+        self.num_rebases = 0
         self.reset()
 
     def reset(self) -> None:
@@ -105,6 +110,8 @@ class VerletList:
         # caller's dtype (for a cell that needs no gradient).
         self._shift64: Optional[Tensor] = None
         self._shift_cell: Optional[Tensor] = None
+        # The periodic directions of every structure [B, 3] (bool) of a periodic build.
+        self._flags: Optional[Tensor] = None
 
     def _unchanged(self, pos: Tensor, batch: Optional[Tensor], cell: Optional[Tensor],
                    pbc_key: Tensor, z: Optional[Tensor]) -> bool:
@@ -123,8 +130,66 @@ class VerletList:
             torch.equal(self._pbc, pbc_key)
         if not same:
             return False
-        moved = torch.linalg.vector_norm(pos.detach().to(torch.float64) - ref, dim=-1)
-        return not bool((moved > 0.5 * self.skin).any())
+        delta = pos.detach().to(torch.float64) - ref
+        wrap = self._wrapped(delta, batch)
+        if wrap is not None:
+            delta = delta - cartesian_shifts(wrap, self._cell_on(pos), self._batch_of(pos, batch),
+                                             self._atoms_of(pos))
+        moved = torch.linalg.vector_norm(delta, dim=-1)
+        if bool((moved > 0.5 * self.skin).any()):
+            return False
+        if wrap is not None:
+            self._rebase(pos, batch, cell, wrap)
+        return True
+
+    def _cell_on(self, pos: Tensor) -> Tensor:
+        assert self._cell is not None
+        return self._cell.to(pos.device)
+
+    @staticmethod
+    def _atoms_of(pos: Tensor) -> Tensor:
+        return torch.arange(pos.size(0), device=pos.device)
+
+    def _wrapped(self, delta: Tensor, batch: Optional[Tensor]) -> Optional[Tensor]:
+        # The whole lattice vectors by which atoms were moved back into the cell since the
+        # build (integer [N, 3], periodic directions only), or None when none was. Wrapping is
+        # not motion: a wrapped atom keeps its candidates, with their image shifts corrected.
+        if not self._periodic or self._cell is None or self._flags is None:
+            return None
+        inverse = torch.linalg.inv(self._cell_on(delta))
+        if inverse.size(0) == 1:
+            fractional = delta @ inverse[0]
+        else:
+            index = self._batch_of(delta, batch)
+            fractional = torch.bmm(delta.unsqueeze(1), inverse.index_select(0, index)).squeeze(1)
+        wrap = torch.round(fractional) * self._flags_of(delta, batch)
+        if not bool(wrap.any()):
+            return None
+        return wrap.long()
+
+    def _flags_of(self, pos: Tensor, batch: Optional[Tensor]) -> Tensor:
+        assert self._flags is not None
+        flags = self._flags.to(device=pos.device, dtype=torch.float64)
+        return flags[0].expand(pos.size(0), 3) if flags.size(0) == 1 else \
+            flags.index_select(0, self._batch_of(pos, batch))
+
+    def _rebase(self, pos: Tensor, batch: Optional[Tensor], cell: Optional[Tensor],
+                wrap: Tensor) -> None:
+        # r_i = r_i^build + d_i + w_i C: the pair (i, j, n) of the build is (i, j, n + w_i - w_j)
+        # now (its vector r_i - r_j - n C is unchanged but for d_i - d_j), and the reference
+        # positions move by w_i C, so that later displacements are measured from them.
+        assert self._i is not None and self._j is not None and self._shifts is not None
+        atoms_batch = self._batch_of(pos, batch)
+        self._ref_pos = self._ref_pos + cartesian_shifts(wrap, self._cell_on(pos), atoms_batch,
+                                                         self._atoms_of(pos))
+        moved = wrap.to(self._shifts.device)
+        self._shifts = self._shifts + (moved.index_select(0, self._i)
+                                       - moved.index_select(0, self._j)).to(self._shifts.dtype)
+        self._shift64 = cartesian_shifts(self._shifts, self._cell_on(pos), atoms_batch, self._i)
+        if cell is not None:
+            self._shift_cell = cartesian_shifts(self._shifts, cell.detach(), atoms_batch,
+                                                self._i)
+        self.num_rebases += 1
 
     def _build(self, pos: Tensor, batch: Optional[Tensor], cell: Optional[Tensor],
                pbc: Optional[Union[bool, Tensor]], pbc_key: Tensor, z: Optional[Tensor]) -> None:
@@ -138,6 +203,7 @@ class VerletList:
         i, j, shifts = find_pairs(pos, radius, batch, search_cell, flags)
         self._i, self._j, self._shifts = i, j, shifts
         self._periodic = search_cell is not None
+        self._flags = flags if self._periodic else None
         self._ref_pos = pos.detach().to(torch.float64).clone()
         self._cell = None if cell is None else \
             cell.detach().to(torch.float64).reshape(-1, 3, 3).clone()
@@ -224,4 +290,4 @@ class VerletList:
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(cutoff={self.cutoff}, skin={self.skin}, '
-                f'builds={self.num_builds}, calls={self.num_calls})')
+                f'builds={self.num_builds}, calls={self.num_calls}, rebases={self.num_rebases})')

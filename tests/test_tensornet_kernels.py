@@ -206,14 +206,18 @@ def test_recomputed_filter_force_training(small_filter_chunks):
 
 @pytest.mark.parametrize('equivariance', ['O(3)', 'SO(3)'])
 @pytest.mark.parametrize('recompute_filters', [False, True])
+@pytest.mark.parametrize('recompute_atoms', [False, True])
 def test_interaction_recomputed_update_equals_plain(equivariance, recompute_filters,
-                                                    monkeypatch):
-    # Eval mode recomputes the atom-level update in the backward pass (checkpoint), and for
-    # large systems the filters too; training mode keeps its intermediates. Same values and
-    # gradients.
+                                                    recompute_atoms, monkeypatch):
+    # Eval mode of large systems recomputes the atom-level update in the backward pass
+    # (checkpoint, in blocks of atoms) and the filters; small systems and training mode keep
+    # their intermediates. Same values and gradients.
     if recompute_filters:  # as if the system were large: filters in blocks of 2 radial rows
         monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_FILTER_ELEMENTS', 0)
         monkeypatch.setattr(message_module, 'ROW_BLOCK', 2)
+    if recompute_atoms:  # as if there were many atoms: checkpoints of 3 atoms
+        monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_ATOM_ELEMENTS', 0)
+        monkeypatch.setattr(tensor_interaction, 'ATOM_CHUNK', 3)
     torch.manual_seed(0)
     layer = TensorInteraction(4, num_rbf=5, cutoff=3.0, equivariance=equivariance).double()
     edge_index, radial_index, g = random_graph(seed=7)
@@ -329,7 +333,8 @@ def test_recomputed_contractions_reject_bad_shapes():
 
 def test_row_blocked_filters_keep_energy_and_forces(monkeypatch):
     # A large system's path (filters recomputed in the contractions' backward pass, formed a few
-    # radial rows at a time) gives the energy and forces of the small-system path, in float64.
+    # radial rows at a time, and the atom-level update checkpointed in blocks of 4 atoms) gives
+    # the energy and forces of the small-system path, in float64.
     from pyg_tensorpot import TensorNet
     torch.manual_seed(3)
     model = TensorNet(hidden_channels=8, num_layers=2, num_rbf=6, cutoff=4.0).double().eval()
@@ -338,6 +343,8 @@ def test_row_blocked_filters_keep_energy_and_forces(monkeypatch):
     pos = torch.randn(9, 3, generator=g, dtype=torch.float64) * 1.3
     expected = model.energy_and_forces(z, pos)
     monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_FILTER_ELEMENTS', 0)
+    monkeypatch.setattr(tensor_interaction, 'RECOMPUTE_ATOM_ELEMENTS', 0)
+    monkeypatch.setattr(tensor_interaction, 'ATOM_CHUNK', 4)
     monkeypatch.setattr(message_module, 'ROW_BLOCK', 4)
     found = model.energy_and_forces(z, pos)
     for a, b in zip(found, expected):

@@ -27,6 +27,11 @@ ATOM_CHUNK = 4096
 #: energy+forces instead of kept: one more filter MLP evaluation (about 15 % of the time)
 #: for 27 kB per atom less memory, worth it only where memory is what limits the size.
 RECOMPUTE_FILTER_ELEMENTS = 2**25
+#: Atom features of more numbers than this ([N, 3, 3, H]; 2^21 is 8 MiB in float32, about
+#: 1,800 atoms with H = 128) have their atom-level update recomputed in the backward pass of
+#: energy+forces instead of kept: about 20 such tensors per layer less, for one more pass of
+#: the update (about 14 % of energy+forces on a batch of 64 small molecules).
+RECOMPUTE_ATOM_ELEMENTS = 2**21
 
 
 class TensorInteraction(MessagePassing):
@@ -61,9 +66,10 @@ class TensorInteraction(MessagePassing):
     training by :func:`~pyg_tensorpot.nn.radial.recomputed_filter`, in evaluation inside the
     message contraction (:func:`~pyg_tensorpot.nn.message.recomputed_gather_scatter`), so that
     energy+forces keep no per-layer intermediates beyond the packed features; smaller systems
-    keep the MLP's intermediates, for speed. In evaluation mode the atom-level update is
-    recomputed too (activation checkpointing in blocks of :obj:`ATOM_CHUNK` atoms); training
-    mode keeps its intermediates, for speed.
+    keep the MLP's intermediates, for speed. In evaluation mode the atom-level update of large
+    systems (features of more than :obj:`RECOMPUTE_ATOM_ELEMENTS` numbers) is recomputed too
+    (activation checkpointing in blocks of :obj:`ATOM_CHUNK` atoms); smaller systems and
+    training mode keep its intermediates, for speed.
 
     Args:
         hidden_channels (int): Number of tensor channels :math:`H`.
@@ -134,7 +140,8 @@ class TensorInteraction(MessagePassing):
         envelope = self.cutoff_fn(edge_weight)
         eager = not (torch.jit.is_scripting() or torch.compiler.is_compiling())
         recompute = eager and not self.training and torch.is_grad_enabled()
-        if recompute:
+        checkpointed = recompute and self._atoms_are_many(x)
+        if checkpointed:
             y = self._checkpointed_mix_in(x)
         else:
             y = self._mix_in(x)
@@ -150,7 +157,7 @@ class TensorInteraction(MessagePassing):
                 filters = self.filter_mlp(edge_attr) * envelope.unsqueeze(-1)
             filters = filters.unflatten(-1, (3, self.hidden_channels))
             message = self.message_and_aggregate(edge_index, y, filters, radial_index)
-        if recompute:
+        if checkpointed:
             return self._checkpointed_update(x, y, message, charge)
         return self._update(x, y, message, charge)
 
@@ -202,6 +209,11 @@ class TensorInteraction(MessagePassing):
         charges = [None] * len(blocks[0]) if charge is None else charge.split(ATOM_CHUNK)
         return torch.cat([checkpoint(self._update, *parts, q, use_reentrant=False)
                           for *parts, q in zip(*blocks, charges)])
+
+    @torch.jit.unused
+    def _atoms_are_many(self, x: Tensor) -> bool:
+        # Eager only: see RECOMPUTE_ATOM_ELEMENTS.
+        return x.numel() > RECOMPUTE_ATOM_ELEMENTS
 
     @torch.jit.unused
     def _recomputed_filters(self, edge_attr: Tensor, envelope: Tensor) -> Tensor:

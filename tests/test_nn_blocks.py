@@ -166,3 +166,49 @@ def test_mix_packed_equals_mixing_full_parts():
     scalar, antisym, sym = ta.decompose(x)
     full = ta.compose(mixings[0](scalar), mixings[1](antisym), mixings[2](sym))
     torch.testing.assert_close(ta.unpack(ta.mix_packed(ta.pack_tensor(x), *mixings)), full)
+
+
+@pytest.mark.parametrize('numba_loop', [True, False])
+def test_silu_derivatives_of_every_order_equal_torch(numba_loop, monkeypatch):
+    # The package's SiLU (fused second derivative) against torch.nn.SiLU: values, gradients,
+    # the double backward of force training, and a third derivative (where a graph is kept
+    # the PyTorch formula is used); with and without the Numba loop.
+    from pyg_tensorpot.nn import activations
+    if not numba_loop:
+        monkeypatch.setattr(activations, '_numba_second_derivative', lambda: None)
+    elif activations._numba_second_derivative() is None:
+        pytest.skip('Numba is not installed')
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(37, 11, generator=g, dtype=torch.float64) * 4.0
+    w = torch.randn(37, 11, generator=g, dtype=torch.float64)
+    results = []
+    for module in (activations.SiLU(), torch.nn.SiLU()):
+        x = x0.clone().requires_grad_(True)
+        y = module(x)
+        gx, = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        ggx, = torch.autograd.grad((gx * w).square().sum(), x, create_graph=True)
+        gggx, = torch.autograd.grad(ggx.sum(), x)
+        results.append((y, gx, ggx, gggx))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    x = x0[:3, :4].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(activations._SiLUFunction.apply, (x, ))
+    assert torch.autograd.gradgradcheck(activations._SiLUFunction.apply, (x, ))
+
+
+def test_silu_float32_double_backward_is_accurate():
+    # In float32 the fused second derivative is as accurate as PyTorch's formula: both against
+    # the float64 result, within 2e-6 of its largest entry (measured: 2e-7 ours, 2e-6 PyTorch's).
+    from pyg_tensorpot.nn.activations import SiLU
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(300, 64, generator=g) * 5.0
+    w = torch.randn(300, 64, generator=g)
+    grads = []
+    for module, dtype in ((SiLU(), torch.float32), (torch.nn.SiLU(), torch.float64)):
+        x = x0.to(dtype).requires_grad_(True)
+        gx, = torch.autograd.grad((module(x) * w.to(dtype)).sum(), x, create_graph=True)
+        ggx, = torch.autograd.grad((gx * w.to(dtype)).square().sum(), x)
+        grads.append(ggx.double())
+    scale = float(grads[1].abs().max())
+    assert float((grads[0] - grads[1]).abs().max()) < 2e-6 * scale
+    assert repr(SiLU()) == 'SiLU()'

@@ -56,6 +56,20 @@ class Timer:
             self.seconds += time.perf_counter() - start
 
 
+def timed_turns(runs, search: Timer, args, advance) -> None:
+    # The skins take turns, args.steps steps each, over args.rounds rounds; the search time
+    # of each turn is read from the Verlet list's timer, or the fresh search's for skin 0.
+    for _ in range(args.rounds):
+        for entry in runs:
+            timer = entry['timer'] or search
+            before_search = timer.seconds
+            started = time.perf_counter()
+            advance(entry)
+            entry['step_s'].append((time.perf_counter() - started) / args.steps)
+            entry['search_s'] += timer.seconds - before_search
+            entry['steps'] += args.steps
+
+
 def run(model_name: str, skins, args) -> list:
     from ase import Atoms, units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
@@ -82,15 +96,7 @@ def run(model_name: str, skins, args) -> list:
             dynamics.run(args.warmup)
             runs.append({'skin': skin, 'atoms': atoms, 'dynamics': dynamics, 'timer': timer,
                          'step_s': [], 'search_s': 0.0, 'steps': 0})
-        for _ in range(args.rounds):
-            for entry in runs:
-                timer = entry['timer'] or search
-                before_search = timer.seconds
-                started = time.perf_counter()
-                entry['dynamics'].run(args.steps)
-                entry['step_s'].append((time.perf_counter() - started) / args.steps)
-                entry['search_s'] += timer.seconds - before_search
-                entry['steps'] += args.steps
+        timed_turns(runs, search, args, lambda entry: entry['dynamics'].run(args.steps))
     finally:
         graph_module.neighbor_pairs = search.function
     results = []
@@ -140,16 +146,10 @@ def run_torchsim(model_name: str, skins, args) -> list:
                 md = step(md)
             runs.append({'skin': skin, 'model': model, 'md': md, 'step': step, 'timer': timer,
                          'step_s': [], 'search_s': 0.0, 'steps': 0})
-        for _ in range(args.rounds):
-            for entry in runs:
-                timer = entry['timer'] or search
-                before_search = timer.seconds
-                started = time.perf_counter()
-                for _ in range(args.steps):
-                    entry['md'] = entry['step'](entry['md'])
-                entry['step_s'].append((time.perf_counter() - started) / args.steps)
-                entry['search_s'] += timer.seconds - before_search
-                entry['steps'] += args.steps
+        def advance(entry):
+            for _ in range(args.steps):
+                entry['md'] = entry['step'](entry['md'])
+        timed_turns(runs, search, args, advance)
     finally:
         graph_module.neighbor_pairs = search.function
     results = []

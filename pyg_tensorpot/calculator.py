@@ -20,7 +20,6 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
         "installed: install the ase extra, pip install 'pyg-tensorpot[ase]' (or pip install "
         "'ase>=3.23')") from error
 
-from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.models.ensemble import Ensemble
 from pyg_tensorpot.models.properties import compute_properties
 from pyg_tensorpot.nn.verlet import VerletList
@@ -114,22 +113,11 @@ class TensorPotCalculator(Calculator):
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f'dtype must be a floating-point torch dtype such as torch.float64 '
                             f'or torch.float32, got {dtype!r}')
-        if isinstance(skin, bool) or not isinstance(skin, (int, float)) or \
-                not np.isfinite(skin) or skin < 0:
-            raise ValueError(f'skin must be a finite number of Angstrom >= 0 (0 searches the '
-                             f'neighbours at every call), got {skin!r}')
         self.device = resolve_device(device)
         self.dtype = dtype
         self.model = self._prepare(model)
+        self.verlet: Optional[VerletList] = VerletList.for_model(self.model, skin)
         self.skin = float(skin)
-        self.verlet: Optional[VerletList] = None
-        if self.skin > 0:
-            if not isinstance(self.model, AtomisticModel):
-                raise ValueError(f'a Verlet skin needs a model of the package (an '
-                                 f'AtomisticModel), got {type(self.model).__name__}; use '
-                                 f'skin=0 for ensembles and other modules')
-            self.verlet = VerletList(self.model.cutoff, self.skin, self.model.self_loops,
-                                     self.model.max_num_neighbors)
         super().__init__(charge=charge, **kwargs)
         self._z_key: Optional[np.ndarray] = None
         self._z: Optional[torch.Tensor] = None

@@ -27,7 +27,6 @@ plain dict), and whose per-system extras may carry a ``total_charge``; 0.6's int
 plain functions (``nve_init(state, model, kT=...)``, ``nve_step(state, model, dt=...)``) where
 0.3.0 has factories (``nve(model, dt=..., kT=...)`` returning the init and update functions).
 """
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -42,7 +41,6 @@ except ImportError as error:  # pragma: no cover - exercised only without TorchS
         "torch-sim-atomistic (0.3.0 for Python 3.11, 0.6 or later for Python >= 3.12)"
     ) from error
 
-from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.models.properties import compute_properties, model_dtype
 from pyg_tensorpot.nn.verlet import VerletList
 from pyg_tensorpot.utils.devices import (
@@ -114,10 +112,6 @@ class TensorPotModel(ModelInterface):
         skin: float = 0.0,
     ):
         super().__init__()
-        if isinstance(skin, bool) or not isinstance(skin, (int, float)) or \
-                not math.isfinite(skin) or skin < 0:
-            raise ValueError(f'skin must be a finite number of Angstrom >= 0 (0 searches the '
-                             f'neighbours at every call), got {skin!r}')
         if dtype is not None and (not isinstance(dtype, torch.dtype)
                                   or not dtype.is_floating_point):
             raise TypeError(f'dtype must be a floating-point torch dtype such as torch.float64 '
@@ -130,15 +124,8 @@ class TensorPotModel(ModelInterface):
         self.model = inference_copy(module, self._dtype, self._device, owned)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
+        self.verlet: Optional[VerletList] = VerletList.for_model(self.model, skin)
         self.skin = float(skin)
-        self.verlet: Optional[VerletList] = None
-        if self.skin > 0:
-            if not isinstance(self.model, AtomisticModel):
-                raise ValueError(f'a Verlet skin needs a model of the package (an '
-                                 f'AtomisticModel), got {type(self.model).__name__}; use '
-                                 f'skin=0 for ensembles and other modules')
-            self.verlet = VerletList(self.model.cutoff, self.skin, self.model.self_loops,
-                                     self.model.max_num_neighbors)
         # Radial cutoff: the memory per system grows with atoms times density (TorchSim's
         # autobatcher uses this to size batches).
         self._memory_scales_with = 'n_atoms_x_density'

@@ -95,6 +95,26 @@ class VerletList:
         self.num_rebases = 0
         self.reset()
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, skin: float) -> Optional['VerletList']:
+        r"""The Verlet list of a simulation wrapper's :obj:`skin` option for :obj:`model` (its
+        cutoff, self-loops and neighbour budget), or :obj:`None` for :obj:`skin=0` (a fresh
+        search every call). Raises a :class:`ValueError` for a skin that is not a finite
+        number of Angstrom :math:`\geq 0`, and for a positive skin with a model that is not an
+        :class:`~pyg_tensorpot.models.AtomisticModel` (an ensemble, a plain module)."""
+        from pyg_tensorpot.models.base import AtomisticModel
+        if isinstance(skin, bool) or not isinstance(skin, (int, float)) or \
+                not math.isfinite(skin) or skin < 0:
+            raise ValueError(f'skin must be a finite number of Angstrom >= 0 (0 searches the '
+                             f'neighbours at every call), got {skin!r}')
+        if skin == 0:
+            return None
+        if not isinstance(model, AtomisticModel):
+            raise ValueError(f'a Verlet skin needs a model of the package (an AtomisticModel), '
+                             f'got {type(model).__name__}; use skin=0 for ensembles and other '
+                             f'modules')
+        return cls(model.cutoff, float(skin), model.self_loops, model.max_num_neighbors)
+
     def reset(self) -> None:
         """Forgets the candidates: the next call builds."""
         self._ref_pos: Optional[Tensor] = None

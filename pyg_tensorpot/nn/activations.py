@@ -83,7 +83,7 @@ class _SiLUFunction(torch.autograd.Function):
 class SiLU(torch.nn.Module):
     r"""The sigmoid-weighted linear unit :math:`x\,\sigma(x)` (as :class:`torch.nn.SiLU`), with
     cheaper second derivatives for force training: the double backward pass
-    :math:`ar g\, g\, \sigma(1-\sigma)(2 + x(1 - 2\sigma))` is one fused pass over the
+    :math:`\bar g\, g\, \sigma(1-\sigma)(2 + x(1 - 2\sigma))` is one fused pass over the
     tensor on CPU (Numba) instead of about ten elementwise passes. Values and derivatives of
     every order equal :class:`torch.nn.SiLU`'s to rounding. TorchScript and
     :func:`torch.compile` use :func:`torch.nn.functional.silu`.

@@ -130,8 +130,10 @@ class VerletList:
         # caller's dtype (for a cell that needs no gradient).
         self._shift64: Optional[Tensor] = None
         self._shift_cell: Optional[Tensor] = None
-        # The periodic directions of every structure [B, 3] (bool) of a periodic build.
+        # The periodic directions of every structure [B, 3] (bool) of a periodic build, and
+        # the inverse of its float64 cells (fractional displacements of wrapped atoms).
         self._flags: Optional[Tensor] = None
+        self._inverse: Optional[Tensor] = None
 
     def _unchanged(self, pos: Tensor, batch: Optional[Tensor], cell: Optional[Tensor],
                    pbc_key: Tensor, z: Optional[Tensor]) -> bool:
@@ -152,31 +154,30 @@ class VerletList:
             return False
         delta = pos.detach().to(torch.float64) - ref
         wrap = self._wrapped(delta, batch)
+        offsets = None
         if wrap is not None:
-            delta = delta - cartesian_shifts(wrap, self._cell_on(pos), self._batch_of(pos, batch),
-                                             self._atoms_of(pos))
+            # w_i C per atom: what wrapping added to its position.
+            offsets = cartesian_shifts(wrap, self._cell_on(pos), self._batch_of(pos, batch),
+                                       torch.arange(pos.size(0), device=pos.device))
+            delta = delta - offsets
         moved = torch.linalg.vector_norm(delta, dim=-1)
         if bool((moved > 0.5 * self.skin).any()):
             return False
-        if wrap is not None:
-            self._rebase(pos, batch, cell, wrap)
+        if wrap is not None and offsets is not None:
+            self._rebase(pos, batch, cell, wrap, offsets)
         return True
 
     def _cell_on(self, pos: Tensor) -> Tensor:
         assert self._cell is not None
         return self._cell.to(pos.device)
 
-    @staticmethod
-    def _atoms_of(pos: Tensor) -> Tensor:
-        return torch.arange(pos.size(0), device=pos.device)
-
     def _wrapped(self, delta: Tensor, batch: Optional[Tensor]) -> Optional[Tensor]:
         # The whole lattice vectors by which atoms were moved back into the cell since the
         # build (integer [N, 3], periodic directions only), or None when none was. Wrapping is
         # not motion: a wrapped atom keeps its candidates, with their image shifts corrected.
-        if not self._periodic or self._cell is None or self._flags is None:
+        if not self._periodic or self._inverse is None or self._flags is None:
             return None
-        inverse = torch.linalg.inv(self._cell_on(delta))
+        inverse = self._inverse.to(delta.device)
         if inverse.size(0) == 1:
             fractional = delta @ inverse[0]
         else:
@@ -194,14 +195,13 @@ class VerletList:
             flags.index_select(0, self._batch_of(pos, batch))
 
     def _rebase(self, pos: Tensor, batch: Optional[Tensor], cell: Optional[Tensor],
-                wrap: Tensor) -> None:
+                wrap: Tensor, offsets: Tensor) -> None:
         # r_i = r_i^build + d_i + w_i C: the pair (i, j, n) of the build is (i, j, n + w_i - w_j)
         # now (its vector r_i - r_j - n C is unchanged but for d_i - d_j), and the reference
         # positions move by w_i C, so that later displacements are measured from them.
         assert self._i is not None and self._j is not None and self._shifts is not None
         atoms_batch = self._batch_of(pos, batch)
-        self._ref_pos = self._ref_pos + cartesian_shifts(wrap, self._cell_on(pos), atoms_batch,
-                                                         self._atoms_of(pos))
+        self._ref_pos = self._ref_pos + offsets
         moved = wrap.to(self._shifts.device)
         self._shifts = self._shifts + (moved.index_select(0, self._i)
                                        - moved.index_select(0, self._j)).to(self._shifts.dtype)
@@ -227,6 +227,8 @@ class VerletList:
         self._ref_pos = pos.detach().to(torch.float64).clone()
         self._cell = None if cell is None else \
             cell.detach().to(torch.float64).reshape(-1, 3, 3).clone()
+        self._inverse = torch.linalg.inv(self._cell) if self._periodic and \
+            self._cell is not None else None
         self._shift64, self._shift_cell = None, None
         if shifts is not None and self._periodic and cell is not None and self._cell is not None:
             atoms_batch = self._batch_of(pos, batch)

@@ -47,6 +47,34 @@ def test_settings_are_those_of_dft_md():
         DFTSettings(spin=1)
 
 
+def test_coarse_grid_start_gives_the_label_of_the_settings(pyscf, water, monkeypatch):
+    # The SCF without a guess starts on a coarse grid and finishes on the settings' grid: the
+    # same label as a start on the settings' grid (to its 1e-10 Hartree convergence), and
+    # the grids of the finished mean field are the settings' own.
+    from pyg_tensorpot.dft import labeller
+    plain = compute_label(WATER_Z, WATER_POS, coarse_start=False)
+    assert abs(water['energy_hartree'] - plain['energy_hartree']) < 1e-9
+    np.testing.assert_allclose(water['forces'], plain['forces'], atol=1e-5)
+    levels = []
+    kernel = labeller.build_mean_field
+
+    def spy(*args, **kwargs):
+        mf = kernel(*args, **kwargs)
+        run = mf.kernel
+
+        def recorded(*a, **k):
+            levels.append((mf.grids.level, mf.conv_tol))
+            return run(*a, **k)
+        mf.kernel = recorded
+        return mf
+    monkeypatch.setattr(labeller, 'build_mean_field', spy)
+    compute_label(WATER_Z, WATER_POS)
+    assert levels == [(labeller.GUESS_GRID_LEVEL, labeller.GUESS_CONV_TOL), (4, 1e-10)]
+    levels.clear()
+    compute_label(WATER_Z, WATER_POS, dm0=water['dm'])
+    assert levels == [(4, 1e-10)]
+
+
 def test_water_forces_are_minus_the_gradient_in_ev_per_angstrom(pyscf, water):
     assert water['converged'] and water['nao'] == 19  # 6-31G(d), cartesian: 15 + 2 x 2
     assert water['energy'] == pytest.approx(water['energy_hartree'] * HARTREE_TO_EV, rel=1e-15)

@@ -19,6 +19,7 @@ the gradient :math:`+\partial E/\partial \mathbf{R}` under ``forces``; the loade
 :class:`PySCFLabeller` writes one small JSON file per conformation, atomically, so that an
 interrupted run resumes where it stopped and finished labels can be committed as they come.
 """
+import copy
 import dataclasses
 import json
 import os
@@ -141,15 +142,25 @@ def build_mean_field(z: Sequence[int], pos: Sequence[Sequence[float]],
     return mf
 
 
+#: Integration grid and energy convergence (Hartree) of the start of an SCF without a guess.
+GUESS_GRID_LEVEL = 1
+GUESS_CONV_TOL = 1e-6
+
+
 def compute_label(z: Sequence[int], pos: Sequence[Sequence[float]],
                   settings: DFTSettings = DFTSettings(), dm0: Optional[np.ndarray] = None,
-                  verbose: int = 0) -> Dict[str, Any]:
+                  verbose: int = 0, coarse_start: bool = True) -> Dict[str, Any]:
     r"""Energy and forces of one conformation.
 
     A converged density matrix of a nearby conformation of the same molecule (same atoms in
-    the same order) as :obj:`dm0` saves a third to a half of the SCF iterations. When the
-    DIIS iterations do not converge in :obj:`settings.max_cycle`, the second-order (Newton)
-    solver continues from where they stopped.
+    the same order) as :obj:`dm0` saves a third to a half of the SCF iterations. Without one,
+    the SCF first converges to :obj:`GUESS_CONV_TOL` on the coarse grid
+    :obj:`GUESS_GRID_LEVEL` (about a fifth of the points of level 4), whose density then
+    starts the SCF at :obj:`settings`: the exchange-correlation integration is most of an SCF
+    cycle's cost, and the result is that of :obj:`settings` (it converges to
+    :obj:`settings.conv_tol` on their grid). When the DIIS iterations do not converge in
+    :obj:`settings.max_cycle`, the second-order (Newton) solver continues from where they
+    stopped.
 
     Args:
         z (Sequence[int]): Atomic numbers (H, C, N, O).
@@ -157,6 +168,8 @@ def compute_label(z: Sequence[int], pos: Sequence[Sequence[float]],
         settings (DFTSettings, optional): The settings. (default: :obj:`DFTSettings()`)
         dm0 (numpy.ndarray, optional): Initial density matrix. (default: :obj:`None`)
         verbose (int, optional): PySCF verbosity. (default: :obj:`0`)
+        coarse_start (bool, optional): Without :obj:`dm0`, start on the coarse grid.
+            (default: :obj:`True`)
 
     Returns:
         A dictionary with :obj:`energy` (eV), :obj:`forces` (eV/Angstrom, :math:`-\nabla E`,
@@ -168,6 +181,8 @@ def compute_label(z: Sequence[int], pos: Sequence[Sequence[float]],
     if dm0 is not None and np.shape(dm0) != (mf.mol.nao, mf.mol.nao):
         dm0 = None  # another molecule: fall back to the default guess
     start = time.perf_counter()
+    if dm0 is None and coarse_start and settings.grid_level > GUESS_GRID_LEVEL:
+        dm0 = _coarse_density(mf, settings)
     energy = mf.kernel(dm0=dm0)
     solver = 'diis'
     if not mf.converged:
@@ -183,6 +198,21 @@ def compute_label(z: Sequence[int], pos: Sequence[Sequence[float]],
                    forces=-gradient * (HARTREE_TO_EV / BOHR_TO_ANGSTROM),
                    gradient_hartree_per_bohr=gradient, dm=mf.make_rdm1())
     return out
+
+
+def _coarse_density(mf, settings: DFTSettings) -> Optional[np.ndarray]:
+    # The same mean-field object (its density-fitting tensors are built once), on the coarse
+    # grid; its own grids are restored for the SCF at the settings.
+    grids = mf.grids
+    coarse = copy.copy(grids)
+    coarse.level = GUESS_GRID_LEVEL
+    coarse.reset()
+    mf.grids, mf.conv_tol = coarse, max(GUESS_CONV_TOL, settings.conv_tol)
+    try:
+        mf.kernel()
+        return mf.make_rdm1() if mf.converged else None
+    finally:
+        mf.grids, mf.conv_tol = grids, settings.conv_tol
 
 
 def _dumps(record: Dict[str, Any]) -> str:

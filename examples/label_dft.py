@@ -16,6 +16,8 @@ and the gradient MAE to 0.05 kcal/mol/A, or nothing is labelled.
 
 One process per core, each with one PySCF thread (``--threads 1``); ``--shard K/N`` labels
 every N-th conformation starting at K, so that N processes share a queue without overlap.
+Clusters whose molecules lie in different parts of the dataset's fixed split are skipped (they
+would be in none of its parts).
 """
 import argparse
 import os
@@ -25,6 +27,7 @@ import time
 
 import numpy as np
 
+from pyg_tensorpot.datasets.organic_dft import conformation_split
 from pyg_tensorpot.dft import DFTSettings, PySCFLabeller, compute_label
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
@@ -63,6 +66,8 @@ def read_queue(path: str, shard: int, shards: int):
         data = {k: q[k] for k in q.files}
     offsets = np.concatenate([[0], np.cumsum(data['num_atoms'])])
     for k in range(shard, len(data['key']), shards):
+        if conformation_split(str(data['smiles'][k])) == 'mixed':
+            continue  # a cluster across the fixed split's parts would be in none of them
         lo, hi = offsets[k], offsets[k + 1]
         metadata = {name: (data[name][k].item() if data[name].ndim == 1 else None)
                     for name in ('smiles', 'group', 'source', 'kind', 'temperature', 'rho',

@@ -39,6 +39,7 @@ sys.path.insert(0, osp.join(REPO, 'examples'))
 
 from pretrain_ani1x_distillation import Teacher, pad, run_md  # noqa: E402
 
+from pyg_tensorpot.datasets.organic_dft import conformation_split  # noqa: E402
 from pyg_tensorpot.sampling import (  # noqa: E402
     MoleculeFilter,
     brics_fragments,
@@ -157,8 +158,10 @@ def sample(args, teacher: Teacher) -> List[Dict]:
                                kind='md', temperature=float(snap['temperature'])))
     pool = [(z, p) for _, z, p, _ in minima]
     names = [s for s, *_ in minima]
+    # a cluster joins molecules of one part of the fixed split, so it is never left out of all
+    parts = [conformation_split(name) for name in names]
     for c, (members, (z, pos)) in enumerate(make_clusters(pool, args.clusters, max_atoms=40,
-                                                          seed=args.seed)):
+                                                          seed=args.seed, groups=parts)):
         smiles = '.'.join(names[m] for m in members)
         candidates.append(dict(smiles=smiles, source='cluster', group=f'cluster-{c}', z=z,
                                pos=pos, kind=f'cluster-{len(members)}', temperature=0.0))

@@ -183,7 +183,12 @@ def test_split_is_by_molecule_and_fixed():
     assert parts == {'train', 'val', 'test'}
     test = next(s for s in names if conformation_split(s) == 'test')
     train = next(s for s in names if conformation_split(s) == 'train')
-    assert conformation_split(f'{train}.{test}') == 'test'  # a cluster with a test molecule
+    val = next(s for s in names if conformation_split(s) == 'val')
+    other = next(s for s in names if s != train and conformation_split(s) == 'train')
+    assert conformation_split(f'{train}.{other}') == 'train'
+    # a cluster across parts is in none: test holds only unseen molecules, train no test one
+    for a, b in ((train, test), (test, val), (val, train)):
+        assert conformation_split(f'{a}.{b}') == 'mixed'
 
 
 def test_dataset_serves_the_labels(tmp_path):
@@ -223,6 +228,24 @@ def test_dataset_serves_the_labels(tmp_path):
     assert len(OrganicDFT(root, folder=str(folder), log=False)) == 31
 
 
+def test_a_cluster_across_parts_is_served_in_no_part(tmp_path):
+    rng = np.random.default_rng(1)
+    names = [f'C{"C" * k}N' for k in range(40)]
+    by_part = {}
+    for s in names:
+        by_part.setdefault(conformation_split(s), s)
+    clusters = [by_part['train'], by_part['test'], f"{by_part['train']}.{by_part['test']}",
+                f"{by_part['val']}.{by_part['train']}"]
+    for k, s in enumerate(clusters):
+        fake_label(str(tmp_path), f'r1-{k:05d}', s, 'cluster-2', [6, 1, 1],
+                   rng.standard_normal((3, 3)), -10.0 * (k + 1), rng.standard_normal((3, 3)))
+    ds = OrganicDFT(folder=str(tmp_path), log=False)
+    assert ds.storage().split.tolist() == [0, 2, 3, 3]
+    split = ds.fixed_split()
+    assert {k: v.tolist() for k, v in split.items()} == {
+        'idx_train': [0], 'idx_val': [], 'idx_test': [1]}
+
+
 def test_dataset_refuses_an_empty_or_missing_folder(tmp_path):
     from pyg_tensorpot.datasets.base import RawFileError
     with pytest.raises(RawFileError, match='does not exist'):
@@ -254,3 +277,5 @@ def test_bundled_labels_are_at_the_validated_settings():
     molecules = {part: {m for i in idx.tolist() for m in records[i]['metadata']['smiles']
                         .split('.')} for part, idx in split.items()}
     assert not molecules['idx_test'] & molecules['idx_train']
+    assert not molecules['idx_test'] & molecules['idx_val']
+    assert not molecules['idx_val'] & molecules['idx_train']

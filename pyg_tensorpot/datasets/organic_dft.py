@@ -35,16 +35,22 @@ def molecule_bucket(smiles: str, buckets: int = 10) -> int:
     return int(hashlib.sha256(smiles.encode('utf-8')).hexdigest()[:8], 16) % buckets
 
 
+SPLIT_PARTS = ('train', 'val', 'test', 'mixed')
+
+
 def conformation_split(smiles: str, test_bucket: int = 0, val_bucket: int = 1,
                        buckets: int = 10) -> str:
-    """``"test"``, ``"val"`` or ``"train"`` for a conformation of :obj:`smiles` (a cluster
-    ``"A.B"`` is test if any of its molecules is, else val if any is)."""
-    parts = [molecule_bucket(part, buckets) for part in smiles.split('.')]
-    if test_bucket in parts:
-        return 'test'
-    if val_bucket in parts:
-        return 'val'
-    return 'train'
+    """``"test"``, ``"val"`` or ``"train"`` for a conformation of :obj:`smiles`, the part of
+    all its molecules; ``"mixed"`` for a cluster ``"A.B"`` whose molecules are in different
+    parts (in none of the three, so that a test conformation holds only molecules unseen in
+    training and a training one no test molecule)."""
+    parts = {_bucket_part(molecule_bucket(part, buckets), test_bucket, val_bucket)
+             for part in smiles.split('.')}
+    return parts.pop() if len(parts) == 1 else 'mixed'
+
+
+def _bucket_part(bucket: int, test_bucket: int, val_bucket: int) -> str:
+    return 'test' if bucket == test_bucket else 'val' if bucket == val_bucket else 'train'
 
 
 class OrganicDFT(AtomisticInMemoryDataset):
@@ -62,7 +68,8 @@ class OrganicDFT(AtomisticInMemoryDataset):
     Served per conformation: ``z``, ``pos`` (Angstrom), ``energy`` (eV, float64, total
     energy), ``forces`` (eV/Angstrom, :math:`-\nabla E`), ``kind`` (index into
     :data:`KINDS`), ``temperature`` (K of the MD or normal-mode sampling, 0 otherwise),
-    ``split`` (0 train, 1 val, 2 test, see :meth:`fixed_split`).
+    ``split`` (0 train, 1 val, 2 test, 3 a cluster of molecules from different parts;
+    see :meth:`fixed_split`).
 
     Args:
         root (str, optional): Folder to cache the processed file in; with :obj:`None` the
@@ -118,7 +125,7 @@ class OrganicDFT(AtomisticInMemoryDataset):
             num_atoms.append(record['z'].size)
             kind.append(_kind_index(str(meta.get('kind', 'conformer')), key))
             temperature.append(float(meta.get('temperature') or 0.0))
-            split.append(('train', 'val', 'test').index(conformation_split(smiles)))
+            split.append(SPLIT_PARTS.index(conformation_split(smiles)))
         atom_fields = {'z': torch.from_numpy(np.concatenate(zs)),
                        'pos': torch.from_numpy(np.concatenate(pos).astype(np.float32)),
                        'forces': torch.from_numpy(np.concatenate(forces).astype(np.float32))}
@@ -130,9 +137,9 @@ class OrganicDFT(AtomisticInMemoryDataset):
 
     def fixed_split(self) -> Dict[str, Tensor]:
         """The fixed split by molecule (no molecule in two parts): a molecule is test if the
-        SHA-256 of its canonical SMILES is 0 modulo 10 (about 10 %), val if 1; a cluster is
-        test (val) if any of its molecules is. Returns ``idx_train``, ``idx_val``,
-        ``idx_test``."""
+        SHA-256 of its canonical SMILES is 0 modulo 10 (about 10 %), val if 1, else train; a
+        cluster is in the part of its molecules, and in none if they are in different parts.
+        Returns ``idx_train``, ``idx_val``, ``idx_test``."""
         split = self.storage().split
         if self._indices is not None:
             split = split[torch.as_tensor(self.indices())]

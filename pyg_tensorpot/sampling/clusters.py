@@ -6,7 +6,7 @@ quaternion) and moved in from a random direction until its closest contact with 
 already placed equals a target distance drawn uniformly from :obj:`contact`; ANI-1x's dimer
 sampling covered contacts of about 1.6-5 Angstrom.
 """
-from typing import List, Sequence, Tuple
+from typing import Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -77,7 +77,9 @@ def make_cluster(molecules: Sequence[Structure], rng: np.random.Generator,
 
 def make_clusters(pool: Sequence[Structure], count: int, sizes: Sequence[int] = (2, 2, 3),
                   max_atoms: int = 40, contact: Tuple[float, float] = (1.7, 3.5),
-                  seed: int = 0, distinct: bool = True) -> List[Tuple[List[int], Structure]]:
+                  seed: int = 0, distinct: bool = True,
+                  groups: Optional[Sequence[Hashable]] = None
+                  ) -> List[Tuple[List[int], Structure]]:
     r"""Random dimers and clusters of molecules from :obj:`pool`.
 
     Args:
@@ -91,16 +93,25 @@ def make_clusters(pool: Sequence[Structure], count: int, sizes: Sequence[int] = 
         seed (int, optional): Random seed. (default: :obj:`0`)
         distinct (bool, optional): No molecule twice in one cluster (varied molecules).
             (default: :obj:`True`)
+        groups (Sequence[Hashable], optional): A group per molecule of :obj:`pool`; a cluster
+            draws all its molecules from one group (e.g. the part of a split by molecule, so
+            that no cluster joins a test molecule to a training one). (default: :obj:`None`)
 
     Returns:
         ``(indices into pool, (z, pos))`` per cluster.
     """
     if count < 0 or not sizes or min(sizes) < 2:
         raise ValueError('count must be >= 0 and every cluster size at least 2')
+    if groups is not None and len(groups) != len(pool):
+        raise ValueError(f'groups has {len(groups)} entries for a pool of {len(pool)} molecules')
     small = [k for k, (z, _) in enumerate(pool) if len(z) <= max_atoms - 1]
-    if len(small) < (max(sizes) if distinct else 1):
-        raise ValueError(f'the pool has {len(small)} molecules of at most {max_atoms - 1} '
-                         f'atoms: too few for clusters of {max(sizes)}')
+    members_of = {}
+    for k in small:
+        members_of.setdefault(None if groups is None else groups[k], []).append(k)
+    largest = max((len(v) for v in members_of.values()), default=0)
+    if largest < (max(sizes) if distinct else 1):
+        raise ValueError(f'the pool has {largest} molecules of at most {max_atoms - 1} atoms '
+                         f'in its largest group: too few for clusters of {max(sizes)}')
     rng = np.random.default_rng(seed)
     out = []
     tries = 0
@@ -110,7 +121,13 @@ def make_clusters(pool: Sequence[Structure], count: int, sizes: Sequence[int] = 
             raise ValueError(f'no cluster of at most {max_atoms} atoms found in {tries} draws: '
                              f'raise max_atoms or use smaller molecules')
         size = int(rng.choice(sizes))
-        members = [int(k) for k in rng.choice(small, size=size, replace=not distinct)]
+        first = int(rng.choice(small))
+        group = members_of[None if groups is None else groups[first]]
+        if distinct and len(group) < size:
+            continue
+        rest = [k for k in group if k != first] if distinct else group
+        members = [first] + [int(k) for k in rng.choice(rest, size=size - 1,
+                                                        replace=not distinct)]
         if sum(len(pool[k][0]) for k in members) > max_atoms:
             continue
         out.append((members, make_cluster([pool[k] for k in members], rng, contact)))

@@ -246,7 +246,7 @@ def test_blocked_neighbour_sums_equal_one_block(max_order, contraction):
 def test_angular_pair_sum_gradients(block_elements):
     """First and second derivatives of the fused HIP-NN-TS neighbour sum (blocks of one atom
     and one block), against the plain formula."""
-    from pyg_tensorpot.nn.conv import hipnn_interaction as module
+    from pyg_tensorpot.nn.conv import hipnn_sums as module
     z, pos, batch = two_molecules()
     edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
     layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel())
@@ -270,6 +270,41 @@ def test_angular_pair_sum_gradients(block_elements):
         module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot))
     assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradgradcheck(fused, inputs)
+
+
+@pytest.mark.parametrize('block_elements', [8, 2**20])
+def test_pair_sum_gradients(block_elements):
+    """First, second and third derivatives of the fused HIP-NN neighbour sum (blocks of one
+    atom and one block), against the plain formula."""
+    from pyg_tensorpot.nn.conv import hipnn_sums as module
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel())
+    g = torch.Generator().manual_seed(6)
+    N, K, F = z.numel(), 3, 2
+    grid = torch.randn(N * layout.source_width, K, generator=g, dtype=torch.float64)
+    grid[layout.source_row == layout.num_rows] = 0.0
+    grid = grid.view(N, layout.source_width, K).requires_grad_(True)
+    projected = torch.randn(N, K, F, generator=g, dtype=torch.float64, requires_grad=True)
+    target = layout.source_target
+
+    def fused(grid, projected):
+        return module.pair_sum(grid, projected, target, block_elements)
+
+    torch.testing.assert_close(fused(grid, projected),
+                               module._plain_pair_sum(grid, projected, target))
+    assert torch.autograd.gradcheck(fused, (grid, projected))
+    assert torch.autograd.gradgradcheck(fused, (grid, projected))
+    # a leaf that needs no gradient (the species one-hot of the first layer) gets none
+    out = fused(grid, projected.detach())
+    assert torch.autograd.grad(out.square().sum(), grid)[0].shape == grid.shape
+    grad_out = torch.randn(N, F, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def backward(grid, projected, grad_out):
+        return module._PairSumBackward.apply(grid, projected, target, grad_out,
+                                             block_elements, True, True)
+
+    assert torch.autograd.gradgradcheck(backward, (grid, projected, grad_out))
 
 
 def test_layout_must_match_the_graph():

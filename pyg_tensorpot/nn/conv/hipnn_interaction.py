@@ -1,14 +1,12 @@
-"""HIP-NN's interaction layer and its neighbour sums.
-
-Over 500 lines because one sum is kept here in the three forms that must agree: the blocked
-padded-grid sums of eager mode (with the fused autograd function of HIP-NN-TS), the plain
-formulas that TorchScript compiles, and the edge-list sums traced by torch.compile.
-"""
-from typing import List, NamedTuple, Optional, Tuple
+"""HIP-NN's interaction layer: its neighbour sums over padded per-atom grids in eager mode
+(fused in :mod:`~pyg_tensorpot.nn.conv.hipnn_sums`) and over the edge list under
+torch.compile, in the same contraction order."""
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
+from pyg_tensorpot.nn.conv.hipnn_sums import CHUNK_ELEMENTS, angular_pair_sum, pair_sum
 from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
@@ -16,9 +14,6 @@ from pyg_tensorpot.nn.tensor_algebra import traceless_outer
 # (xx, xy, xz, yy, yz) out of traceless_outer's (xx, yy, zz, xy, xz, yz): hippynn's 5 components.
 _QUADRUPOLE_COMPONENTS = (0, 3, 4, 1, 5)
 _CONTRACTIONS = ('auto', 'project_first', 'environment_first')
-#: Default elements of one block of per-slot messages (sets the block length): a block stays
-#: in cache, where the batched products run several times faster than over [N D, F] at once.
-CHUNK_ELEMENTS = 2**18
 
 
 class HIPNNLayout(NamedTuple):
@@ -63,134 +58,6 @@ class HIPNNLayout(NamedTuple):
     receiver_source_slot: Tensor
     receiver_mask: Tensor
     padded: bool
-
-
-def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple[int, int]]:
-    step = max(1, block_elements // max(row_elements, 1))
-    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
-
-
-class _AngularPairSum(torch.autograd.Function):
-    # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
-    # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
-    # for the backward pass), and the gradient of c once. A double backward (force training)
-    # goes through the differentiable formulas of _plain_angular_pair_sum_backward.
-    @staticmethod
-    def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                block_elements: int) -> Tensor:
-        N, width_s, _ = grid.shape
-        width_r, C = angular.size(1), angular.size(2)
-        F = projected.size(-1)
-        pair = grid.new_empty((N * width_s, F))
-        for a, b in _blocks(N, width_s * F, block_elements):
-            torch.bmm(grid[a:b], projected[a:b], out=pair[a * width_s:b * width_s].view(
-                b - a, width_s, F))
-        out = grid.new_zeros((N, C, F))
-        blocks = _blocks(N, width_r * F, block_elements)
-        if width_r > 0 and len(blocks) > 0:
-            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
-            slots = source_slot.view(N, width_r)
-            for a, b in blocks:
-                gathered = torch.index_select(pair, 0, slots[a:b].reshape(-1),
-                                              out=rows[:(b - a) * width_r])
-                torch.bmm(angular[a:b].transpose(1, 2), gathered.view(b - a, width_r, F),
-                          out=out[a:b])
-        ctx.save_for_backward(grid, projected, angular, source_slot, pair)
-        ctx.block_elements = block_elements
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        grid, projected, angular, source_slot, pair = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
-                                                    grad_out) + (None, None)
-        need_grid, need_projected, need_angular = ctx.needs_input_grad[:3]
-        N, width_s, _ = grid.shape
-        width_r, F = angular.size(1), projected.size(-1)
-        grad_pair = grid.new_zeros((N * width_s, F))
-        grad_angular = torch.zeros_like(angular) if need_angular else None
-        blocks = _blocks(N, width_r * F, ctx.block_elements)
-        if width_r > 0 and len(blocks) > 0:
-            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
-            slots = source_slot.view(N, width_r)
-            for a, b in blocks:
-                block = grad_out[a:b]
-                index = slots[a:b].reshape(-1)
-                if grad_angular is not None:
-                    gathered = torch.index_select(pair, 0, index, out=rows[:(b - a) * width_r])
-                    torch.bmm(gathered.view(b - a, width_r, F), block.transpose(1, 2),
-                              out=grad_angular[a:b])
-                # The transpose graph: receiver slots back to the slots of their neighbours.
-                grad_rows = torch.bmm(angular[a:b], block,
-                                      out=rows[:(b - a) * width_r].view(b - a, width_r, F))
-                grad_pair.index_add_(0, index, grad_rows.view(-1, F))
-        grad_grid = torch.empty_like(grid) if need_grid else None
-        grad_projected = torch.empty_like(projected) if need_projected else None
-        for a, b in _blocks(N, width_s * F, ctx.block_elements):
-            block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
-            if grad_grid is not None:
-                torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
-            if grad_projected is not None:
-                torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
-        return grad_grid, grad_projected, grad_angular, None, None
-
-
-def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor) -> Tensor:
-    N, F = grid.size(0), projected.size(-1)
-    pair = torch.bmm(grid, projected).view(-1, F)
-    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
-    return torch.bmm(angular.transpose(1, 2), rows)
-
-
-def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: Tensor,
-                                     source_slot: Tensor,
-                                     grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    N, width_s, _ = grid.shape
-    F = projected.size(-1)
-    pair = torch.bmm(grid, projected).view(-1, F)
-    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
-    grad_angular = torch.bmm(rows, grad_out.transpose(1, 2))
-    grad_rows = torch.bmm(angular, grad_out).view(-1, F)
-    grad_pair = grad_rows.new_zeros((N * width_s, F)).index_add(0, source_slot, grad_rows)
-    grad_pair = grad_pair.view(N, width_s, F)
-    return (torch.bmm(grad_pair, projected.transpose(1, 2)),
-            torch.bmm(grid.transpose(1, 2), grad_pair), grad_angular)
-
-
-def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                     block_elements: int = CHUNK_ELEMENTS) -> Tensor:
-    r"""HIP-NN-TS's neighbour sum :math:`m_i[c, g] = \sum_{j} Y_c(\hat{\mathbf{r}}_{ij})
-    \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`: pair messages :math:`c = s\,P` per neighbour (source
-    grid), gathered into the receiver grid and weighted by :math:`Y`.
-
-    Args:
-        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
-            padding).
-        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
-        angular (torch.Tensor): :math:`Y` of the receiver slots :obj:`[N, D_r, C]` (zero on
-            padding).
-        source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[N D_r]`.
-        block_elements (int, optional): Elements of one block of per-slot messages.
-            (default: :obj:`CHUNK_ELEMENTS`)
-
-    Returns:
-        torch.Tensor: :obj:`[N, C, F]`.
-    """
-    if torch.jit.is_scripting():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
-    return _fused_angular_pair_sum(grid, projected, angular, source_slot, block_elements)
-
-
-@torch.jit.unused
-def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor, block_elements: int) -> Tensor:
-    # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
-    if torch.compiler.is_compiling():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
-    return _AngularPairSum.apply(grid.contiguous(), projected.contiguous(),
-                                 angular.contiguous(), source_slot, block_elements)
 
 
 def _gather_rows(source: Tensor, index: Tensor) -> Tensor:
@@ -488,7 +355,10 @@ class HIPNNInteraction(torch.nn.Module):
             N, K, F)
         grid = sensitivity.index_select(0, layout.source_row).view(N, layout.source_width, K)
         if self.max_order == 0:
-            return self._chunked_pair_sum(grid, projected, layout).unsqueeze(1)
+            # sum_j c_ij straight from the source grid into the receivers (padding rows of c
+            # are exact zeros): no [E, F] or [N D_s, F] tensor is formed or kept.
+            return pair_sum(grid, projected, layout.source_target,
+                            self.block_elements).unsqueeze(1)
         # sum_j Y(r_ij) (outer) c_ij as one [C, D_r] @ [D_r, F] product per receiver. Only the
         # narrow angular factor is masked: the padding rows of c are multiplied by 0.
         angular = self._receiver_angular(edge_weight, edge_vec, layout)
@@ -496,24 +366,6 @@ class HIPNNInteraction(torch.nn.Module):
         return angular_pair_sum(grid, projected,
                                 angular.view(N, layout.receiver_width, self.num_components),
                                 layout.receiver_source_slot, self.block_elements)
-
-    def _chunked_pair_sum(self, grid: Tensor, projected: Tensor, layout: HIPNNLayout) -> Tensor:
-        # sum_j c_ij straight from the source grid into the receivers (padding rows of c are
-        # exact zeros), a block of neighbours at a time: no [E, F] or [N D_s, F] tensor is
-        # formed, in the forward pass nor in the backward passes (split() and in-place
-        # index_add_ have backward passes that cost one block each, double backward included).
-        N, width, F = layout.num_nodes, layout.source_width, self.out_channels
-        out = projected.new_zeros((N, F))
-        if torch.compiler.is_compiling() or N * width * F <= self.block_elements:
-            # One block (torch.export cannot loop over a data-dependent number of blocks).
-            return out.index_add_(0, layout.source_target,
-                                  torch.bmm(grid, projected).view(N * width, F))
-        step = max(1, self.block_elements // max(width * F, 1))
-        for block_grid, block_projected, block_target in zip(
-                grid.split(step), projected.split(step), layout.source_target.split(step * width)):
-            out.index_add_(0, block_target,
-                           torch.bmm(block_grid, block_projected).view(-1, F))
-        return out
 
     def _environment_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
                                edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:

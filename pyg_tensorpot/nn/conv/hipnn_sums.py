@@ -1,0 +1,304 @@
+"""HIP-NN's neighbour sums over the padded per-atom grids of :class:`HIPNNLayout`, as fused
+autograd functions: blocks of atoms at a time into reused buffers, and only their inputs kept
+for the backward passes. The plain formulas beside them are what TorchScript and
+torch.compile run, and what the fused functions are tested against.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+#: Default elements of one block of per-slot messages (sets the block length): a block stays
+#: in cache, where the batched products run several times faster than over [N D, F] at once.
+CHUNK_ELEMENTS = 2**18
+
+
+def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple[int, int]]:
+    step = max(1, block_elements // max(row_elements, 1))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+class _AngularPairSum(torch.autograd.Function):
+    # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
+    # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
+    # for the backward pass), and the gradient of c once. A double backward (force training)
+    # goes through the differentiable formulas of _plain_angular_pair_sum_backward.
+    @staticmethod
+    def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
+                block_elements: int) -> Tensor:
+        N, width_s, _ = grid.shape
+        width_r, C = angular.size(1), angular.size(2)
+        F = projected.size(-1)
+        pair = grid.new_empty((N * width_s, F))
+        for a, b in _blocks(N, width_s * F, block_elements):
+            torch.bmm(grid[a:b], projected[a:b], out=pair[a * width_s:b * width_s].view(
+                b - a, width_s, F))
+        out = grid.new_zeros((N, C, F))
+        blocks = _blocks(N, width_r * F, block_elements)
+        if width_r > 0 and len(blocks) > 0:
+            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
+            slots = source_slot.view(N, width_r)
+            for a, b in blocks:
+                gathered = torch.index_select(pair, 0, slots[a:b].reshape(-1),
+                                              out=rows[:(b - a) * width_r])
+                torch.bmm(angular[a:b].transpose(1, 2), gathered.view(b - a, width_r, F),
+                          out=out[a:b])
+        ctx.save_for_backward(grid, projected, angular, source_slot, pair)
+        ctx.block_elements = block_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grid, projected, angular, source_slot, pair = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
+                                                    grad_out) + (None, None)
+        need_grid, need_projected, need_angular = ctx.needs_input_grad[:3]
+        N, width_s, _ = grid.shape
+        width_r, F = angular.size(1), projected.size(-1)
+        grad_pair = grid.new_zeros((N * width_s, F))
+        grad_angular = torch.zeros_like(angular) if need_angular else None
+        blocks = _blocks(N, width_r * F, ctx.block_elements)
+        if width_r > 0 and len(blocks) > 0:
+            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
+            slots = source_slot.view(N, width_r)
+            for a, b in blocks:
+                block = grad_out[a:b]
+                index = slots[a:b].reshape(-1)
+                if grad_angular is not None:
+                    gathered = torch.index_select(pair, 0, index, out=rows[:(b - a) * width_r])
+                    torch.bmm(gathered.view(b - a, width_r, F), block.transpose(1, 2),
+                              out=grad_angular[a:b])
+                # The transpose graph: receiver slots back to the slots of their neighbours.
+                grad_rows = torch.bmm(angular[a:b], block,
+                                      out=rows[:(b - a) * width_r].view(b - a, width_r, F))
+                grad_pair.index_add_(0, index, grad_rows.view(-1, F))
+        grad_grid = torch.empty_like(grid) if need_grid else None
+        grad_projected = torch.empty_like(projected) if need_projected else None
+        for a, b in _blocks(N, width_s * F, ctx.block_elements):
+            block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
+            if grad_grid is not None:
+                torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+            if grad_projected is not None:
+                torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
+        return grad_grid, grad_projected, grad_angular, None, None
+
+
+def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
+                            source_slot: Tensor) -> Tensor:
+    N, F = grid.size(0), projected.size(-1)
+    pair = torch.bmm(grid, projected).view(-1, F)
+    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
+    return torch.bmm(angular.transpose(1, 2), rows)
+
+
+def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: Tensor,
+                                     source_slot: Tensor,
+                                     grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    N, width_s, _ = grid.shape
+    F = projected.size(-1)
+    pair = torch.bmm(grid, projected).view(-1, F)
+    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
+    grad_angular = torch.bmm(rows, grad_out.transpose(1, 2))
+    grad_rows = torch.bmm(angular, grad_out).view(-1, F)
+    grad_pair = grad_rows.new_zeros((N * width_s, F)).index_add(0, source_slot, grad_rows)
+    grad_pair = grad_pair.view(N, width_s, F)
+    return (torch.bmm(grad_pair, projected.transpose(1, 2)),
+            torch.bmm(grid.transpose(1, 2), grad_pair), grad_angular)
+
+
+def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
+                     block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    r"""HIP-NN-TS's neighbour sum :math:`m_i[c, g] = \sum_{j} Y_c(\hat{\mathbf{r}}_{ij})
+    \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`: pair messages :math:`c = s\,P` per neighbour (source
+    grid), gathered into the receiver grid and weighted by :math:`Y`.
+
+    Args:
+        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
+            padding).
+        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
+        angular (torch.Tensor): :math:`Y` of the receiver slots :obj:`[N, D_r, C]` (zero on
+            padding).
+        source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[N D_r]`.
+        block_elements (int, optional): Elements of one block of per-slot messages.
+            (default: :obj:`CHUNK_ELEMENTS`)
+
+    Returns:
+        torch.Tensor: :obj:`[N, C, F]`.
+    """
+    if torch.jit.is_scripting():
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
+    return _fused_angular_pair_sum(grid, projected, angular, source_slot, block_elements)
+
+
+@torch.jit.unused
+def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
+                            source_slot: Tensor, block_elements: int) -> Tensor:
+    # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
+    if torch.compiler.is_compiling():
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
+    return _AngularPairSum.apply(grid.contiguous(), projected.contiguous(),
+                                 angular.contiguous(), source_slot, block_elements)
+
+
+class _PairSum(torch.autograd.Function):
+    # m_i = sum over the source slots of i of c, c = grid_j @ projected_j per neighbour j, a
+    # block of neighbours at a time into one reused buffer. Only the inputs are kept for the
+    # backward pass: index_add_ keeps its whole source, every block of c ([N D_s, F]).
+    @staticmethod
+    def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor,
+                block_elements: int) -> Tensor:
+        N, width, _ = grid.shape
+        F = projected.size(-1)
+        out = grid.new_zeros((N, F))
+        blocks = _blocks(N, width * F, block_elements)
+        if width > 0 and len(blocks) > 0:
+            pair = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
+            for a, b in blocks:
+                block = torch.bmm(grid[a:b], projected[a:b],
+                                  out=pair[:(b - a) * width].view(b - a, width, F))
+                out.index_add_(0, target[a * width:b * width], block.view(-1, F))
+        ctx.save_for_backward(grid, projected, target)
+        ctx.block_elements = block_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grid, projected, target = ctx.saved_tensors
+        need_grid, need_projected = ctx.needs_input_grad[:2]
+        grad_grid, grad_projected = _PairSumBackward.apply(
+            grid, projected, target, grad_out.contiguous(), ctx.block_elements, need_grid,
+            need_projected)
+        return (grad_grid if need_grid else None,
+                grad_projected if need_projected else None, None, None)
+
+
+class _PairSumBackward(torch.autograd.Function):
+    # The gradients of _PairSum, (g[target] projected^T, grid^T g[target]) per neighbour, with
+    # g[target] gathered a block at a time; itself differentiable (force training) without
+    # keeping more than its inputs.
+    @staticmethod
+    def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, grad_out: Tensor,
+                block_elements: int, need_grid: bool, need_projected: bool):
+        N, width, K = grid.shape
+        F = projected.size(-1)
+        grad_grid = torch.empty_like(grid) if need_grid else grid.new_zeros(())
+        grad_projected = torch.empty_like(projected) if need_projected else grid.new_zeros(())
+        blocks = _blocks(N, width * F, block_elements)
+        if len(blocks) > 0:
+            rows = grad_out.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
+            for a, b in blocks:
+                gathered = torch.index_select(grad_out, 0, target[a * width:b * width],
+                                              out=rows[:(b - a) * width]).view(b - a, width, F)
+                if need_grid:
+                    torch.bmm(gathered, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+                if need_projected:
+                    torch.bmm(grid[a:b].transpose(1, 2), gathered, out=grad_projected[a:b])
+        ctx.save_for_backward(grid, projected, target, grad_out)
+        ctx.block_elements = block_elements
+        ctx.needs = (need_grid, need_projected)
+        ctx.set_materialize_grads(False)  # an unused gradient comes as None, not zeros
+        return grad_grid, grad_projected
+
+    @staticmethod
+    def backward(ctx, up_grid: Optional[Tensor], up_projected: Optional[Tensor]):
+        grid, projected, target, grad_out = ctx.saved_tensors
+        need_grid, need_projected = ctx.needs
+        use_grid = need_grid and up_grid is not None and up_grid.dim() == 3
+        use_projected = need_projected and up_projected is not None and up_projected.dim() == 3
+        wants = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            grad_grid, grad_projected, grad_grad_out = _plain_pair_sum_double_backward(
+                grid, projected, target, grad_out, up_grid if use_grid else None,
+                up_projected if use_projected else None, wants[0], wants[1], wants[3])
+            return grad_grid, grad_projected, None, grad_grad_out, None, None, None
+        N, width, K = grid.shape
+        F = projected.size(-1)
+        grad_grid = torch.zeros_like(grid) if wants[0] and use_projected else None
+        grad_projected = torch.zeros_like(projected) if wants[1] and use_grid else None
+        grad_grad_out = torch.zeros_like(grad_out) if wants[3] else None
+        blocks = _blocks(N, width * F, ctx.block_elements)
+        if len(blocks) > 0 and (use_grid or use_projected):
+            rows = grad_out.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
+            for a, b in blocks:
+                index = target[a * width:b * width]
+                if grad_grid is not None or grad_projected is not None:
+                    gathered = torch.index_select(grad_out, 0, index,
+                                                  out=rows[:(b - a) * width]).view(
+                        b - a, width, F)
+                    if grad_grid is not None:  # d/d grid of <up_P, grid^T g>
+                        torch.bmm(gathered, up_projected[a:b].transpose(1, 2),
+                                  out=grad_grid[a:b])
+                    if grad_projected is not None:  # d/d projected of <up_G, g P^T>
+                        torch.bmm(up_grid[a:b].transpose(1, 2), gathered,
+                                  out=grad_projected[a:b])
+                if grad_grad_out is not None:  # both terms are linear in g[target]
+                    block = rows[:(b - a) * width].view(b - a, width, F)
+                    if use_grid:
+                        torch.bmm(up_grid[a:b], projected[a:b], out=block)
+                        if use_projected:
+                            block.baddbmm_(grid[a:b], up_projected[a:b])
+                    else:
+                        torch.bmm(grid[a:b], up_projected[a:b], out=block)
+                    grad_grad_out.index_add_(0, index, block.view(-1, F))
+        return grad_grid, grad_projected, None, grad_grad_out, None, None, None
+
+
+def _plain_pair_sum(grid: Tensor, projected: Tensor, target: Tensor) -> Tensor:
+    N, F = grid.size(0), projected.size(-1)
+    return projected.new_zeros((N, F)).index_add(0, target,
+                                                 torch.bmm(grid, projected).view(-1, F))
+
+
+def _plain_pair_sum_double_backward(grid: Tensor, projected: Tensor, target: Tensor,
+                                    grad_out: Tensor, up_grid: Optional[Tensor],
+                                    up_projected: Optional[Tensor], want_grid: bool,
+                                    want_projected: bool, want_grad_out: bool
+                                    ) -> Tuple[Optional[Tensor], ...]:
+    # Differentiable formulas of _PairSumBackward.backward (third derivatives).
+    N, width, _ = grid.shape
+    F = projected.size(-1)
+    gathered = grad_out.index_select(0, target).view(N, width, F)
+    grad_grid = torch.bmm(gathered, up_projected.transpose(1, 2)) \
+        if want_grid and up_projected is not None else None
+    grad_projected = torch.bmm(up_grid.transpose(1, 2), gathered) \
+        if want_projected and up_grid is not None else None
+    grad_grad_out = None
+    if want_grad_out and (up_grid is not None or up_projected is not None):
+        block = torch.zeros_like(gathered)
+        if up_grid is not None:
+            block = block + torch.bmm(up_grid, projected)
+        if up_projected is not None:
+            block = block + torch.bmm(grid, up_projected)
+        grad_grad_out = torch.zeros_like(grad_out).index_add(0, target, block.view(-1, F))
+    return grad_grid, grad_projected, grad_grad_out
+
+
+def pair_sum(grid: Tensor, projected: Tensor, target: Tensor,
+             block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    r"""HIP-NN's neighbour sum :math:`m_i[g] = \sum_{j} \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`:
+    pair messages :math:`c = s\,P` per neighbour (source grid), added into their receivers.
+
+    Args:
+        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
+            padding).
+        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
+        target (torch.Tensor): Receiver of every source slot :obj:`[N D_s]`.
+        block_elements (int, optional): Elements of one block of per-slot messages.
+            (default: :obj:`CHUNK_ELEMENTS`)
+
+    Returns:
+        torch.Tensor: :obj:`[N, F]`.
+    """
+    if torch.jit.is_scripting():
+        return _plain_pair_sum(grid, projected, target)
+    return _fused_pair_sum(grid, projected, target, block_elements)
+
+
+@torch.jit.unused
+def _fused_pair_sum(grid: Tensor, projected: Tensor, target: Tensor,
+                    block_elements: int) -> Tensor:
+    # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
+    if torch.compiler.is_compiling():
+        return _plain_pair_sum(grid, projected, target)
+    return _PairSum.apply(grid.contiguous(), projected.contiguous(), target, block_elements)

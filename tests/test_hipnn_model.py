@@ -270,6 +270,17 @@ def test_angular_pair_sum_gradients(block_elements):
         module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot))
     assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradgradcheck(fused, inputs)
+    # the blocked backward function itself, to third derivatives of the sum
+    slot = layout.receiver_source_slot
+    grad_out = torch.randn(N, C, F, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def backward(grid, projected, angular, grad_out):
+        pair = torch.bmm(grid, projected).view(-1, F).detach()
+        return module._AngularPairSumBackward.apply(grid, projected, angular, slot, pair,
+                                                    grad_out, block_elements, True, True, True)
+
+    assert torch.autograd.gradcheck(backward, inputs + (grad_out, ))
+    assert torch.autograd.gradgradcheck(backward, inputs + (grad_out, ))
 
 
 @pytest.mark.parametrize('block_elements', [8, 2**20])

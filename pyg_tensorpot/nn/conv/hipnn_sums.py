@@ -21,8 +21,7 @@ def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple
 class _AngularPairSum(torch.autograd.Function):
     # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
     # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
-    # for the backward pass), and the gradient of c once. A double backward (force training)
-    # goes through the differentiable formulas of _plain_angular_pair_sum_backward.
+    # for the backward pass). The backward pass is _AngularPairSumBackward.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
                 block_elements: int) -> Tensor:
@@ -50,22 +49,36 @@ class _AngularPairSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         grid, projected, angular, source_slot, pair = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
-                                                    grad_out) + (None, None)
-        need_grid, need_projected, need_angular = ctx.needs_input_grad[:3]
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        grads = _AngularPairSumBackward.apply(grid, projected, angular, source_slot, pair,
+                                              grad_out.contiguous(), ctx.block_elements,
+                                              *needs)
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+
+
+class _AngularPairSumBackward(torch.autograd.Function):
+    # The gradients of _AngularPairSum with respect to (grid, projected, angular), a block of
+    # atoms at a time: grad_c = scatter of Y g from the receiver slots back to the source
+    # slots, then grad_c projected^T and grid^T grad_c per neighbour. Differentiable (force
+    # training) in blocks too; c (= grid projected, not a tracked input) enters its backward
+    # pass through grid and projected explicitly.
+    @staticmethod
+    def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
+                pair: Tensor, grad_out: Tensor, block_elements: int, need_grid: bool,
+                need_projected: bool, need_angular: bool):
         N, width_s, _ = grid.shape
         width_r, F = angular.size(1), projected.size(-1)
+        dummy = grid.new_zeros(())
         grad_pair = grid.new_zeros((N * width_s, F))
-        grad_angular = torch.zeros_like(angular) if need_angular else None
-        blocks = _blocks(N, width_r * F, ctx.block_elements)
+        grad_angular = torch.zeros_like(angular) if need_angular else dummy
+        blocks = _blocks(N, width_r * F, block_elements)
         if width_r > 0 and len(blocks) > 0:
             rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
             slots = source_slot.view(N, width_r)
             for a, b in blocks:
                 block = grad_out[a:b]
                 index = slots[a:b].reshape(-1)
-                if grad_angular is not None:
+                if need_angular:
                     gathered = torch.index_select(pair, 0, index, out=rows[:(b - a) * width_r])
                     torch.bmm(gathered.view(b - a, width_r, F), block.transpose(1, 2),
                               out=grad_angular[a:b])
@@ -73,15 +86,139 @@ class _AngularPairSum(torch.autograd.Function):
                 grad_rows = torch.bmm(angular[a:b], block,
                                       out=rows[:(b - a) * width_r].view(b - a, width_r, F))
                 grad_pair.index_add_(0, index, grad_rows.view(-1, F))
-        grad_grid = torch.empty_like(grid) if need_grid else None
-        grad_projected = torch.empty_like(projected) if need_projected else None
-        for a, b in _blocks(N, width_s * F, ctx.block_elements):
-            block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
+        grad_grid = torch.empty_like(grid) if need_grid else dummy
+        grad_projected = torch.empty_like(projected) if need_projected else dummy
+        if need_grid or need_projected:
+            for a, b in _blocks(N, width_s * F, block_elements):
+                block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
+                if need_grid:
+                    torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+                if need_projected:
+                    torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
+        ctx.save_for_backward(grid, projected, angular, source_slot, pair, grad_out)
+        ctx.block_elements = block_elements
+        ctx.needs = (need_grid, need_projected, need_angular)
+        ctx.set_materialize_grads(False)  # an unused gradient comes as None, not zeros
+        return grad_grid, grad_projected, grad_angular
+
+    @staticmethod
+    def backward(ctx, up_grid: Optional[Tensor], up_projected: Optional[Tensor],
+                 up_angular: Optional[Tensor]):
+        grid, projected, angular, source_slot, pair, grad_out = ctx.saved_tensors
+        ups = [u if need and u is not None and u.dim() == 3 else None
+               for u, need in zip((up_grid, up_projected, up_angular), ctx.needs)]
+        wants = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
+            grads = _plain_angular_pair_sum_double_backward(grid, projected, angular,
+                                                            source_slot, grad_out, ups,
+                                                            wants)
+        else:
+            grads = _blocked_angular_pair_sum_double_backward(
+                grid, projected, angular, source_slot, pair, grad_out, ups, wants,
+                ctx.block_elements)
+        grad_grid, grad_projected, grad_angular, grad_grad_out = grads
+        return (grad_grid, grad_projected, grad_angular, None, None, grad_grad_out, None, None,
+                None, None)
+
+
+def _blocked_angular_pair_sum_double_backward(
+        grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor, pair: Tensor,
+        grad_out: Tensor, ups: List[Optional[Tensor]], wants: Tuple[bool, ...],
+        block_elements: int) -> Tuple[Optional[Tensor], ...]:
+    # With upstream gradients (uG, uP, uA) of (grad_grid, grad_projected, grad_angular) =
+    # (Q P^T, G^T Q, gather(c) g^T), Q = scatter(Y g), c = G P:
+    #   d grid      = Q uP^T + R P^T,      R = scatter(uA g)
+    #   d projected = uG^T Q + G^T R
+    #   d angular   = gather(X) g^T,       X = uG P + G uP
+    #   d grad_out  = Y^T gather(X) + uA^T gather(c)
+    up_grid, up_projected, up_angular = ups
+    N, width_s, _ = grid.shape
+    width_r, F = angular.size(1), projected.size(-1)
+    want_grid, want_projected, want_angular, want_grad_out = wants[0], wants[1], wants[2], \
+        wants[5]
+    use_x = up_grid is not None or up_projected is not None
+    need_q = (want_grid and up_projected is not None) or \
+        (want_projected and up_grid is not None)
+    need_r = up_angular is not None and (want_grid or want_projected)
+    need_x = use_x and (want_angular or want_grad_out)
+    grad_angular = torch.zeros_like(angular) if want_angular and need_x else None
+    grad_grad_out = torch.zeros_like(grad_out) if want_grad_out and (
+        need_x or up_angular is not None) else None
+    source_blocks = _blocks(N, width_s * F, block_elements)
+    x = None
+    if need_x:
+        x = grid.new_empty((N * width_s, F))
+        for a, b in source_blocks:
+            block = x[a * width_s:b * width_s].view(b - a, width_s, F)
+            if up_grid is not None:
+                torch.bmm(up_grid[a:b], projected[a:b], out=block)
+                if up_projected is not None:
+                    block.baddbmm_(grid[a:b], up_projected[a:b])
+            else:
+                torch.bmm(grid[a:b], up_projected[a:b], out=block)
+    q = grid.new_zeros((N * width_s, F)) if need_q else None
+    r = grid.new_zeros((N * width_s, F)) if need_r else None
+    blocks = _blocks(N, width_r * F, block_elements)
+    if width_r > 0 and len(blocks) > 0 and (
+            x is not None or q is not None or r is not None or grad_grad_out is not None):
+        rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
+        slots = source_slot.view(N, width_r)
+        for a, b in blocks:
+            g, y, index = grad_out[a:b], angular[a:b], slots[a:b].reshape(-1)
+            block = rows[:(b - a) * width_r].view(b - a, width_r, F)
+            if x is not None:
+                torch.index_select(x, 0, index, out=block.view(-1, F))
+                if grad_angular is not None:
+                    torch.bmm(block, g.transpose(1, 2), out=grad_angular[a:b])
+                if grad_grad_out is not None:
+                    grad_grad_out[a:b].baddbmm_(y.transpose(1, 2), block)
+            if up_angular is not None and grad_grad_out is not None:
+                torch.index_select(pair, 0, index, out=block.view(-1, F))
+                grad_grad_out[a:b].baddbmm_(up_angular[a:b].transpose(1, 2), block)
+            if q is not None:
+                q.index_add_(0, index, torch.bmm(y, g, out=block).view(-1, F))
+            if r is not None:
+                r.index_add_(0, index, torch.bmm(up_angular[a:b], g, out=block).view(-1, F))
+    grad_grid = torch.zeros_like(grid) if want_grid and (
+        (q is not None and up_projected is not None) or r is not None) else None
+    grad_projected = torch.zeros_like(projected) if want_projected and (
+        (q is not None and up_grid is not None) or r is not None) else None
+    if grad_grid is not None or grad_projected is not None:
+        for a, b in source_blocks:
+            span = slice(a * width_s, b * width_s)
+            q_block = None if q is None else q[span].view(b - a, width_s, F)
+            r_block = None if r is None else r[span].view(b - a, width_s, F)
             if grad_grid is not None:
-                torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+                if q_block is not None and up_projected is not None:
+                    grad_grid[a:b].baddbmm_(q_block, up_projected[a:b].transpose(1, 2))
+                if r_block is not None:
+                    grad_grid[a:b].baddbmm_(r_block, projected[a:b].transpose(1, 2))
             if grad_projected is not None:
-                torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
-        return grad_grid, grad_projected, grad_angular, None, None
+                if q_block is not None and up_grid is not None:
+                    grad_projected[a:b].baddbmm_(up_grid[a:b].transpose(1, 2), q_block)
+                if r_block is not None:
+                    grad_projected[a:b].baddbmm_(grid[a:b].transpose(1, 2), r_block)
+    return grad_grid, grad_projected, grad_angular, grad_grad_out
+
+
+def _plain_angular_pair_sum_double_backward(
+        grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor, grad_out: Tensor,
+        ups: List[Optional[Tensor]], wants: Tuple[bool, ...]) -> Tuple[Optional[Tensor], ...]:
+    # Differentiable: the gradients of the plain backward formulas, by autograd.
+    inputs = [grid, projected, angular, grad_out]
+    wanted = [wants[0], wants[1], wants[2], wants[5]]
+    outputs = _plain_angular_pair_sum_backward(grid, projected, angular, source_slot, grad_out)
+    pairs = [(o, u) for o, u in zip(outputs, ups) if u is not None]
+    chosen = [x for x, w in zip(inputs, wanted) if w and x.requires_grad]
+    result: List[Optional[Tensor]] = [None] * 4
+    if pairs and chosen:
+        grads = torch.autograd.grad([o for o, _ in pairs], chosen, [u for _, u in pairs],
+                                    create_graph=True, allow_unused=True)
+        it = iter(grads)
+        for k, (x, w) in enumerate(zip(inputs, wanted)):
+            if w and x.requires_grad:
+                result[k] = next(it)
+    return tuple(result)
 
 
 def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,

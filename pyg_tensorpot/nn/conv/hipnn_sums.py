@@ -109,9 +109,10 @@ class _AngularPairSumBackward(torch.autograd.Function):
                for u, need in zip((up_grid, up_projected, up_angular), ctx.needs)]
         wants = ctx.needs_input_grad
         if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
-            grads = _plain_angular_pair_sum_double_backward(grid, projected, angular,
-                                                            source_slot, grad_out, ups,
-                                                            wants)
+            grads = _differentiated(
+                _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
+                                                 grad_out), ups,
+                [grid, projected, angular, grad_out], [wants[0], wants[1], wants[2], wants[5]])
         else:
             grads = _blocked_angular_pair_sum_double_backward(
                 grid, projected, angular, source_slot, pair, grad_out, ups, wants,
@@ -201,24 +202,20 @@ def _blocked_angular_pair_sum_double_backward(
     return grad_grid, grad_projected, grad_angular, grad_grad_out
 
 
-def _plain_angular_pair_sum_double_backward(
-        grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor, grad_out: Tensor,
-        ups: List[Optional[Tensor]], wants: Tuple[bool, ...]) -> Tuple[Optional[Tensor], ...]:
-    # Differentiable: the gradients of the plain backward formulas, by autograd.
-    inputs = [grid, projected, angular, grad_out]
-    wanted = [wants[0], wants[1], wants[2], wants[5]]
-    outputs = _plain_angular_pair_sum_backward(grid, projected, angular, source_slot, grad_out)
+def _differentiated(outputs: Tuple[Tensor, ...], ups: List[Optional[Tensor]],
+                    inputs: List[Tensor], wanted: List[bool]) -> List[Optional[Tensor]]:
+    # Third derivatives of the fused sums: the gradients of their plain backward formulas
+    # (outputs, with upstream gradients ups, None where unused) with respect to the wanted
+    # inputs, by autograd and themselves differentiable.
     pairs = [(o, u) for o, u in zip(outputs, ups) if u is not None]
-    chosen = [x for x, w in zip(inputs, wanted) if w and x.requires_grad]
-    result: List[Optional[Tensor]] = [None] * 4
+    chosen = [k for k, (x, w) in enumerate(zip(inputs, wanted)) if w and x.requires_grad]
+    result: List[Optional[Tensor]] = [None] * len(inputs)
     if pairs and chosen:
-        grads = torch.autograd.grad([o for o, _ in pairs], chosen, [u for _, u in pairs],
-                                    create_graph=True, allow_unused=True)
-        it = iter(grads)
-        for k, (x, w) in enumerate(zip(inputs, wanted)):
-            if w and x.requires_grad:
-                result[k] = next(it)
-    return tuple(result)
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in chosen],
+                                    [u for _, u in pairs], create_graph=True, allow_unused=True)
+        for k, grad in zip(chosen, grads):
+            result[k] = grad
+    return result
 
 
 def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
@@ -317,7 +314,7 @@ class _PairSumBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, grad_out: Tensor,
                 block_elements: int, need_grid: bool, need_projected: bool):
-        N, width, K = grid.shape
+        N, width, _ = grid.shape
         F = projected.size(-1)
         grad_grid = torch.empty_like(grid) if need_grid else grid.new_zeros(())
         grad_projected = torch.empty_like(projected) if need_projected else grid.new_zeros(())
@@ -344,12 +341,13 @@ class _PairSumBackward(torch.autograd.Function):
         use_grid = need_grid and up_grid is not None and up_grid.dim() == 3
         use_projected = need_projected and up_projected is not None and up_projected.dim() == 3
         wants = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            grad_grid, grad_projected, grad_grad_out = _plain_pair_sum_double_backward(
-                grid, projected, target, grad_out, up_grid if use_grid else None,
-                up_projected if use_projected else None, wants[0], wants[1], wants[3])
+        if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
+            grad_grid, grad_projected, grad_grad_out = _differentiated(
+                _plain_pair_sum_backward(grid, projected, target, grad_out),
+                [up_grid if use_grid else None, up_projected if use_projected else None],
+                [grid, projected, grad_out], [wants[0], wants[1], wants[3]])
             return grad_grid, grad_projected, None, grad_grad_out, None, None, None
-        N, width, K = grid.shape
+        N, width, _ = grid.shape
         F = projected.size(-1)
         grad_grid = torch.zeros_like(grid) if wants[0] and use_projected else None
         grad_projected = torch.zeros_like(projected) if wants[1] and use_grid else None
@@ -387,28 +385,12 @@ def _plain_pair_sum(grid: Tensor, projected: Tensor, target: Tensor) -> Tensor:
                                                  torch.bmm(grid, projected).view(-1, F))
 
 
-def _plain_pair_sum_double_backward(grid: Tensor, projected: Tensor, target: Tensor,
-                                    grad_out: Tensor, up_grid: Optional[Tensor],
-                                    up_projected: Optional[Tensor], want_grid: bool,
-                                    want_projected: bool, want_grad_out: bool
-                                    ) -> Tuple[Optional[Tensor], ...]:
-    # Differentiable formulas of _PairSumBackward.backward (third derivatives).
+def _plain_pair_sum_backward(grid: Tensor, projected: Tensor, target: Tensor,
+                             grad_out: Tensor) -> Tuple[Tensor, Tensor]:
     N, width, _ = grid.shape
-    F = projected.size(-1)
-    gathered = grad_out.index_select(0, target).view(N, width, F)
-    grad_grid = torch.bmm(gathered, up_projected.transpose(1, 2)) \
-        if want_grid and up_projected is not None else None
-    grad_projected = torch.bmm(up_grid.transpose(1, 2), gathered) \
-        if want_projected and up_grid is not None else None
-    grad_grad_out = None
-    if want_grad_out and (up_grid is not None or up_projected is not None):
-        block = torch.zeros_like(gathered)
-        if up_grid is not None:
-            block = block + torch.bmm(up_grid, projected)
-        if up_projected is not None:
-            block = block + torch.bmm(grid, up_projected)
-        grad_grad_out = torch.zeros_like(grad_out).index_add(0, target, block.view(-1, F))
-    return grad_grid, grad_projected, grad_grad_out
+    gathered = grad_out.index_select(0, target).view(N, width, projected.size(-1))
+    return torch.bmm(gathered, projected.transpose(1, 2)), torch.bmm(grid.transpose(1, 2),
+                                                                     gathered)
 
 
 def pair_sum(grid: Tensor, projected: Tensor, target: Tensor,

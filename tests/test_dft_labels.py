@@ -15,6 +15,7 @@ from pyg_tensorpot.datasets.organic_dft import (
     OrganicDFT,
     conformation_split,
     molecule_bucket,
+    molecule_id,
 )
 from pyg_tensorpot.dft import DFTSettings, PySCFLabeller, compute_label, iter_labels, read_label
 from pyg_tensorpot.utils.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
@@ -215,6 +216,10 @@ def test_dataset_serves_the_labels(tmp_path):
         torch.testing.assert_close(d.pos, torch.from_numpy(pos).float())
         torch.testing.assert_close(d.forces, torch.from_numpy(forces).float())
         assert kind.startswith(KINDS[int(d.kind)])
+        assert int(d.molecule) == molecule_id(smiles[k])
+    # the id is the molecule's: shared by its conformations, distinct between molecules
+    assert len({int(d.molecule) for d in ds}) == 30
+    assert molecule_id('CCO') == molecule_id('CCO') != molecule_id('OCC.CCO')
     split = ds.fixed_split()
     assert sum(len(v) for v in split.values()) == 30
     for part, idx in split.items():
@@ -279,3 +284,18 @@ def test_bundled_labels_are_at_the_validated_settings():
     assert not molecules['idx_test'] & molecules['idx_train']
     assert not molecules['idx_test'] & molecules['idx_val']
     assert not molecules['idx_val'] & molecules['idx_train']
+
+
+def test_standard_split_of_organic_dft_is_its_fixed_split(tmp_path):
+    from pyg_tensorpot.datasets import load_split, standard_split
+    rng = np.random.default_rng(2)
+    for k in range(25):
+        fake_label(str(tmp_path), f'r1-{k:05d}', f'C{"C" * k}N', 'conformer', [7, 1, 1],
+                   rng.standard_normal((3, 3)), -50.0 - k, rng.standard_normal((3, 3)))
+    ds = OrganicDFT(folder=str(tmp_path), log=False)
+    fixed = ds.fixed_split()
+    path = str(tmp_path / 'splits.npz')
+    for seed in (None, 1, 7):  # no seed moves a molecule between parts
+        split = standard_split(ds, seed=seed, path=path)
+        assert all(torch.equal(split[k], fixed[k]) for k in fixed)
+    assert all(torch.equal(load_split(path, len(ds))[k], fixed[k]) for k in fixed)

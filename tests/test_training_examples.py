@@ -28,6 +28,7 @@ PARAMETERS = {
     'distill-ani1x-hipnn-ts.yaml': 150_486,
     'distill-ani1x-hipnn-ts-scans.yaml': 150_486,
     'finetune-own-data.yaml': 52_001,
+    'finetune-organic-dft.yaml': 52_001,
     'TensorNet-rMD17.yaml': 766_337,
     'TensorNet-ANI1x.yaml': 769_921,
     'TensorNet-QM9.yaml': 3_974_401,
@@ -78,6 +79,21 @@ def _s66x8_sample(tmp_path) -> list:
             'data.test_args.verify_checksums=false']
 
 
+def _organic_dft_sample(tmp_path, per_part: int = 4) -> str:
+    """A folder with a few bundled DFT labels of each part of the fixed split (the bundled
+    folder grows with every labelling round; one epoch on all of it would grow too)."""
+    from pyg_tensorpot.datasets.organic_dft import OrganicDFT
+    bundled = OrganicDFT(log=False)
+    folder = tmp_path / 'organic_dft'
+    folder.mkdir()
+    for idx in bundled.fixed_split().values():
+        assert idx.numel() > 0, 'a part of the bundled split is empty'
+        for i in idx[:per_part].tolist():
+            key = bundled.raw_file_names[i]
+            shutil.copy(osp.join(bundled.raw_dir, key), folder / key)
+    return str(folder)
+
+
 def _roots(tmp_path, name):
     """Dataset roots with the real samples in the raw layout of the full releases."""
     overrides = []
@@ -96,6 +112,8 @@ def _roots(tmp_path, name):
                       'data.val_size=4']
     elif name == 'finetune-own-data.yaml':
         overrides += ['data.train_size=8', 'data.val_size=4', 'data.test_size=4']
+    elif name == 'finetune-organic-dft.yaml':
+        overrides += [f'data.args.folder={_organic_dft_sample(tmp_path)}']
     elif name == 'TensorNet-QM9.yaml':
         qm9 = pytest.importorskip('test_datasets_qm9')  # writes PyG's raw QM9 files
         os.makedirs(tmp_path / 'qm9' / 'raw')

@@ -28,6 +28,12 @@ def _bundled_folder() -> str:
     return osp.join(here, 'data', 'organic_dft', 'labels')
 
 
+def molecule_id(smiles: str) -> int:
+    """A stable integer id of a molecule (or of a cluster ``"A.B"``): the first 60 bits of the
+    SHA-256 of its canonical SMILES, the same in every release whatever labels are added."""
+    return int(hashlib.sha256(smiles.encode('utf-8')).hexdigest()[:15], 16)
+
+
 def molecule_bucket(smiles: str, buckets: int = 10) -> int:
     """The bucket (0 .. :obj:`buckets` - 1) of a molecule, from the SHA-256 of its canonical
     SMILES: independent of the order and number of labels, so that the split of a molecule
@@ -69,7 +75,9 @@ class OrganicDFT(AtomisticInMemoryDataset):
     energy), ``forces`` (eV/Angstrom, :math:`-\nabla E`), ``kind`` (index into
     :data:`KINDS`), ``temperature`` (K of the MD or normal-mode sampling, 0 otherwise),
     ``split`` (0 train, 1 val, 2 test, 3 a cluster of molecules from different parts;
-    see :meth:`fixed_split`).
+    see :meth:`fixed_split`), ``molecule`` (:func:`molecule_id` of the SMILES: the
+    conformations of one molecule or cluster share it, for conformational energies and for
+    ``data.group_key``).
 
     Args:
         root (str, optional): Folder to cache the processed file in; with :obj:`None` the
@@ -110,7 +118,8 @@ class OrganicDFT(AtomisticInMemoryDataset):
 
     def process_storage(self):
         from pyg_tensorpot.dft.labeller import read_label
-        zs, pos, forces, energy, kind, temperature, split, num_atoms = ([] for _ in range(8))
+        zs, pos, forces, energy, kind, temperature, split, molecule, num_atoms = (
+            [] for _ in range(9))
         for key in self._keys:
             record = read_label(osp.join(self.folder, f'{key}.json'))
             meta = record.get('metadata', {})
@@ -126,13 +135,15 @@ class OrganicDFT(AtomisticInMemoryDataset):
             kind.append(_kind_index(str(meta.get('kind', 'conformer')), key))
             temperature.append(float(meta.get('temperature') or 0.0))
             split.append(SPLIT_PARTS.index(conformation_split(smiles)))
+            molecule.append(molecule_id(smiles))
         atom_fields = {'z': torch.from_numpy(np.concatenate(zs)),
                        'pos': torch.from_numpy(np.concatenate(pos).astype(np.float32)),
                        'forces': torch.from_numpy(np.concatenate(forces).astype(np.float32))}
         graph_fields = {'energy': torch.tensor(energy, dtype=torch.float64),
                         'kind': torch.tensor(kind, dtype=torch.long),
                         'temperature': torch.tensor(temperature, dtype=torch.float32),
-                        'split': torch.tensor(split, dtype=torch.long)}
+                        'split': torch.tensor(split, dtype=torch.long),
+                        'molecule': torch.tensor(molecule, dtype=torch.long)}
         return collate_storage(torch.tensor(num_atoms), atom_fields, graph_fields)
 
     def fixed_split(self) -> Dict[str, Tensor]:

@@ -241,6 +241,8 @@ PROTOCOLS = {
     'spice': (0.8, 0.1, None, 1),          # TensorNet SPICE config
     'comp6': (0, 0, None, 1),              # external test set only
 }
+#: Protocols whose split is fixed by the dataset itself (``dataset.fixed_split()``), no seed.
+FIXED_PROTOCOLS = ('organic-dft',)
 
 
 def _protocol_for(dataset) -> str:
@@ -248,6 +250,8 @@ def _protocol_for(dataset) -> str:
     name = type(dataset).__name__.lower()
     if isinstance(dataset, (md17.RMD17, md17.MD17, md17.MD17EthanolSample)):
         return 'rmd17'
+    if name == 'organicdft':
+        return 'organic-dft'
     for key in ('qm9', 'ani1x', 'spice', 'comp6'):
         if key in name:
             return key
@@ -269,7 +273,9 @@ def standard_split(
     * QM9: 110,000 / 10,000 / rest, seed 1;
     * ANI-1x and SPICE: 80 % / 10 % / rest over conformations, seed 1 (COMP6 is ANI-1x's
       external test set);
-    * COMP6: everything is test.
+    * COMP6: everything is test;
+    * OrganicDFT: its fixed split by molecule (``dataset.fixed_split()``, no seed: the same
+      molecules are test in every run and every release).
 
     Args:
         dataset: The dataset (its length and type choose the protocol).
@@ -280,9 +286,14 @@ def standard_split(
             must hold the same split. (default: :obj:`None`)
     """
     protocol = protocol or _protocol_for(dataset)
+    if protocol in FIXED_PROTOCOLS:
+        if not hasattr(dataset, 'fixed_split'):
+            raise ValueError(f"the '{protocol}' split is fixed by its dataset, and "
+                             f"{type(dataset).__name__} has none")
+        return _maybe_save(dataset.fixed_split(), path, len(dataset))
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown split protocol '{protocol}'; choose one of "
-                         f"{sorted(PROTOCOLS)}")
+                         f"{sorted([*PROTOCOLS, *FIXED_PROTOCOLS])}")
     train, val, test, default_seed = PROTOCOLS[protocol]
     return random_split(len(dataset), train, val, test,
                         default_seed if seed is None else seed, path)

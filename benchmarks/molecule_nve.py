@@ -1,0 +1,209 @@
+"""10 ps NVE of a drug-like molecule in vacuum with the ASE calculator (issue 18, report).
+
+For every ``--models`` and ``--dtypes``: the molecule of ``--smiles`` (ibuprofen by default: a
+drug with 15 heavy atoms, an aromatic ring, a carboxylic acid and four rotatable bonds, not in
+the training data of the shipped models) is embedded by RDKit (ETKDG v3 + MMFF94, lowest of
+``--conformers``), relaxed with the model (BFGS to ``--fmax``), given Maxwell-Boltzmann
+velocities at ``--temperature``, equilibrated with ``--equilibrate`` Langevin steps, freed of
+its centre-of-mass motion and rotation, and run for ``--time-ps`` of velocity Verlet with steps
+of ``--timestep`` fs.
+
+Reported per run, from the total energy sampled every ``--stride`` steps:
+
+* drift: slope of a least-squares line through the total energy (meV/ps for the molecule and
+  meV/atom/ps), fluctuation about it and max - min;
+* blow-up checks: every energy finite, the covalent bonds of the SMILES graph all kept and no
+  new bond formed at any sampled frame (bonded: closer than 1.25 x the sum of the covalent
+  radii), the largest force and the shortest distance seen;
+* the mean temperature and the wall time per step.
+
+The record goes to ``--json`` (``benchmarks/results/molecule_nve.json``); ``--render FILE``
+prints the table of a record::
+
+    python benchmarks/molecule_nve.py --threads 1
+    python benchmarks/molecule_nve.py --models hipnn-ts-ani1x --dtypes float32 --time-ps 1
+    python benchmarks/molecule_nve.py --render benchmarks/results/molecule_nve.json
+"""
+import os
+
+# Spinning OpenMP threads slow everything down several times on a shared machine.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from typing import Dict, List  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IBUPROFEN = 'CC(C)Cc1ccc(cc1)C(C)C(=O)O'
+#: Covalent radii (Angstrom) of H, C, N, O (Cordero et al. 2008), for the bond check.
+COVALENT_RADII = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
+BOND_FACTOR = 1.25
+
+
+def bonded_pairs(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``[N, N]`` boolean matrix: atoms closer than 1.25 x the sum of their covalent radii."""
+    radii = np.array([COVALENT_RADII[int(v)] for v in z])
+    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    bonded = dist < BOND_FACTOR * (radii[:, None] + radii[None])
+    np.fill_diagonal(bonded, False)
+    return bonded
+
+
+def smiles_bonds(mol) -> np.ndarray:
+    """The ``[N, N]`` bond matrix of the RDKit molecule's graph (hydrogens explicit)."""
+    n = mol.GetNumAtoms()
+    bonds = np.zeros((n, n), dtype=bool)
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        bonds[i, j] = bonds[j, i] = True
+    return bonds
+
+
+def nve_run(model: str, dtype: torch.dtype, args) -> Dict:
+    from ase import Atoms, units
+    from ase.md.langevin import Langevin
+    from ase.md import velocitydistribution as vd
+    from ase.md.verlet import VelocityVerlet
+    from ase.optimize import BFGS
+
+    from pyg_tensorpot.calculator import TensorPotCalculator
+    from pyg_tensorpot.sampling.conformers import embed_conformers
+
+    mol, z, conformers, _ = embed_conformers(args.smiles, args.conformers, seed=args.seed)
+    bonds = smiles_bonds(mol)
+    atoms = Atoms(numbers=z, positions=conformers[0])
+    atoms.calc = TensorPotCalculator(model, dtype=dtype)
+    if not np.array_equal(bonded_pairs(z, atoms.positions), bonds):
+        raise RuntimeError('the MMFF conformer does not match the SMILES bonds')
+    relax = BFGS(atoms, logfile=None)
+    relax.run(fmax=args.fmax, steps=500)
+    relaxed_fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    rng = np.random.default_rng(args.seed)
+    draw = getattr(vd, 'thermalize_momenta', None) or vd.MaxwellBoltzmannDistribution
+    draw(atoms, temperature_K=args.temperature, rng=rng)
+    if args.equilibrate:
+        Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
+                 friction=0.01 / units.fs, rng=rng, fixcm=False,
+                 logfile=None).run(args.equilibrate)
+    # NVE of the molecule at rest: no drift of the centre of mass, no overall rotation
+    vd.Stationary(atoms)
+    vd.ZeroRotation(atoms)
+
+    totals: List[float] = []
+    temperatures: List[float] = []
+    checks = {'bonds_kept': True, 'first_broken_step': None, 'max_force': 0.0,
+              'min_distance': np.inf}
+    steps_done = [0]
+
+    def record():
+        totals.append(atoms.get_total_energy())
+        temperatures.append(atoms.get_temperature())
+        pos = atoms.positions
+        dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+        np.fill_diagonal(dist, np.inf)
+        checks['min_distance'] = min(checks['min_distance'], float(dist.min()))
+        checks['max_force'] = max(checks['max_force'],
+                                  float(np.linalg.norm(atoms.get_forces(), axis=1).max()))
+        if checks['bonds_kept'] and not np.array_equal(bonded_pairs(z, pos), bonds):
+            checks['bonds_kept'] = False
+            checks['first_broken_step'] = steps_done[0]
+        steps_done[0] += args.stride
+
+    steps = int(round(args.time_ps * 1000 / args.timestep))
+    dyn = VelocityVerlet(atoms, args.timestep * units.fs, logfile=None)
+    dyn.attach(record, interval=args.stride)
+    start = time.perf_counter()
+    dyn.run(steps)
+    wall = time.perf_counter() - start
+    time_ps = np.arange(len(totals)) * args.stride * args.timestep / 1000
+    per_atom = drift_statistics(np.asarray(totals) / len(atoms), time_ps)
+    slope = np.polyfit(time_ps, np.asarray(totals), 1)[0]
+    return {'model': model, 'dtype': str(dtype).replace('torch.', ''), 'smiles': args.smiles,
+            'name': args.name, 'atoms': len(atoms), 'steps': steps, 'timestep_fs': args.timestep,
+            'time_ps': steps * args.timestep / 1000, 'stride': args.stride,
+            'equilibration_steps': args.equilibrate, 'temperature_K': args.temperature,
+            'relaxed_fmax_eV_per_A': relaxed_fmax,
+            'drift_mev_per_ps': float(slope) * 1000, **per_atom,
+            'fluctuation_mev': per_atom['fluctuation_mev_per_atom'] * len(atoms),
+            'max_minus_min_mev': per_atom['max_minus_min_mev_per_atom'] * len(atoms),
+            'mean_temperature_K': float(np.mean(temperatures)),
+            'bonds_kept': checks['bonds_kept'], 'first_broken_step': checks['first_broken_step'],
+            'max_force_eV_per_A': checks['max_force'], 'min_distance_A': checks['min_distance'],
+            'ms_per_step': wall / steps * 1000}
+
+
+def table(record: Dict) -> str:
+    lines = ['| model | dtype | atoms | steps x fs | drift (meV/ps) | drift (meV/atom/ps) | '
+             'fluctuation (meV) | max-min (meV) | mean T (K) | bonds kept | max force (eV/A) '
+             '| shortest distance (A) | ms/step |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in record['runs']:
+        kept = 'yes' if r['bonds_kept'] and r['finite'] else (
+            f"no (step {r['first_broken_step']})" if not r['bonds_kept'] else 'not finite')
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['atoms']} | {r['steps']} x {r['timestep_fs']} "
+            f"| {r['drift_mev_per_ps']:+.2f} | {r['drift_mev_per_atom_per_ps']:+.3f} | "
+            f"{r['fluctuation_mev']:.2f} | {r['max_minus_min_mev']:.2f} | "
+            f"{r['mean_temperature_K']:.0f} | {kept} | {r['max_force_eV_per_A']:.2f} | "
+            f"{r['min_distance_A']:.3f} | {r['ms_per_step']:.1f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--smiles', default=IBUPROFEN)
+    parser.add_argument('--name', default='ibuprofen')
+    parser.add_argument('--models', default='tensornet-ani1x,hipnn-ts-ani1x')
+    parser.add_argument('--dtypes', default='float64,float32')
+    parser.add_argument('--conformers', type=int, default=8)
+    parser.add_argument('--fmax', type=float, default=0.01, help='relaxation criterion, eV/A')
+    parser.add_argument('--temperature', type=float, default=300.0, help='K')
+    parser.add_argument('--equilibrate', type=int, default=1000, help='Langevin steps')
+    parser.add_argument('--time-ps', type=float, default=10.0)
+    parser.add_argument('--timestep', type=float, default=0.5, help='fs')
+    parser.add_argument('--stride', type=int, default=10)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--json', default=os.path.join(HERE, 'results', 'molecule_nve.json'))
+    parser.add_argument('--render', metavar='JSON', help='print the table of a record and exit')
+    args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render) as handle:
+            record = json.load(handle)
+        print(table(record))
+        return record
+    for name in ('time_ps', 'timestep'):
+        if getattr(args, name) <= 0:
+            parser.error(f'--{name.replace("_", "-")} must be positive')
+    if args.stride < 1 or args.equilibrate < 0:
+        parser.error('--stride must be at least 1 and --equilibrate at least 0')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(',') if name.strip()]
+    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
+              'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+              'load_average_before': list(os.getloadavg()), 'runs': []}
+    started = time.perf_counter()
+    for model in [m.strip() for m in args.models.split(',') if m.strip()]:
+        for dtype in dtypes:
+            result = nve_run(model, dtype, args)
+            print(json.dumps(result), flush=True)
+            record['runs'].append(result)
+    record['load_average_after'] = list(os.getloadavg())
+    record['wall_s'] = time.perf_counter() - started
+    print(table(record))
+    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
+    return record
+
+
+if __name__ == '__main__':
+    main()

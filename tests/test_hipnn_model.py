@@ -333,17 +333,36 @@ def test_layout_must_match_the_graph():
         layer.neighbor_layout(edge_index, z.numel(), torch.zeros(3, dtype=torch.long))
 
 
-def test_sensitivities_below_the_smallest_normal_number_are_zero():
-    sens = InverseGaussianSensitivity(20, 0.75, 5.5, 6.5)
-    r = torch.linspace(0.3, 6.5, 500)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_sensitivities_are_never_subnormal_and_match_the_direct_formula(dtype):
+    # The module evaluates exp(log phi - scaled^2 / 2) and zeroes results whose exponent is
+    # below log(tiny) + 7; the direct formula, taken in float64 as the reference, gives
+    # subnormal float32 numbers for the narrow Gaussians at hand.
+    sens = InverseGaussianSensitivity(20, 0.75, 5.5, 6.5).to(dtype)
+    # up to 6.4: at the cutoff itself float32 cos(pi / 2) is 4e-8, not 0 (the cutoff's rounding)
+    r = torch.linspace(0.3, 6.4, 2000, dtype=dtype)
     s = sens(r).detach()
-    tiny = torch.finfo(torch.float32).tiny
-    scaled = (1 / r[:, None] - 1 / sens.mu.detach()) * sens.sigma.detach()
-    plain = torch.exp(-0.5 * scaled**2) * sens.cutoff_fn(r)[:, None]
-    assert ((plain > 0) & (plain < tiny)).any()  # the case at hand
-    assert not ((s > 0) & (s < tiny)).any()
-    torch.testing.assert_close(s, torch.where(plain >= tiny, plain, torch.zeros_like(plain)),
-                               rtol=1e-6, atol=0.0)
+    info = torch.finfo(dtype)
+    r64, mu64, sigma64 = r.double(), sens.mu.detach().double(), sens.sigma.detach().double()
+    scaled = (1 / r64[:, None] - 1 / mu64) * sigma64
+    plain = torch.exp(-0.5 * scaled**2) * sens.cutoff_fn(r64)[:, None]
+    floor = math.exp(math.log(info.tiny) + 7.0)
+    if dtype == torch.float32:
+        assert ((plain > 0) & (plain < info.tiny)).any()  # the case at hand
+    assert not ((s != 0) & (s.abs() < info.tiny)).any()
+    above, below = plain > 1.01 * floor, plain < 0.99 * floor
+    assert above.sum() > 1000 and below.sum() > 1000
+    assert (s[below] == 0).all()
+    # relative error of exp(x) is about |x| eps; |x| < 800 here
+    rel = ((s.double() - plain).abs() / plain)[above]
+    assert rel.max() < 800 * info.eps
+
+
+def test_sensitivity_gradients_match_finite_differences():
+    sens = InverseGaussianSensitivity(6, 0.9, 3.0, 4.0).double()
+    r = torch.linspace(0.95, 3.9, 17, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(sens, (r, ))
+    assert torch.autograd.gradgradcheck(sens, (r, ))
 
 
 def test_hierarchical_energy_and_hierarchicality():

@@ -1,5 +1,7 @@
 r"""HIP-NN's sensitivity functions: Gaussians in inverse distance with learnable centres and
 widths, times the :math:`\cos^2` cutoff."""
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,13 +64,17 @@ class InverseGaussianSensitivity(torch.nn.Module):
 
     def forward(self, distances: Tensor) -> Tensor:
         scaled = (distances.reciprocal().unsqueeze(-1) - self.mu.reciprocal()) * self.sigma
-        s = torch.exp(-0.5 * scaled * scaled) * self.cutoff_fn(distances).unsqueeze(-1)
-        # Values below the smallest normal number are set to 0 (a change below 1e-38 in
-        # float32, 1e-307 in float64): subnormal numbers slow every product they enter tens of
-        # times on x86 CPUs, and the narrow Gaussians of HIP-NN make many of them (2 % of a
-        # float32 sensitivity table of small molecules).
-        tiny = 1.1754943508222875e-38 if s.dtype == torch.float32 else 2.2250738585072014e-308
-        return torch.where(s >= tiny, s, torch.zeros_like(s))
+        # Evaluated as exp(log phi - scaled^2 / 2), and set to 0 where that exponent is below
+        # log(tiny) + 7 (values under 1e-35 in float32, 1e-304 in float64): the narrow
+        # Gaussians of HIP-NN make many results, and the products with phi many more, that
+        # would be subnormal numbers, and subnormals slow exp and every product they enter tens
+        # of times on x86 CPUs. In the log domain no intermediate is ever subnormal; the
+        # rounding this adds is |exponent| * eps relative (1e-13 in float64).
+        info = torch.finfo(distances.dtype)
+        floor = math.log(info.tiny) + 7.0
+        log_phi = torch.log(self.cutoff_fn(distances).clamp(min=info.tiny)).unsqueeze(-1)
+        exponent = log_phi - 0.5 * scaled * scaled
+        return torch.exp(exponent.clamp(min=floor)) * (exponent > floor)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_sensitivities}, soft_min={self.soft_min}, '

@@ -1,9 +1,17 @@
-"""What the benchmark scripts share: the CPU they ran on, and the energy-conservation figures
-of the NVE benchmarks (md_nve.py, engine_nve.py, openmm_nve.py), computed one way."""
+"""What the benchmark scripts share: the header of their JSON records (date, CPU, load), the
+writing and reading of those records, and the energy-conservation figures of the NVE
+benchmarks (md_nve.py, engine_nve.py, openmm_nve.py), computed one way."""
+import datetime
+import json
+import os
 import platform
-from typing import Dict
+import time
+from typing import Any, Dict, Optional
 
 import numpy as np
+import torch
+
+from pyg_tensorpot.utils.files import atomic_write_text
 
 
 def cpu_model() -> str:
@@ -16,6 +24,40 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+
+
+def record_header(**fields: Any) -> Dict[str, Any]:
+    """The start of a benchmark record: ``date`` (UTC), ``machine`` (CPU model),
+    ``logical_cpus``, ``torch``, ``torch_threads`` and ``load_average_before`` (1, 5 and 15
+    minutes: the other jobs of a shared machine), then :obj:`fields`."""
+    return {'date': utc_now(), 'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
+            'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+            'load_average_before': list(os.getloadavg()), **fields}
+
+
+def finish_record(record: Dict[str, Any], path: Optional[str] = None,
+                  started: Optional[float] = None) -> Dict[str, Any]:
+    """Adds ``load_average_after`` (and ``wall_s`` since :obj:`started`, a
+    :func:`time.perf_counter` value) and writes the record to :obj:`path` atomically."""
+    record['load_average_after'] = list(os.getloadavg())
+    if started is not None:
+        record['wall_s'] = time.perf_counter() - started
+    if path:
+        atomic_write_text(json.dumps(record, indent=2) + '\n', path)
+    return record
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """A benchmark record written by :func:`finish_record` (for ``--render``)."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read the benchmark record '{path}': {error}") from error
 
 
 def drift_statistics(energy_per_atom_ev, time_ps) -> Dict[str, float]:

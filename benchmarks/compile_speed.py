@@ -23,18 +23,16 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from common import finish_record, read_record, record_header, utc_now  # noqa: E402
 from pyg_tensorpot.hub import from_pretrained  # noqa: E402
 from pyg_tensorpot.nn.verlet import VerletList  # noqa: E402
 from pyg_tensorpot.structures import water_box  # noqa: E402
-from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,7 +73,7 @@ def measure(name: str, molecules: int, args) -> dict:
             times[label].append(time.perf_counter() - started)
     compiled_s = statistics.median(times['compiled'])
     eager_s = statistics.median(times['eager'])
-    return {'model': name, 'date': _now(), 'load_average': list(os.getloadavg()),
+    return {'model': name, 'date': utc_now(), 'load_average': list(os.getloadavg()),
             'atoms': int(z.numel()), 'edges': int(graph.edge_index.size(1)),
             'dtype': args.dtype, 'compile_s': compile_s, 'eager_s': eager_s,
             'compiled_s': compiled_s, 'speedup': eager_s / compiled_s,
@@ -85,17 +83,12 @@ def measure(name: str, molecules: int, args) -> dict:
             'repeats': args.repeats}
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-
-
 def kept_rows(path: str, models) -> list:
     # Rows of other models from an earlier record, dated with that record where they
     # predate per-row dates.
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        old = json.load(f)
+    old = read_record(path)
     rows = []
     for row in old.get('runs', []):
         if row['model'] not in models:
@@ -125,24 +118,24 @@ def main(argv=None) -> dict:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'compile_speed.json'))
+    parser.add_argument('--render', metavar='JSON', help='print the tables of a record and exit')
     args = parser.parse_args(argv)
+    if args.render:
+        record = read_record(args.render)
+        print(table(record['runs']))
+        return record
     if args.threads:
         torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(',') if m.strip()]
-    record = {'date': _now(), 'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
-              'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(os.getloadavg()),
-              'runs': kept_rows(args.json, models)}
+    record = record_header(runs=kept_rows(args.json, models))
     started = time.perf_counter()
     for name in models:
         for molecules in [int(m) for m in args.molecules.split(',')]:
             row = measure(name, molecules, args)
             print(json.dumps(row), flush=True)
             record['runs'].append(row)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
+    finish_record(record, args.json, started)
     print(table(record['runs']))
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     return record
 
 

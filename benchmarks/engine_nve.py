@@ -33,7 +33,6 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -42,7 +41,7 @@ from typing import Callable, Dict, Tuple  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+from common import drift_statistics, finish_record, read_record, record_header  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -155,7 +154,12 @@ def main(argv=None) -> dict:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'engine_nve.json'))
+    parser.add_argument('--render', metavar='JSON', help='print the tables of a record and exit')
     args = parser.parse_args(argv)
+    if args.render:
+        record = read_record(args.render)
+        print(table(record))
+        return record
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [name.strip() for name in args.engines.split(',') if name.strip()]
@@ -163,13 +167,8 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f'unknown engines {unknown}; known: {sorted(ENGINES)}')
     started = time.perf_counter()
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': cpu_model(),
-              'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
-              'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(os.getloadavg()), 'model': args.model,
-              'molecules': args.molecules, 'equilibration_steps': args.equilibrate,
-              'seed': args.seed, 'engines': []}
+    record = record_header(model=args.model, molecules=args.molecules,
+                           equilibration_steps=args.equilibrate, seed=args.seed, engines=[])
     atoms = start_state(args)
     for name in names:
         row = {'engine': name}
@@ -186,12 +185,8 @@ def main(argv=None) -> dict:
         row.update(analyse(totals, len(atoms), args))
         print(json.dumps(row), flush=True)
         record['engines'].append(row)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
-    text = table(record)
-    print(text)
-    from pyg_tensorpot.utils.files import atomic_write_text
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
+    finish_record(record, args.json, started)
+    print(table(record))
     return record
 
 

@@ -28,7 +28,6 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import textwrap  # noqa: E402
@@ -37,7 +36,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+from common import drift_statistics, finish_record, record_header  # noqa: E402
 from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -216,12 +215,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(',') if name.strip()]
-    load_before = os.getloadavg()
     started = time.perf_counter()
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
-              'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(load_before), 'drift': [], 'overhead': []}
+    record = record_header(drift=[], overhead=[])
     record['fixed_cost'] = fixed_cost_run(args)
     print(json.dumps(record['fixed_cost']), flush=True)
     for dtype in dtypes:
@@ -232,15 +227,13 @@ def main(argv=None) -> dict:
         result = drift_run(args.model, dtype, args)
         print(json.dumps(result), flush=True)
         record['drift'].append(result)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
+    finish_record(record, args.json, started)
     text = table(record)
     print(text)
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     if args.readme:
         with open(args.readme) as handle:
             readme = handle.read()
-        load = ', '.join(f'{v:.1f}' for v in load_before)
+        load = ', '.join(f'{v:.1f}' for v in record['load_average_before'])
         after = ', '.join(f'{v:.1f}' for v in record['load_average_after'])
         threads = record['torch_threads']
         intro = (

@@ -26,17 +26,15 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from common import finish_record, read_record, record_header  # noqa: E402
 import pyg_tensorpot.nn.graph as graph_module  # noqa: E402
 from pyg_tensorpot.structures import water_box  # noqa: E402
-from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -225,6 +223,10 @@ def table(rows) -> str:
     return '\n'.join(lines)
 
 
+def render(record: dict) -> str:
+    return table(record['runs']) + '\n' + search_table(record['search'])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', default='tensornet-ani1x,hipnn-ts-ani1x')
@@ -242,15 +244,17 @@ def main(argv=None) -> dict:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'md_step.json'))
+    parser.add_argument('--render', metavar='JSON', help='print the tables of a record and exit')
     args = parser.parse_args(argv)
+    if args.render:
+        record = read_record(args.render)
+        print(render(record))
+        return record
     if args.threads:
         torch.set_num_threads(args.threads)
     skins = [float(s) for s in args.skins.split(',')]
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
-              'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(os.getloadavg()), 'dtype': args.dtype,
-              'timestep_fs': args.timestep, 'molecules': args.molecules, 'runs': []}
+    record = record_header(dtype=args.dtype, timestep_fs=args.timestep,
+                           molecules=args.molecules, runs=[])
     started = time.perf_counter()
     drivers = {'ase': run, 'torchsim': run_torchsim}
     chosen = [d.strip() for d in args.drivers.split(',') if d.strip()]
@@ -266,11 +270,8 @@ def main(argv=None) -> dict:
     from pyg_tensorpot.hub import from_pretrained
     cutoff = from_pretrained(args.models.split(',')[0].strip()).cutoff
     record['search'] = search_alone(cutoff, skins, args)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
-    print(table(record['runs']))
-    print(search_table(record['search']))
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
+    finish_record(record, args.json, started)
+    print(render(record))
     return record
 
 

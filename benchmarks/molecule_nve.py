@@ -30,7 +30,6 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from typing import Dict, List  # noqa: E402
@@ -38,25 +37,11 @@ from typing import Dict, List  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model, drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
-from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
+from common import drift_statistics, finish_record, read_record, record_header  # noqa: E402
+from pyg_tensorpot.utils.bonds import bonded_pairs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IBUPROFEN = 'CC(C)Cc1ccc(cc1)C(C)C(=O)O'
-#: Covalent radii (Angstrom) of H, C, N, O (Cordero et al. 2008), for the bond check.
-COVALENT_RADII = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
-BOND_FACTOR = 1.25
-
-
-def bonded_pairs(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """``[N, N]`` boolean matrix: atoms closer than 1.25 x the sum of their covalent radii."""
-    radii = np.array([COVALENT_RADII[int(v)] for v in z])
-    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    bonded = dist < BOND_FACTOR * (radii[:, None] + radii[None])
-    np.fill_diagonal(bonded, False)
-    return bonded
-
-
 def smiles_bonds(mol) -> np.ndarray:
     """The ``[N, N]`` bond matrix of the RDKit molecule's graph (hydrogens explicit)."""
     n = mol.GetNumAtoms()
@@ -176,8 +161,7 @@ def main(argv=None) -> Dict:
     parser.add_argument('--render', metavar='JSON', help='print the table of a record and exit')
     args = parser.parse_args(argv)
     if args.render:
-        with open(args.render) as handle:
-            record = json.load(handle)
+        record = read_record(args.render)
         print(table(record))
         return record
     for name in ('time_ps', 'timestep'):
@@ -188,20 +172,15 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(',') if name.strip()]
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': cpu_model(), 'logical_cpus': os.cpu_count(),
-              'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-              'load_average_before': list(os.getloadavg()), 'runs': []}
+    record = record_header(runs=[])
     started = time.perf_counter()
     for model in [m.strip() for m in args.models.split(',') if m.strip()]:
         for dtype in dtypes:
             result = nve_run(model, dtype, args)
             print(json.dumps(result), flush=True)
             record['runs'].append(result)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
+    finish_record(record, args.json, started)
     print(table(record))
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     return record
 
 

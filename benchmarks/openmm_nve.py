@@ -27,7 +27,6 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -35,7 +34,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import drift_statistics  # noqa: E402  (benchmarks/ is on sys.path)
+from common import drift_statistics, finish_record, read_record, record_header  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -138,7 +137,12 @@ def main(argv=None) -> dict:
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'openmm_nve.json'),
                         help="JSON record ('' for none)")
+    parser.add_argument('--render', metavar='JSON', help='print the tables of a record and exit')
     args = parser.parse_args(argv)
+    if args.render:
+        record = read_record(args.render)
+        print(table(record))
+        return record
     if args.steps < args.report or args.report < 1:
         parser.error('--steps must be at least --report, which must be positive')
     if args.threads:
@@ -147,11 +151,7 @@ def main(argv=None) -> dict:
     import openmm
 
     from pyg_tensorpot.hub import from_pretrained
-    from pyg_tensorpot.utils.files import atomic_write_text
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'model': args.model, 'openmm': openmm.__version__, 'torch': torch.__version__,
-              'torch_threads': torch.get_num_threads(), 'logical_cpus': os.cpu_count(),
-              'load_average_before': list(os.getloadavg()), 'runs': []}
+    record = record_header(model=args.model, openmm=openmm.__version__, runs=[])
     started = time.perf_counter()
     for name in (n.strip() for n in args.dtypes.split(',') if n.strip()):
         model = from_pretrained(args.model).to(getattr(torch, name))
@@ -159,11 +159,8 @@ def main(argv=None) -> dict:
             result = nve_run(model, system, z, pos, cell, args)
             print(json.dumps(result), flush=True)
             record['runs'].append(result)
-    record['load_average_after'] = list(os.getloadavg())
-    record['wall_s'] = time.perf_counter() - started
+    finish_record(record, args.json, started)
     print(table(record))
-    if args.json:
-        atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     return record
 
 

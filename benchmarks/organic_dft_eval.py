@@ -26,29 +26,23 @@ ensemble column needs torchani 2.2.4 and the NeuroChem files (``--ensemble-dir``
     python benchmarks/organic_dft_eval.py --render benchmarks/results/organic_dft_eval.json
 """
 import argparse
-import datetime
-import json
-import os
 import os.path as osp
 import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import cpu_model  # noqa: E402
-from pretrained import load_s66x8, predict_ensemble, predict_model  # noqa: E402
+from common import finish_record, read_record, record_header  # noqa: E402
+from pretrained import (  # noqa: E402
+    ELEMENTS, errors, load_s66x8, predict_ensemble, predict_model)
 
-from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
-from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL  # noqa: E402
 
 REPO = osp.dirname(HERE)
 ENSEMBLE = 'ANI-1x ensemble (8 models)'
-ELEMENTS = {1: 'H', 6: 'C', 7: 'N', 8: 'O'}
 DEFAULT_ENSEMBLE_DIR = osp.join(osp.dirname(REPO), 'shared', 'data', 'ani1x_model', 'ani-1x_8x')
 
 
@@ -57,34 +51,6 @@ def organic_dft(part: str) -> List:
     dataset = OrganicDFT(log=False)
     idx = dataset.fixed_split()[f'idx_{part}']
     return [dataset[int(i)] for i in idx]
-
-
-def errors(pred_e: np.ndarray, pred_f: np.ndarray, data) -> Dict[str, float]:
-    """The metrics of the module docstring, in kcal/mol(/A), of predictions in eV(/A)."""
-    group = np.array([int(d.molecule) for d in data])
-    ref_e = np.array([float(d.energy) for d in data])
-    ref_f = np.concatenate([d.forces.numpy() for d in data]).astype(np.float64)
-    z = np.concatenate([d.z.numpy() for d in data])
-    conf = []
-    for g in np.unique(group):
-        sel = group == g
-        if sel.sum() > 1:
-            conf.append((pred_e[sel] - pred_e[sel].mean()) - (ref_e[sel] - ref_e[sel].mean()))
-    conf = np.concatenate(conf) if conf else np.zeros(0)
-    force_error = np.abs(pred_f - ref_f)
-    out = {'conformations': len(data), 'groups': int(np.unique(group).size),
-           'conformational_groups': int(sum(1 for g in np.unique(group)
-                                            if (group == g).sum() > 1)),
-           'conformational_energy_mae_kcal_mol':
-               float(np.abs(conf).mean()) * EV_TO_KCAL_PER_MOL if conf.size else float('nan'),
-           'absolute_energy_mae_kcal_mol': float(np.abs(pred_e - ref_e).mean()) *
-           EV_TO_KCAL_PER_MOL,
-           'force_mae_kcal_mol_per_angstrom': float(force_error.mean()) * EV_TO_KCAL_PER_MOL}
-    for number, symbol in ELEMENTS.items():
-        sel = z == number
-        out[f'force_mae_{symbol}_kcal_mol_per_angstrom'] = (
-            float(force_error[sel].mean()) * EV_TO_KCAL_PER_MOL if sel.any() else float('nan'))
-    return out
 
 
 def evaluate(models: List[str], ensemble_dir: Optional[str], part: str) -> Dict:
@@ -129,7 +95,7 @@ def table(record: Dict) -> str:
                 f"{r['absolute_energy_mae_kcal_mol']:.3f} | "
                 f"{r['force_mae_kcal_mol_per_angstrom']:.3f} | "
                 + ' | '.join(f"{r[f'force_mae_{s}_kcal_mol_per_angstrom']:.3f}"
-                             for s in ELEMENTS.values()) + f' | {ratio} |')
+                             for s in ELEMENTS) + f' | {ratio} |')
         lines.append('')
     return '\n'.join(lines).rstrip('\n')
 
@@ -148,8 +114,7 @@ def main(argv=None) -> Dict:
     parser.add_argument('--render', metavar='JSON', help='print the tables of a record and exit')
     args = parser.parse_args(argv)
     if args.render:
-        with open(args.render) as handle:
-            record = json.load(handle)
+        record = read_record(args.render)
         print(table(record))
         return record
     if args.threads:
@@ -157,7 +122,8 @@ def main(argv=None) -> Dict:
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     if not models:
         parser.error('--models names no model')
-    start = time.perf_counter()
+    started = time.perf_counter()
+    record = record_header(part=args.part, models=models)
     results = evaluate(models, args.ensemble_dir or None, args.part)
     if args.labels:
         labels = [s.strip() for s in args.labels.split(',')]
@@ -165,12 +131,9 @@ def main(argv=None) -> Dict:
             parser.error(f'--labels gives {len(labels)} names for {len(models)} models')
         results = {labels[models.index(k)] if k in models else k: v
                    for k, v in results.items()}
-    record = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-              'machine': f'{cpu_model()}, {os.cpu_count()} logical CPUs, torch '
-                         f'{torch.__version__}', 'part': args.part,
-              'wall_s': time.perf_counter() - start, 'models': models, 'results': results}
+    record['results'] = results
+    finish_record(record, args.json, started)
     print(table(record))
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
     return record
 
 

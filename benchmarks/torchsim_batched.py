@@ -24,17 +24,15 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from common import finish_record, record_header  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), 'examples', 'torchsim_batched_md.py')
@@ -73,7 +71,6 @@ def main(argv=None) -> dict:
     from pyg_tensorpot.calculator import TensorPotCalculator
     from pyg_tensorpot.deploy.torchsim import TensorPotModel
     from pyg_tensorpot.hub import from_pretrained
-    from pyg_tensorpot.utils.files import atomic_write_text
 
     dtype = getattr(torch, args.dtype)
     # One model object for both sides: the comparison is of the drivers, not of two models.
@@ -120,7 +117,7 @@ def main(argv=None) -> dict:
             run.run(args.steps)
         return time.perf_counter() - start
 
-    load_before = os.getloadavg()
+    header = record_header()  # the load before the timed blocks
     started = time.perf_counter()
     md = step(md)  # warm-up of both sides (first-call allocations)
     for run in runs:
@@ -133,11 +130,8 @@ def main(argv=None) -> dict:
     ase_rate = args.steps / statistics.median(separate)
     finite = bool(torch.isfinite(md.energy).all()) and all(
         np.isfinite(run.atoms.get_potential_energy()) for run in runs)
-    record = {
-        'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-        'machine': cpu_model(), 'logical_cpus': os.cpu_count(), 'torch': torch.__version__,
-        'torch_sim': importlib.metadata.version('torch-sim-atomistic'),
-        'torch_threads': torch.get_num_threads(), 'load_average_before': list(load_before),
+    record = dict(
+        header, torch_sim=importlib.metadata.version('torch-sim-atomistic'), **{
         'model': args.model, 'dtype': args.dtype, 'molecules': len(molecules),
         'atoms': num_atoms, 'steps_per_block': args.steps, 'repeats': args.repeats,
         'timestep_fs': args.timestep, 'initial_energy_max_abs_difference_eV': energy_gap,
@@ -146,13 +140,9 @@ def main(argv=None) -> dict:
                              'block_s': batched},
         'ase_separate': {'steps_per_s': ase_rate, 'ms_per_step': 1000 / ase_rate,
                          'block_s': separate},
-        'speedup': ts_rate / ase_rate,
-        'load_average_after': list(os.getloadavg()),
-        'wall_s': time.perf_counter() - started,
-    }
-    text = table(record)
-    print(text)
-    atomic_write_text(json.dumps(record, indent=2) + '\n', args.json)
+        'speedup': ts_rate / ase_rate})
+    finish_record(record, args.json, started)
+    print(table(record))
     return record
 
 

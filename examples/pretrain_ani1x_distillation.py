@@ -70,6 +70,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from pyg_tensorpot.utils.bonds import bonded_fragments, bonded_pairs
 from pyg_tensorpot.utils.files import atomic_open
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
@@ -77,7 +78,6 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED = osp.join(osp.dirname(REPO), 'shared', 'data')
 KB_EV = 8.617333262e-5  # eV/K
 MASSES = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
-COVALENT = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
 ELEMENTS = (1, 6, 7, 8)
 SYMBOLS = {'H': 1, 'C': 6, 'N': 7, 'O': 8}
 
@@ -94,24 +94,6 @@ def _first_existing(*paths: str) -> Optional[str]:
 
 def _hcno(z: np.ndarray) -> bool:
     return bool(np.isin(z, ELEMENTS).all())
-
-
-def components(z: np.ndarray, pos: np.ndarray) -> List[np.ndarray]:
-    """Covalently bonded fragments (bond: distance < 1.25 x sum of covalent radii)."""
-    radii = np.array([COVALENT[int(v)] for v in z])
-    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    bonded = dist < 1.25 * (radii[:, None] + radii[None])
-    label = -np.ones(len(z), dtype=int)
-    for start in range(len(z)):
-        if label[start] >= 0:
-            continue
-        stack, label[start] = [start], start
-        while stack:
-            i = stack.pop()
-            for j in np.nonzero(bonded[i] & (label < 0))[0]:
-                label[j] = start
-                stack.append(j)
-    return [np.nonzero(label == k)[0] for k in np.unique(label)]
 
 
 def load_molecules(s66_monomers: bool = True) -> List[Tuple[str, np.ndarray, np.ndarray]]:
@@ -163,7 +145,7 @@ def load_molecules(s66_monomers: bool = True) -> List[Tuple[str, np.ndarray, np.
             for name, group in f['s66x8'].items():
                 z = np.array([SYMBOLS[s.decode()] for s in group['species'][()]])
                 pos = group['coordinates'][2].astype(np.float64)  # the 1.00x dimer
-                for part in components(z, pos):
+                for part in bonded_fragments(z, pos):
                     key = (tuple(sorted(z[part].tolist())), round(float(
                         np.linalg.norm(pos[part] - pos[part].mean(0), axis=1).sum()), 1))
                     if key not in seen:
@@ -313,11 +295,7 @@ SCAN_FACTORS = (0.90, 0.95, 1.00, 1.05, 1.10, 1.25, 1.50, 2.00)
 
 
 def _neighbours(z: np.ndarray, pos: np.ndarray, i: int) -> np.ndarray:
-    radii = np.array([COVALENT[int(v)] for v in z])
-    dist = np.linalg.norm(pos - pos[i], axis=1)
-    bonded = dist < 1.25 * (radii + radii[i])
-    bonded[i] = False
-    return np.nonzero(bonded)[0]
+    return np.nonzero(bonded_pairs(z, pos)[i])[0]
 
 
 def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -525,7 +503,7 @@ def label(args) -> None:
     log(f'{len(pairs)} intermolecular pairs labelled')
     # drop the rare unphysical snapshot (bond broken at 1000 K, huge forces)
     keep = [s for s in snapshots if np.abs(s['forces']).max() < args.max_force
-            and len(components(s['z'], s['pos'])) == (2 if s['name'] == 'pair' else 1)]
+            and len(bonded_fragments(s['z'], s['pos'])) == (2 if s['name'] == 'pair' else 1)]
     log(f'kept {len(keep)} of {len(snapshots)} conformations (max |F| < {args.max_force} '
         f'eV/A, no broken molecule)')
     natoms = np.array([len(s['z']) for s in keep])

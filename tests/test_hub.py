@@ -19,8 +19,10 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch_geometric.data import Data  # noqa: E402
 
 import huggingface_hub.constants  # noqa: E402
 from pyg_tensorpot import HIPNN, AtomisticModel, TensorNet  # noqa: E402
@@ -285,24 +287,58 @@ def test_registered_model_cards_reproduce_on_s66x8(name):
     # is 5.0e-4 above), and within 1e-6 when they are summed in float64; the float32 force MAE
     # lies within 5e-7 of the float64 one. The tolerances are about 3x and 4x the largest
     # deviations.
-    spec = importlib.util.spec_from_file_location(
-        'bench_pretrained', osp.join(ROOT, 'benchmarks', 'pretrained.py'))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_pretrained()
     model = from_pretrained(name).double()
     recorded = model.pretrained_config['metrics'][
         'COMP6 S66x8 (528 conformations, wB97X/6-31G(d))']['results']
     data = bench.load_s66x8()
     measured = bench.errors(*bench.predict_model(model, data), data)
-    assert measured['energy_mae_kcal_mol'] == pytest.approx(
-        recorded[name]['energy_mae_kcal_mol'], rel=2e-3)
-    assert measured['forces_mae_kcal_mol_per_angstrom'] == pytest.approx(
-        recorded[name]['forces_mae_kcal_mol_per_angstrom'], rel=2e-6)
+    assert measured['conformational_groups'] == measured['groups'] == 66
+    assert measured['conformational_energy_mae_kcal_mol'] == pytest.approx(
+        recorded[name]['conformational_energy_mae_kcal_mol'], rel=2e-3)
+    assert measured['force_mae_kcal_mol_per_angstrom'] == pytest.approx(
+        recorded[name]['force_mae_kcal_mol_per_angstrom'], rel=2e-6)
     # and the bar: within 1.5x of the ANI-1x ensemble's errors (measured with torchani
     # by benchmarks/pretrained.py, recorded beside them)
     ensemble = recorded['ANI-1x ensemble (8 models)']
-    for key in ('energy_mae_kcal_mol', 'forces_mae_kcal_mol_per_angstrom'):
+    for key in ('conformational_energy_mae_kcal_mol', 'force_mae_kcal_mol_per_angstrom'):
         assert measured[key] <= 1.5 * ensemble[key]
+
+
+def bench_pretrained():
+    spec = importlib.util.spec_from_file_location(
+        'bench_pretrained', osp.join(ROOT, 'benchmarks', 'pretrained.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_errors_leave_lone_conformations_out_and_split_forces_by_element():
+    bench = bench_pretrained()
+    # molecule 0: two conformations; molecule 1: one (no conformational energy)
+    z = [torch.tensor([8, 1, 1]), torch.tensor([8, 1, 1]), torch.tensor([6, 1, 1, 1, 1])]
+    data = [Data(z=zz, energy=torch.tensor(e), forces=torch.zeros(len(zz), 3),
+                 molecule=torch.tensor(m))
+            for zz, e, m in zip(z, (-10.0, -9.0, -20.0), (0, 0, 1))]
+    pred_e = np.array([-10.5, -9.1, -25.0])  # errors -0.5, -0.1, -5.0 eV
+    pred_f = np.zeros((11, 3))
+    pred_f[0] = [0.3, 0.0, 0.0]  # O of the first water
+    pred_f[6] = [0.0, 0.6, 0.0]  # C
+    out = bench.errors(pred_e, pred_f, data)
+    kcal = bench.EV_TO_KCAL_PER_MOL
+    assert (out['conformations'], out['groups'], out['conformational_groups']) == (3, 2, 1)
+    # relative to their mean error (-0.3 eV): +-0.2 eV; molecule 1 is not a zero error
+    assert out['conformational_energy_mae_kcal_mol'] == pytest.approx(0.2 * kcal)
+    assert out['absolute_energy_mae_kcal_mol'] == pytest.approx(5.6 / 3 * kcal)
+    assert out['force_mae_kcal_mol_per_angstrom'] == pytest.approx(0.9 / 33 * kcal)
+    assert out['force_mae_O_kcal_mol_per_angstrom'] == pytest.approx(0.3 / 6 * kcal)
+    assert out['force_mae_C_kcal_mol_per_angstrom'] == pytest.approx(0.6 / 3 * kcal)
+    assert out['force_mae_H_kcal_mol_per_angstrom'] == 0.0
+    assert np.isnan(out['force_mae_N_kcal_mol_per_angstrom'])
+    # against another model's predictions instead of DFT
+    against = bench.errors(pred_e, pred_f, data, reference=(pred_e, pred_f))
+    assert against['conformational_energy_mae_kcal_mol'] == 0.0
+    assert against['force_mae_kcal_mol_per_angstrom'] == 0.0
 
 
 def test_pretrained_demo_offline():

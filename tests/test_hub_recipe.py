@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
+from pyg_tensorpot.utils.bonds import bonded_fragments
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 S66X8 = osp.join(ROOT, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')
 HARTREE_TO_EV = 27.211386246
@@ -39,15 +41,15 @@ def s66_dimer(index: int):
                 -g['forces'][()].astype(np.float64) * HARTREE_TO_EV)
 
 
-def test_components_split_a_dimer(recipe):
+def test_bonded_fragments_split_a_dimer():
     z, pos, _, _ = s66_dimer(0)  # water dimer
-    parts = recipe.components(z, pos[2])
+    parts = bonded_fragments(z, pos[2])
     assert sorted(sorted(z[p].tolist()) for p in parts) == [[1, 1, 8], [1, 1, 8]]
 
 
 def test_pairs_have_the_requested_contact(recipe):
     z, pos, _, _ = s66_dimer(0)
-    part = recipe.components(z, pos[2])[0]
+    part = bonded_fragments(z, pos[2])[0]
     snaps = [{'z': z[part], 'pos': pos[2][part]}] * 3
     pairs = recipe.make_pairs(snaps, 20, max_atoms=12, seed=0)
     for zz, pp in pairs:
@@ -55,12 +57,12 @@ def test_pairs_have_the_requested_contact(recipe):
         a, b = pp[:3], pp[3:]
         dmin = np.linalg.norm(a[:, None] - b[None], axis=-1).min()
         assert 1.59 < dmin < 5.01
-        assert len(recipe.components(zz, pp)) == 2
+        assert len(bonded_fragments(zz, pp)) == 2
 
 
 def test_dimer_scans_scale_the_contact(recipe):
     z, pos, _, _ = s66_dimer(0)  # water dimer: both monomers can donate and accept
-    monomers = [('water', z[p], pos[2][p]) for p in recipe.components(z, pos[2])]
+    monomers = [('water', z[p], pos[2][p]) for p in bonded_fragments(z, pos[2])]
     scans = recipe.make_dimer_scans(monomers, 12, hbond_fraction=0.5, noise=0.0, seed=3)
     n = len(recipe.SCAN_FACTORS)
     assert len(scans) == 12 * n
@@ -75,7 +77,7 @@ def test_dimer_scans_scale_the_contact(recipe):
 
         for kind, zz, pp in scan:
             a, b = pp[:3], pp[3:]
-            assert len(recipe.components(zz, pp)) == 2
+            assert len(bonded_fragments(zz, pp)) == 2
             # rigid monomers: the same internal distances at every separation
             np.testing.assert_allclose(internal(a), internal(scan[0][2][:3]), atol=1e-9)
             np.testing.assert_allclose(internal(b), internal(scan[0][2][3:]), atol=1e-9)

@@ -70,9 +70,11 @@ class InverseGaussianSensitivity(torch.nn.Module):
         # would be subnormal numbers, and subnormals slow exp and every product they enter tens
         # of times on x86 CPUs. In the log domain no intermediate is ever subnormal; the
         # rounding this adds is |exponent| * eps relative (1e-13 in float64).
-        info = torch.finfo(distances.dtype)
-        floor = math.log(info.tiny) + 7.0
-        log_phi = torch.log(self.cutoff_fn(distances).clamp(min=info.tiny)).unsqueeze(-1)
+        # the smallest normal number (torch.finfo is not TorchScript, which the MD engines need)
+        tiny = 2.2250738585072014e-308 if distances.dtype == torch.float64 \
+            else 1.1754943508222875e-38
+        floor = math.log(tiny) + 7.0
+        log_phi = torch.log(self.cutoff_fn(distances).clamp(min=tiny)).unsqueeze(-1)
         exponent = log_phi - 0.5 * scaled * scaled
         return torch.exp(exponent.clamp(min=floor)) * (exponent > floor)
 

@@ -31,8 +31,12 @@ switched with ``set_custom_kernels``). Timings are interleaved (one call of each
 turn, repeated), so that load from other jobs on the machine hits all libraries alike, and the
 table shows the fastest repeat after warm-up (the median is printed while running). Neighbour
 search is included (vesin cell lists here, hippynn's default dense ``OpenPairIndexer``).
-``OMP_WAIT_POLICY=PASSIVE`` is set for the workers unless given: on a shared machine, spinning
-OpenMP threads slow every library down several times.
+``--omp-wait-policy`` sets the workers' OpenMP wait policy: ``default`` (the OpenMP runtime's
+own, what a user's process gets: idle threads spin a while, then sleep) unless
+``OMP_WAIT_POLICY`` is set. Run it on an otherwise idle machine; where other jobs hold the
+cores, ``PASSIVE`` (idle threads sleep at once) keeps spinning threads from slowing every library
+down several times, at the cost of a thread wake-up per parallel operation, which doubles the
+time of the small systems (99 atoms) of both libraries.
 
 Peak memory is measured after all timings of the worker (the ``mallopt`` below would change the
 allocator for the timings that follow it), each library alone: the increase of the peak
@@ -290,9 +294,13 @@ def run_worker(spec):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(spec['threads']),
                OMP_NUM_THREADS=str(spec['threads']), HIPPYNN_USE_CUSTOM_KERNELS='False',
                HIPPYNN_PROGRESS='0')
-    # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs,
-    # spinning threads that wait for a descheduled partner slow every library down 2-4x.
-    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # PASSIVE: idle OpenMP threads sleep instead of spinning (on a machine shared with other
+    # jobs, spinning threads that wait for a descheduled partner slow every library down
+    # 2-4x); 'default' leaves the OpenMP runtime's own policy, what a user's process gets.
+    if spec['omp_wait_policy'] == 'default':
+        env.pop('OMP_WAIT_POLICY', None)
+    else:
+        env['OMP_WAIT_POLICY'] = spec['omp_wait_policy']
     env['PYTHONPATH'] = os.pathsep.join([os.getcwd(), env.get('PYTHONPATH', '')])
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--worker',
                              json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -398,7 +406,8 @@ def describe(record) -> str:
     after = ', '.join(f'{v:.1f}' for v in m['load_average_after'])
     return (f"{record['date']}, {m['cpu']} ({m['cpus']} CPUs), {st['threads']} threads, torch "
             f"{m['torch']}, hippynn {m['hippynn']}, numba {m['numba']}; load average {load} "
-            f"before, {after} after; fastest of {st['repeats']} interleaved repeats")
+            f"before, {after} after; OpenMP wait policy {st.get('omp_wait_policy', 'PASSIVE')}; "
+            f"fastest of {st['repeats']} interleaved repeats")
 
 
 def main():
@@ -412,6 +421,10 @@ def main():
     parser.add_argument('--sizes', type=int, nargs='*', default=None)
     parser.add_argument('--models', nargs='*', default=None, choices=list(MODELS))
     parser.add_argument('--no-numba', action='store_true', help="skip hippynn's numba kernels")
+    parser.add_argument('--omp-wait-policy', choices=['PASSIVE', 'ACTIVE', 'default'],
+                        default=os.environ.get('OMP_WAIT_POLICY', 'default'),
+                        help="OpenMP wait policy of the workers ('default': the runtime's own, "
+                        'spin a while, then sleep, unless OMP_WAIT_POLICY is set)')
     parser.add_argument('--json', default=RESULTS, help='where the JSON record goes')
     parser.add_argument('--render', metavar='JSON',
                         help='only print the table of an existing record')
@@ -455,7 +468,7 @@ def main():
         'settings': {'libraries': libraries, 'models': models, 'tasks': tasks, 'sizes': sizes,
                      'repeats': args.repeats, 'threads': args.threads, 'dtype': 'float32',
                      'memory_limit_gb': args.memory_limit_gb,
-                     'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')},
+                     'omp_wait_policy': args.omp_wait_policy},
         'agreement': {}, 'rows': [],
     }
     print(f'torch {torch.__version__}, {args.threads} threads, float32, allocation ceiling '
@@ -465,7 +478,7 @@ def main():
     for model in models:
         spec = dict(model=model, order=MODELS[model], libraries=libraries, sizes=sizes,
                     repeats=args.repeats, threads=args.threads,
-                    memory_limit_gb=args.memory_limit_gb)
+                    memory_limit_gb=args.memory_limit_gb, omp_wait_policy=args.omp_wait_policy)
         results = run_worker(spec)
         record['agreement'][model] = {}
         for library in libraries[1:]:

@@ -29,6 +29,7 @@ PARAMETERS = {
     'distill-ani1x-hipnn-ts-scans.yaml': 150_486,
     'finetune-own-data.yaml': 52_001,
     'finetune-organic-dft.yaml': 52_001,
+    'finetune-organic-dft-replay.yaml': 52_001,
     'TensorNet-rMD17.yaml': 766_337,
     'TensorNet-ANI1x.yaml': 769_921,
     'TensorNet-QM9.yaml': 3_974_401,
@@ -51,6 +52,8 @@ def test_example_builds_the_papers_model(path):
     dataset_class(config.data.dataset)
     if config.data.test_dataset:
         dataset_class(config.data.test_dataset)
+    if config.data.replay_dataset:
+        dataset_class(config.data.replay_dataset, 'data.replay_dataset')
 
 
 def _stage_one(name: str) -> list:
@@ -112,8 +115,14 @@ def _roots(tmp_path, name):
                       'data.val_size=4']
     elif name == 'finetune-own-data.yaml':
         overrides += ['data.train_size=8', 'data.val_size=4', 'data.test_size=4']
-    elif name == 'finetune-organic-dft.yaml':
+    elif name.startswith('finetune-organic-dft'):
         overrides += [f'data.args.folder={_organic_dft_sample(tmp_path)}']
+        if name.endswith('-replay.yaml'):
+            distillation = pytest.importorskip('test_training_distillation')
+            files = distillation.write_label_files(tmp_path)
+            overrides += [f'data.replay_root={tmp_path / "replay"}',
+                          f'data.replay_args.paths=[{", ".join(files)}]',
+                          'data.replay_size=12']
     elif name == 'TensorNet-QM9.yaml':
         qm9 = pytest.importorskip('test_datasets_qm9')  # writes PyG's raw QM9 files
         os.makedirs(tmp_path / 'qm9' / 'raw')

@@ -19,6 +19,7 @@ from pyg_tensorpot.training.ema import ExponentialMovingAverage
 from pyg_tensorpot.training.inference import evaluate_model, predict
 from pyg_tensorpot.training.losses import EnergyForceLoss
 from pyg_tensorpot.training.metrics import ErrorAccumulator, format_error_table
+from pyg_tensorpot.training.replay import ReplayMix
 from pyg_tensorpot.training.sampling import ResumableDataLoader, ResumableSampler
 
 _LAZY = {
@@ -63,4 +64,5 @@ __all__ = [
     'evaluate_model',
     'ResumableSampler',
     'ResumableDataLoader',
+    'ReplayMix',
 ] + list(_LAZY)

@@ -102,8 +102,9 @@ def build_dataset(name: str, root: Optional[str], args: Dict[str, Any],
     r"""Instantiates a dataset by name (the ``data`` section's :obj:`dataset`, :obj:`root`
     and :obj:`args`)."""
     cls = dataset_class(name, key)
-    section = key.rsplit('.', 1)[0]
-    args_key = 'test_args' if key.endswith('test_dataset') else 'args'
+    section, attribute = key.rsplit('.', 1)[0], key.rsplit('.', 1)[-1]  # or a CLI option
+    prefix = attribute[:-len('dataset')] if attribute.endswith('_dataset') else ''  # test_
+    args_key = f'{prefix}args'
     check_constructor_kwargs(f'{section}.{args_key}', cls, args, skip=('root', ))
     kwargs = dict(args)
     if root is not None:
@@ -112,7 +113,7 @@ def build_dataset(name: str, root: Optional[str], args: Dict[str, Any],
         params = inspect.signature(cls.__init__).parameters
         root_param = params.get('root')
         if root_param is not None and root_param.default is inspect.Parameter.empty:
-            root_key = 'test_root' if key.endswith('test_dataset') else 'root'
+            root_key = f'{prefix}root'
             raise ConfigError(f'{section}.{root_key}: {cls.__name__} needs a folder for its raw '
                               f'and processed files')
     try:

@@ -165,6 +165,22 @@ class DataConfig:
             :obj:`batch_size` structures or up to one group more), as
             :obj:`loss.relative_energy_weight` needs; such batches run in one process.
             (default: :obj:`None`)
+        replay_dataset (str, optional): A second dataset whose structures join the training
+            split (never validation or test), e.g. the teacher-labelled conformations a
+            pretrained model was distilled on, replayed while it is fine-tuned on new labels so
+            that it keeps what it learnt (:class:`~pyg_tensorpot.training.replay.ReplayMix`;
+            the structures are served with the attributes both datasets have). Its energies
+            must be of the same level of theory and reference. (default: :obj:`None`)
+        replay_root (str, optional): Folder of the replayed dataset. (default: :obj:`None`)
+        replay_args (dict, optional): Keyword arguments of the replayed dataset class.
+            (default: :obj:`{}`)
+        replay_size (int, optional): Replay this many of its structures, drawn once with the
+            split seed (whole groups of :obj:`replay_group_key`); all of them if unset.
+            (default: :obj:`None`)
+        replay_group_key (str, optional): The group attribute of the replayed structures
+            (e.g. :obj:`group`, the dissociation scans of a
+            :class:`~pyg_tensorpot.datasets.distillation.DistillationDataset`); their groups
+            join those of :obj:`group_key` under new ids. (default: :obj:`None`)
     """
     dataset: str = 'MD17EthanolSample'
     root: Optional[str] = None
@@ -188,16 +204,31 @@ class DataConfig:
     standardize: bool = True
     energy_std: Optional[float] = None
     group_key: Optional[str] = None
+    replay_dataset: Optional[str] = None
+    replay_root: Optional[str] = None
+    replay_args: Dict[str, Any] = field(default_factory=dict)
+    replay_size: Optional[int] = None
+    replay_group_key: Optional[str] = None
 
     def validate(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError('data.dataset: name a dataset, e.g. RMD17, QM9, ANI1x, COMP6, '
                               'SPICE or MD17EthanolSample')
-        for key in ('root', 'path', 'test_dataset', 'test_root', 'splits_file', 'group_key'):
+        for key in ('root', 'path', 'test_dataset', 'test_root', 'splits_file', 'group_key',
+                    'replay_dataset', 'replay_root', 'replay_group_key'):
             _check_string(f'data.{key}', getattr(self, key), allow_none=True)
+        _check_number('data.replay_size', self.replay_size, 1, integer=True, allow_none=True)
+        if self.replay_dataset is None and (self.replay_size is not None or self.replay_args
+                                            or self.replay_root is not None
+                                            or self.replay_group_key is not None):
+            raise ConfigError('data.replay_size/replay_args/replay_root/replay_group_key: set '
+                              'data.replay_dataset, the dataset they describe')
+        if self.replay_group_key is not None and self.group_key is None:
+            raise ConfigError('data.replay_group_key: the replayed groups join those of '
+                              'data.group_key; set it too')
         for key in ('energy_key', 'forces_key'):
             _check_string(f'data.{key}', getattr(self, key))
-        for key in ('args', 'test_args'):
+        for key in ('args', 'test_args', 'replay_args'):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f'data.{key}: expected a mapping of keyword arguments, got '
                                   f'{getattr(self, key)!r}')

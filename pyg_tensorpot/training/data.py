@@ -28,12 +28,16 @@ class PreparedData:
         val: Validation subset.
         test (dict): Named test sets: ``"test"`` (the split's test part, if not empty) and,
             with :obj:`data.test_dataset`, the external one under its class name.
+        replay: With :obj:`data.replay_dataset`, the replayed structures, which :obj:`train`
+            (a :class:`~pyg_tensorpot.training.replay.ReplayMix`) holds after the training
+            part of the split. (default: :obj:`None`)
     """
     dataset: Any
     split: Dict[str, Tensor]
     train: Any
     val: Any
     test: Dict[str, Any] = field(default_factory=dict)
+    replay: Any = None
 
 
 def structure_groups(dataset, key: str) -> Tensor:
@@ -43,6 +47,9 @@ def structure_groups(dataset, key: str) -> Tensor:
     Raises:
         ConfigError: The structures have no such attribute, or not one integer each.
     """
+    from pyg_tensorpot.training.replay import ReplayMix
+    if isinstance(dataset, ReplayMix) and key == dataset.group_key:
+        return dataset.groups
     values: Optional[Tensor] = None
     if isinstance(dataset, AtomisticInMemoryDataset):  # vectorised, honours index selection
         store, slices = dataset.storage(), dataset.slices
@@ -141,7 +148,17 @@ def prepare_data(config: DataConfig, seed: int, splits_path: Optional[str] = Non
         external = build_dataset(config.test_dataset, config.test_root, config.test_args,
                                  key='data.test_dataset')
         tests[type(external).__name__] = external
-    return PreparedData(dataset, split, train, val, tests)
+    replay = None
+    if config.replay_dataset is not None:
+        from pyg_tensorpot.training.replay import ReplayMix, replay_subset
+        replay = build_dataset(config.replay_dataset, config.replay_root, config.replay_args,
+                               key='data.replay_dataset')
+        seed = seed if config.split_seed is None else config.split_seed
+        replay = replay_subset(replay, config.replay_size, seed, config.replay_group_key)
+        train = ReplayMix(train, replay, config.group_key, config.replay_group_key,
+                          required=(config.energy_key, config.forces_key,
+                                    config.stress_key))
+    return PreparedData(dataset, split, train, val, tests, replay)
 
 
 def _num_graphs(batch) -> int:

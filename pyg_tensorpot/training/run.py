@@ -301,8 +301,10 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
         what = f"the pretrained model {config.model['init']!r}"
     else:
         what = f"{type(model).__name__} (model section)"
+    replayed = ({} if prepared.replay is None else
+                {f'the replayed data set {config.data.replay_dataset}': prepared.replay})
     check_supported_elements(model, {f'the data set {config.data.dataset}': prepared.dataset,
-                                     **prepared.test}, what)
+                                     **replayed, **prepared.test}, what)
     frozen = freeze_parameters(model, config.model.get('freeze', []))
     statistics = fit_training_statistics(model, prepared.train, config.data, prepared.dataset,
                                          pretrained=pretrained is not None)
@@ -312,7 +314,10 @@ def _train(config: TrainingConfig, resume: Optional[str], verbose: bool,
                                        if frozen else ''), verbose)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _echo(f'{type(model).__name__}: {n_params:,} trainable parameters; '
-          f'{len(prepared.train)} training / {len(prepared.val)} validation structures'
+          f'{len(prepared.train)} training'
+          + (f' (of them {len(prepared.replay)} replayed from {config.data.replay_dataset})'
+             if prepared.replay is not None else '')
+          + f' / {len(prepared.val)} validation structures'
           + ''.join(f' / {len(ds)} {name}' for name, ds in prepared.test.items()), verbose)
     _echo(describe_statistics(statistics), verbose)
     module = PotentialModule(model, config, statistics)

@@ -33,6 +33,7 @@ import numpy as np
 from pyg_tensorpot.utils.elements import symbol
 from pyg_tensorpot.utils.files import atomic_write_text
 from pyg_tensorpot.utils.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from pyg_tensorpot.utils.validation import structure_arrays
 
 #: Version of the label-file layout written by :class:`PySCFLabeller`.
 LABEL_FORMAT = 1
@@ -90,16 +91,7 @@ class DFTSettings:
 
 def _check_structure(z: Sequence[int], pos: Sequence[Sequence[float]],
                      charge: int) -> Tuple[np.ndarray, np.ndarray]:
-    z = np.asarray(z)
-    pos = np.asarray(pos, dtype=np.float64)
-    if z.ndim != 1 or z.size == 0 or not np.issubdtype(z.dtype, np.integer):
-        raise ValueError(f'z must be a non-empty 1-D array of atomic numbers, got shape '
-                         f'{list(z.shape)} and dtype {z.dtype}')
-    if pos.shape != (z.size, 3):
-        raise ValueError(f'pos must have shape [{z.size}, 3] (Angstrom) for {z.size} atoms, '
-                         f'got {list(pos.shape)}')
-    if not np.isfinite(pos).all():
-        raise ValueError('pos has NaN or infinite coordinates')
+    z, pos = structure_arrays(z, pos)
     bad = sorted({int(v) for v in z} - set(SUPPORTED_ELEMENTS))
     if bad:
         raise ValueError(f'the wB97X/6-31G(d) labeller is validated for H, C, N, O only; '

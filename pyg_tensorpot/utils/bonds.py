@@ -15,6 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from pyg_tensorpot.utils.elements import symbol
+from pyg_tensorpot.utils.validation import structure_arrays
 
 #: Covalent radii in Angstrom (Cordero et al. 2008) of the elements of organic chemistry.
 COVALENT_RADII: Dict[int, float] = {1: 0.31, 5: 0.84, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57,
@@ -25,16 +26,7 @@ BOND_FACTOR = 1.25
 
 
 def _checked(z, pos, factor: float):
-    z = np.asarray(z)
-    pos = np.asarray(pos, dtype=np.float64)
-    if z.ndim != 1 or not np.issubdtype(z.dtype, np.integer):
-        raise ValueError(f'z must be a 1-D array of atomic numbers, got shape {list(z.shape)} '
-                         f'and dtype {z.dtype}')
-    if pos.shape != (z.size, 3):
-        raise ValueError(f'pos must have shape [{z.size}, 3] (Angstrom) for {z.size} atoms, '
-                         f'got {list(pos.shape)}')
-    if not np.isfinite(pos).all():
-        raise ValueError('pos has NaN or infinite coordinates')
+    z, pos = structure_arrays(z, pos, allow_empty=True)
     if not factor > 0:
         raise ValueError(f'factor must be positive, got {factor}')
     unknown = sorted({int(v) for v in z} - set(COVALENT_RADII))

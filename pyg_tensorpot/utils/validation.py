@@ -11,6 +11,7 @@ CUDA.
 """
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,6 +112,28 @@ def check_atoms(
         raise ValueError(f'unknown element {names}: this model supports atomic numbers '
                          f'below max_z={max_z}')
     raise ValueError('batch indices must be non-negative')
+
+
+def structure_arrays(z, pos, allow_empty: bool = False):
+    r"""One structure's atomic numbers and positions as NumPy arrays, checked: :obj:`z` a 1-D
+    integer array (non-empty unless :obj:`allow_empty`), :obj:`pos` finite with shape
+    :obj:`[len(z), 3]` (Angstrom).
+
+    Returns:
+        (z, pos): :obj:`int64` :obj:`[N]` and :obj:`float64` :obj:`[N, 3]`.
+    """
+    z = np.asarray(z)
+    pos = np.asarray(pos, dtype=np.float64)
+    if z.ndim != 1 or (z.size == 0 and not allow_empty) or not np.issubdtype(z.dtype,
+                                                                             np.integer):
+        raise ValueError(f'z must be a {"" if allow_empty else "non-empty "}1-D array of atomic '
+                         f'numbers, got shape {list(z.shape)} and dtype {z.dtype}')
+    if pos.shape != (z.size, 3):
+        raise ValueError(f'pos must have shape [{z.size}, 3] (Angstrom) for {z.size} atoms, '
+                         f'got {list(pos.shape)}')
+    if not np.isfinite(pos).all():
+        raise ValueError('pos has NaN or infinite coordinates')
+    return z.astype(np.int64), pos
 
 
 def check_min_distance(edge_index: Tensor, edge_weight: Tensor,

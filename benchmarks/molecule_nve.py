@@ -142,6 +142,28 @@ def table(record: Dict) -> str:
     return '\n'.join(lines)
 
 
+#: The metrics entry of the model cards.
+CARD_KEY = 'NVE molecular dynamics of a drug-like molecule (no blow-up, drift)'
+
+
+def write_cards(record: Dict) -> None:
+    """Puts each registered model's runs of :obj:`record` into its shipped ``config.json``
+    metrics and model card."""
+    from pretrained import update_model_card
+    from pyg_tensorpot.hub import PRETRAINED_MODELS
+    for name in sorted({r['model'] for r in record['runs']} & set(PRETRAINED_MODELS)):
+        runs = [r for r in record['runs'] if r['model'] == name]
+        first = runs[0]
+        note = (f"Measured {record['date']} by benchmarks/molecule_nve.py: {first['name']} "
+                f"({first['smiles']}), relaxed with the model, {first['equilibration_steps']} "
+                f"Langevin steps at {first['temperature_K']:g} K, then {first['time_ps']:g} ps "
+                f"of velocity Verlet ({first['timestep_fs']:g} fs) with TensorPotCalculator; "
+                "bonds kept: every bond of the SMILES graph kept and no new one "
+                '(pyg_tensorpot.utils.bonds).')
+        entry = {'table': table({'runs': runs}), 'note': note, 'results': runs}
+        print(f'updated {update_model_card(name, {CARD_KEY: entry})}')
+
+
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--smiles', default=IBUPROFEN)
@@ -159,10 +181,15 @@ def main(argv=None) -> Dict:
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'molecule_nve.json'))
     parser.add_argument('--render', metavar='JSON', help='print the table of a record and exit')
+    parser.add_argument('--write-cards', action='store_true',
+                        help="put the registered models' runs into their shipped model cards "
+                        '(with --render: those of that record)')
     args = parser.parse_args(argv)
     if args.render:
         record = read_record(args.render)
         print(table(record))
+        if args.write_cards:
+            write_cards(record)
         return record
     for name in ('time_ps', 'timestep'):
         if getattr(args, name) <= 0:
@@ -181,6 +208,8 @@ def main(argv=None) -> Dict:
             record['runs'].append(result)
     finish_record(record, args.json, started)
     print(table(record))
+    if args.write_cards:
+        write_cards(record)
     return record
 
 

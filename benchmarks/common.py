@@ -60,6 +60,22 @@ def read_record(path: str) -> Dict[str, Any]:
         raise SystemExit(f"cannot read the benchmark record '{path}': {error}") from error
 
 
+def kept_rows(path: str, models) -> list:
+    """The ``runs`` of an earlier record at :obj:`path` whose ``model`` is not in
+    :obj:`models` (a run of only some models keeps the others' rows), each dated with that
+    record's date and load where it predates per-row dates."""
+    if not os.path.exists(path):
+        return []
+    old = read_record(path)
+    rows = []
+    for row in old.get('runs', []):
+        if row['model'] not in models:
+            row.setdefault('date', old.get('date'))
+            row.setdefault('load_average', old.get('load_average_before'))
+            rows.append(row)
+    return rows
+
+
 def drift_statistics(energy_per_atom_ev, time_ps) -> Dict[str, float]:
     """The energy conservation of an NVE run, from a least-squares line through the total
     energy per atom: drift (slope of the line, meV/atom/ps), fluctuation (standard deviation about

@@ -29,7 +29,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import finish_record, read_record, record_header, utc_now  # noqa: E402
+from common import finish_record, kept_rows, read_record, record_header, utc_now  # noqa: E402
 from pyg_tensorpot.hub import from_pretrained  # noqa: E402
 from pyg_tensorpot.nn.verlet import VerletList  # noqa: E402
 from pyg_tensorpot.structures import water_box  # noqa: E402
@@ -81,21 +81,6 @@ def measure(name: str, molecules: int, args) -> dict:
             'force_difference_eV_per_A': float((f_compiled - f_eager).abs().max()),
             'graph_breaks': explanation.graph_break_count, 'break_reasons': reasons[:3],
             'repeats': args.repeats}
-
-
-def kept_rows(path: str, models) -> list:
-    # Rows of other models from an earlier record, dated with that record where they
-    # predate per-row dates.
-    if not os.path.exists(path):
-        return []
-    old = read_record(path)
-    rows = []
-    for row in old.get('runs', []):
-        if row['model'] not in models:
-            row.setdefault('date', old.get('date'))
-            row.setdefault('load_average', old.get('load_average_before'))
-            rows.append(row)
-    return rows
 
 
 def table(rows) -> str:

@@ -17,10 +17,15 @@ Reported per run, from the total energy sampled every ``--stride`` steps:
   radii), the largest force and the shortest distance seen;
 * the mean temperature and the wall time per step.
 
-The record goes to ``--json`` (``benchmarks/results/molecule_nve.json``); ``--render FILE``
-prints the table of a record::
+``--models`` takes registered names, Hub ids or model folders, and ``ani1x-ensemble``: the
+ANI-1x 8-model ensemble (torchani 2.2.4 and the NeuroChem files of ``--ensemble-dir``, see
+``examples/pretrain_ani1x_distillation.py``; its networks run in float32 whatever ``--dtypes``
+says, so it runs once). The record goes to ``--json``
+(``benchmarks/results/molecule_nve.json``), keeping the earlier record's runs of the models not
+run again; ``--render FILE`` prints the table of a record::
 
     python benchmarks/molecule_nve.py --threads 1
+    PYTHONPATH=/tmp/ani python benchmarks/molecule_nve.py --models ani1x-ensemble --threads 1
     python benchmarks/molecule_nve.py --models hipnn-ts-ani1x --dtypes float32 --time-ps 1
     python benchmarks/molecule_nve.py --render benchmarks/results/molecule_nve.json
 """
@@ -37,7 +42,8 @@ from typing import Dict, List  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import drift_statistics, finish_record, read_record, record_header  # noqa: E402
+from common import (  # noqa: E402
+    drift_statistics, finish_record, kept_rows, read_record, record_header)
 from pyg_tensorpot.utils.bonds import bonded_pairs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +56,30 @@ def smiles_bonds(mol) -> np.ndarray:
         i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
         bonds[i, j] = bonds[j, i] = True
     return bonds
+
+
+#: The --models name of the ANI-1x ensemble.
+ENSEMBLE = 'ani1x-ensemble'
+DEFAULT_ENSEMBLE_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'data',
+                                    'ani1x_model', 'ani-1x_8x')
+
+
+def ensemble_calculator(model_dir: str):
+    """An ASE calculator of the ANI-1x ensemble (energy in eV, forces in eV/A)."""
+    from ase.calculators.calculator import Calculator, all_changes
+    from pretrained import load_teacher
+    teacher = load_teacher(model_dir)
+
+    class EnsembleCalculator(Calculator):
+        implemented_properties = ['energy', 'forces']
+
+        def calculate(self, atoms=None, properties=('energy', ), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            species = teacher.species(self.atoms.numbers)[None]
+            energy, forces = teacher(species, torch.from_numpy(self.atoms.positions)[None])
+            self.results = {'energy': float(energy[0]), 'forces': forces[0].numpy()}
+
+    return EnsembleCalculator()
 
 
 def nve_run(model: str, dtype: torch.dtype, args) -> Dict:
@@ -65,7 +95,8 @@ def nve_run(model: str, dtype: torch.dtype, args) -> Dict:
     mol, z, conformers, _ = embed_conformers(args.smiles, args.conformers, seed=args.seed)
     bonds = smiles_bonds(mol)
     atoms = Atoms(numbers=z, positions=conformers[0])
-    atoms.calc = TensorPotCalculator(model, dtype=dtype)
+    atoms.calc = (ensemble_calculator(args.ensemble_dir) if model == ENSEMBLE
+                  else TensorPotCalculator(model, dtype=dtype))
     if not np.array_equal(bonded_pairs(z, atoms.positions), bonds):
         raise RuntimeError('the MMFF conformer does not match the SMILES bonds')
     relax = BFGS(atoms, logfile=None)
@@ -151,10 +182,12 @@ def write_cards(record: Dict) -> None:
     metrics and model card."""
     from pretrained import update_model_card
     from pyg_tensorpot.hub import PRETRAINED_MODELS
+    ensemble = [r for r in record['runs'] if r['model'] == ENSEMBLE]
     for name in sorted({r['model'] for r in record['runs']} & set(PRETRAINED_MODELS)):
-        runs = [r for r in record['runs'] if r['model'] == name]
+        runs = [r for r in record['runs'] if r['model'] == name] + ensemble
         first = runs[0]
-        note = (f"Measured {record['date']} by benchmarks/molecule_nve.py: {first['name']} "
+        dates = ', '.join(sorted({r.get('date', record['date']) for r in runs}))
+        note = (f"Measured {dates} by benchmarks/molecule_nve.py: {first['name']} "
                 f"({first['smiles']}), relaxed with the model, {first['equilibration_steps']} "
                 f"Langevin steps at {first['temperature_K']:g} K, then {first['time_ps']:g} ps "
                 f"of velocity Verlet ({first['timestep_fs']:g} fs) with TensorPotCalculator; "
@@ -179,6 +212,8 @@ def main(argv=None) -> Dict:
     parser.add_argument('--stride', type=int, default=10)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--ensemble-dir', default=DEFAULT_ENSEMBLE_DIR,
+                        help=f'NeuroChem files of the ANI-1x ensemble (for {ENSEMBLE})')
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'molecule_nve.json'))
     parser.add_argument('--render', metavar='JSON', help='print the table of a record and exit')
     parser.add_argument('--write-cards', action='store_true',
@@ -199,11 +234,14 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(',') if name.strip()]
-    record = record_header(runs=[])
+    models = [m.strip() for m in args.models.split(',') if m.strip()]
+    record = record_header(runs=kept_rows(args.json, models))
     started = time.perf_counter()
-    for model in [m.strip() for m in args.models.split(',') if m.strip()]:
-        for dtype in dtypes:
+    for model in models:
+        # the ensemble's networks are float32 whatever the dtype: one run
+        for dtype in ([torch.float32] if model == ENSEMBLE else dtypes):
             result = nve_run(model, dtype, args)
+            result['date'] = record['date']
             print(json.dumps(result), flush=True)
             record['runs'].append(result)
     finish_record(record, args.json, started)

@@ -110,14 +110,20 @@ def predict_model(model, data, batch_size: int = 32):
     return np.concatenate(energies), np.concatenate(forces)
 
 
-def predict_ensemble(data, model_dir: str):
-    """Energies (eV) and forces (eV/A) of the ANI-1x ensemble, through the recipe's reader."""
+def load_teacher(model_dir: str):
+    """The ANI-1x 8-model ensemble through the distillation recipe's reader (its
+    :obj:`Teacher`: energies in eV, forces in eV/A; needs torchani 2.2.4)."""
     spec = importlib.util.spec_from_file_location(
         'pretrain_ani1x_distillation', osp.join(REPO, 'examples',
                                                 'pretrain_ani1x_distillation.py'))
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    teacher = recipe.Teacher(model_dir)
+    return recipe.Teacher(model_dir)
+
+
+def predict_ensemble(data, model_dir: str):
+    """Energies (eV) and forces (eV/A) of the ANI-1x ensemble on :obj:`data`."""
+    teacher = load_teacher(model_dir)
     energies, forces = [], []
     for d in data:
         species = teacher.species(d.z.numpy())[None]

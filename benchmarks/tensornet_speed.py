@@ -20,11 +20,27 @@ The record goes to benchmarks/results/tensornet_speed.json (--json); --render pr
 tables of an existing record.
 """
 import os
+import sys
 
-# On a shared machine, OpenMP threads that spin while waiting for a busy core make every
-# library several times slower and the timings erratic; let them sleep (all implementations
-# run under the same setting). Must be set before torch starts its thread pool.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+def _wait_policy(argv) -> str:
+    # --omp-wait-policy, read before torch starts its thread pool (argparse runs later).
+    for k, arg in enumerate(argv):
+        if arg == '--omp-wait-policy' and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith('--omp-wait-policy='):
+            return arg.split('=', 1)[1]
+    return os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')
+
+
+# PASSIVE: on a shared machine, OpenMP threads that spin while waiting for a busy core make
+# every library several times slower and the timings erratic, so they sleep (all
+# implementations run under the same setting); 'default' leaves the runtime's own policy.
+OMP_WAIT_POLICY = _wait_policy(sys.argv)
+if OMP_WAIT_POLICY == 'default':
+    os.environ.pop('OMP_WAIT_POLICY', None)
+else:
+    os.environ['OMP_WAIT_POLICY'] = OMP_WAIT_POLICY
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -32,7 +48,6 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -260,6 +275,7 @@ def measure(args, path):
     record = {
         'benchmark': 'tensornet_speed', 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
         'machine': cpu_model(), 'logical_cpus': os.cpu_count(), 'threads': torch.get_num_threads(),
+        'omp_wait_policy': OMP_WAIT_POLICY,
         'torch': torch.__version__, 'load_average_before': list(os.getloadavg()),
         'config': dict(CONFIG, num_rbf=CONFIG['num_rbf'], rbf='expnorm', equivariance='O(3)',
                        dtype='float32'),
@@ -300,7 +316,8 @@ def render(record):
     ours = IMPLEMENTATIONS[0]
     lines = [f'# TensorNet speed: pyg-tensorpot vs torchmd-net 3.1.0 ({record["date"]})',
              f'machine: {record["machine"]}, {record["logical_cpus"]} logical CPUs, torch '
-             f'{record["torch"]}, {record["threads"]} threads, float32; load average '
+             f'{record["torch"]}, {record["threads"]} threads, float32, OpenMP wait policy '
+             f'{record.get("omp_wait_policy", "PASSIVE")}; load average '
              f'{record["load_average_before"][0]:.1f} before, '
              f'{record["load_average_after"][0]:.1f} after; Numba kernels: '
              f'{"yes" if record["numba_kernels"] else "no"}',
@@ -351,6 +368,10 @@ def main():
     parser.add_argument('--pure-max-atoms', type=int, default=5001,
                         help='skip torchmd-net\'s pure-PyTorch path above this size (it needs '
                         'about 2.7 MB per atom)')
+    parser.add_argument('--omp-wait-policy', choices=['PASSIVE', 'ACTIVE', 'default'],
+                        default=OMP_WAIT_POLICY,
+                        help="OpenMP wait policy ('default': the runtime's own; PASSIVE unless "
+                        'OMP_WAIT_POLICY is set)')
     parser.add_argument('--json', default=os.path.join(HERE, 'results', 'tensornet_speed.json'))
     parser.add_argument('--render', action='store_true',
                         help='print the tables of the existing --json record and exit')

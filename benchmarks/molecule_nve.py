@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from common import (  # noqa: E402
     drift_statistics, finish_record, kept_rows, read_record, record_header)
+from pretrained import DEFAULT_ENSEMBLE_DIR  # noqa: E402
 from pyg_tensorpot.utils.bonds import bonded_pairs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,14 +61,12 @@ def smiles_bonds(mol) -> np.ndarray:
 
 #: The --models name of the ANI-1x ensemble.
 ENSEMBLE = 'ani1x-ensemble'
-DEFAULT_ENSEMBLE_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'data',
-                                    'ani1x_model', 'ani-1x_8x')
 
 
 def ensemble_calculator(model_dir: str):
     """An ASE calculator of the ANI-1x ensemble (energy in eV, forces in eV/A)."""
     from ase.calculators.calculator import Calculator, all_changes
-    from pretrained import load_teacher
+    from pretrained import load_teacher  # torchani, only for the ensemble
     teacher = load_teacher(model_dir)
 
     class EnsembleCalculator(Calculator):

@@ -38,12 +38,10 @@ sys.path.insert(0, HERE)
 
 from common import finish_record, read_record, record_header  # noqa: E402
 from pretrained import (  # noqa: E402
-    ELEMENTS, errors, load_s66x8, predict_ensemble, predict_model, update_model_card)
+    DEFAULT_ENSEMBLE_DIR, ELEMENTS, ENSEMBLE, errors, load_s66x8, predict_ensemble,
+    predict_model, update_model_card)
 
 
-REPO = osp.dirname(HERE)
-ENSEMBLE = 'ANI-1x ensemble (8 models)'
-DEFAULT_ENSEMBLE_DIR = osp.join(osp.dirname(REPO), 'shared', 'data', 'ani1x_model', 'ani-1x_8x')
 
 
 def organic_dft(part: str) -> List:

@@ -39,6 +39,9 @@ from pyg_tensorpot.utils.units import EV_TO_KCAL_PER_MOL
 #: Elements of the per-element force errors (those of ANI-1x).
 ELEMENTS = ('H', 'C', 'N', 'O')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: The ensemble's row in the results, and where its NeuroChem files are (see load_teacher).
+ENSEMBLE = 'ANI-1x ensemble (8 models)'
+DEFAULT_ENSEMBLE_DIR = osp.join(osp.dirname(REPO), 'shared', 'data', 'ani1x_model', 'ani-1x_8x')
 S66X8 = osp.join(REPO, 'tests', 'data', 'comp6', 's66x8_wb97x6-31gd.h5')
 
 
@@ -144,7 +147,7 @@ def table(results: Dict[str, Dict[str, float]]) -> str:
 
 
 def _ratio(results: Dict[str, Dict[str, float]], name: str, key: str) -> float:
-    return results[name][key] / results['ANI-1x ensemble (8 models)'][key]
+    return results[name][key] / results[ENSEMBLE][key]
 
 
 def update_model_card(name: str, entries: Dict[str, Dict]) -> str:
@@ -165,7 +168,7 @@ def write_cards(results: Dict[str, Dict[str, float]], names,
                 teacher: Optional[Dict[str, Dict[str, float]]] = None) -> None:
     """Adds the S66x8 table to ``config.json`` (``metrics``) and ``README.md`` of the
     package-shipped registered models."""
-    ens = results.get('ANI-1x ensemble (8 models)')
+    ens = results.get(ENSEMBLE)
     for name in names:
         if name not in PRETRAINED_MODELS:
             continue
@@ -191,8 +194,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', default=','.join(PRETRAINED_MODELS),
                         help='registered names or folders, comma-separated')
-    parser.add_argument('--ensemble-dir', default=osp.join(osp.dirname(REPO), 'shared', 'data',
-                                                           'ani1x_model', 'ani-1x_8x'))
+    parser.add_argument('--ensemble-dir', default=DEFAULT_ENSEMBLE_DIR)
     parser.add_argument('--no-ensemble', action='store_true')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (on a shared machine, more can be much slower)')
@@ -217,7 +219,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
         try:
             t0 = time.time()
             ensemble = predict_ensemble(data, args.ensemble_dir)
-            results['ANI-1x ensemble (8 models)'] = errors(*ensemble, data)
+            results[ENSEMBLE] = errors(*ensemble, data)
             # how closely each student reproduces its teacher (not a measure against DFT)
             teacher = {name: errors(*predictions[name], data, reference=ensemble)
                        for name in predictions}
@@ -229,7 +231,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Dict[str, float]]:
     if teacher:
         print('against the ANI-1x ensemble (the distillation teacher):')
         print(table(teacher))
-    ens = results.get('ANI-1x ensemble (8 models)')
+    ens = results.get(ENSEMBLE)
     if ens:
         for name in args.models.split(','):
             print(f"{name}: energy {_ratio(results, name, 'conformational_energy_mae_kcal_mol'):.2f}x, "  # noqa: E501

@@ -294,10 +294,6 @@ def make_pairs(snapshots: List[Dict], count: int, max_atoms: int, seed: int
 SCAN_FACTORS = (0.90, 0.95, 1.00, 1.05, 1.10, 1.25, 1.50, 2.00)
 
 
-def _neighbours(z: np.ndarray, pos: np.ndarray, i: int) -> np.ndarray:
-    return np.nonzero(bonded_pairs(z, pos)[i])[0]
-
-
 def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation matrix taking the unit vector ``a`` onto the unit vector ``b`` (Rodrigues)."""
     v, c = np.cross(a, b), float(np.dot(a, b))
@@ -327,19 +323,21 @@ def _hydrogen_bond_geometry(za, pa, zb, pb, rng):
     Returns ``(pb_placed, direction, contact)``: b's coordinates at the equilibrium-like
     H...X distance, the unit vector along which the scan moves b, and that distance; or
     ``None`` when a has no N-H/O-H or b no N/O."""
+    bonds_a, bonds_b = bonded_pairs(za, pa), bonded_pairs(zb, pb)
     donors = [i for i in np.nonzero(za == 1)[0]
-              if any(za[j] in (7, 8) for j in _neighbours(za, pa, i))]
+              if any(za[j] in (7, 8) for j in np.nonzero(bonds_a[i])[0])]
     acceptors = np.nonzero(np.isin(zb, (7, 8)))[0]
     if not donors or len(acceptors) == 0:
         return None
     h = int(rng.choice(donors))
     x = int(rng.choice(acceptors))
-    heavy = _neighbours(za, pa, h)[0]
+    heavy = np.nonzero(bonds_a[h])[0][0]
     bond = (pa[h] - pa[heavy]) / np.linalg.norm(pa[h] - pa[heavy])
     direction = _tilted(bond, 25.0, rng)
     # the acceptor's lone-pair side points back at the H (within 40 degrees)
+    partners = np.nonzero(bonds_b[x])[0]
     lone_pair = sum((pb[x] - pb[j]) / np.linalg.norm(pb[x] - pb[j])
-                    for j in _neighbours(zb, pb, x)) if len(_neighbours(zb, pb, x)) else None
+                    for j in partners) if len(partners) else None
     if lone_pair is None or np.linalg.norm(lone_pair) < 1e-3:
         lone_pair = rng.standard_normal(3)
     lone_pair /= np.linalg.norm(lone_pair)

@@ -102,7 +102,8 @@ def build_dataset(name: str, root: Optional[str], args: Dict[str, Any],
     r"""Instantiates a dataset by name (the ``data`` section's :obj:`dataset`, :obj:`root`
     and :obj:`args`)."""
     cls = dataset_class(name, key)
-    section, attribute = key.rsplit('.', 1)[0], key.rsplit('.', 1)[-1]  # or a CLI option
+    parts = key.rsplit('.', 1)  # 'data.test_dataset', or a CLI option ('--dataset')
+    section, attribute = parts[0], parts[-1]
     prefix = attribute[:-len('dataset')] if attribute.endswith('_dataset') else ''  # test_
     args_key = f'{prefix}args'
     check_constructor_kwargs(f'{section}.{args_key}', cls, args, skip=('root', ))

@@ -35,7 +35,9 @@ Molecules (``label``): the first 500 QM9 molecules of schnetpack's test database
 QM9 xyz files (those with F dropped), the 5 formula groups of the ANI-1x release sample, the
 neutral H/C/N/O molecules of the SPICE sample, and -- unless ``--no-s66-monomers`` -- the
 monomers of COMP6 S66x8 (split off its 1.00x equilibrium dimers; **no S66x8 dimer conformation
-is used**). Sampling: Langevin MD with the ensemble (0.5 fs, friction 0.02/fs) at 300, 600 and
+is used**). Molecules of the validation and test splits of our DFT labels (``OrganicDFT``,
+matched by the covalent graph of every fragment, ``bond_graph_key``) are left out, so that
+those splits stay unseen by a distilled model and by replay while fine-tuning. Sampling: Langevin MD with the ensemble (0.5 fs, friction 0.02/fs) at 300, 600 and
 1000 K (cycled over the molecules; 60 steps = 30 fs from the equilibrium geometry with
 velocities at twice the target temperature), one snapshot every ``--stride`` steps after a
 10-step burn-in; plus intermolecular pairs of sampled monomers (random orientation, closest
@@ -65,12 +67,12 @@ import json
 import math
 import os.path as osp
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
-from pyg_tensorpot.utils.bonds import bonded_fragments, bonded_pairs
+from pyg_tensorpot.utils.bonds import bond_graph_key, bonded_fragments, bonded_pairs
 from pyg_tensorpot.utils.files import atomic_open
 from pyg_tensorpot.utils.units import HARTREE_TO_EV
 
@@ -96,9 +98,33 @@ def _hcno(z: np.ndarray) -> bool:
     return bool(np.isin(z, ELEMENTS).all())
 
 
+def held_out_graph_keys() -> Set[str]:
+    """The :func:`~pyg_tensorpot.utils.bonds.bond_graph_key` of every molecule (and every
+    molecule of a cluster) in the validation and test splits of our DFT labels
+    (:class:`~pyg_tensorpot.datasets.OrganicDFT`), over all their conformations."""
+    from pyg_tensorpot.datasets import OrganicDFT
+    dataset = OrganicDFT(log=False)
+    split = dataset.fixed_split()
+    keys = set()
+    for part in ('val', 'test'):
+        for i in split[f'idx_{part}']:
+            data = dataset[int(i)]
+            z, pos = data.z.numpy(), data.pos.double().numpy()
+            keys.update(bond_graph_key(z[f], pos[f]) for f in bonded_fragments(z, pos))
+    return keys
+
+
+def without_held_out(molecules: List[Tuple[str, np.ndarray, np.ndarray]], keys: Set[str]
+                     ) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """The molecules none of whose bonded fragments has a graph key in :obj:`keys`."""
+    return [(name, z, pos) for name, z, pos in molecules
+            if not any(bond_graph_key(z[f], pos[f]) in keys for f in bonded_fragments(z, pos))]
+
+
 def load_molecules(s66_monomers: bool = True) -> List[Tuple[str, np.ndarray, np.ndarray]]:
     """Equilibrium (or near-equilibrium) geometries ``(name, z, pos)`` of real H/C/N/O
-    molecules from the data available to this project."""
+    molecules from the data available to this project, less those of the validation and test
+    splits of our DFT labels (:func:`held_out_graph_keys`), which must stay unseen."""
     import h5py
     molecules = []
     db_path = _first_existing(osp.join(SHARED, 'qm9', 'schnetpack_qm9_500mol_U0.db'))
@@ -151,7 +177,7 @@ def load_molecules(s66_monomers: bool = True) -> List[Tuple[str, np.ndarray, np.
                     if key not in seen:
                         seen.add(key)
                         molecules.append((f's66-monomer-{name}', z[part], pos[part]))
-    return molecules
+    return without_held_out(molecules, held_out_graph_keys())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pyg_tensorpot.structures import water_box
-from pyg_tensorpot.utils.bonds import BOND_FACTOR, COVALENT_RADII, bonded_fragments, bonded_pairs
+from pyg_tensorpot.utils.bonds import (BOND_FACTOR, COVALENT_RADII, bond_graph_key,
+                                       bonded_fragments, bonded_pairs)
 
 # ethanol, CH3-CH2-OH (a relaxed geometry, Angstrom)
 ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
@@ -69,3 +70,43 @@ def test_bad_input_is_explained():
     with pytest.raises(ValueError, match='factor must be positive'):
         bonded_pairs([6, 1], np.eye(2, 3), factor=0.0)
     assert bonded_fragments(np.zeros(0, dtype=np.int64), np.zeros((0, 3))) == []
+
+
+def dimethyl_ether():
+    """CH3-O-CH3 (C-O 1.41 A, C-O-C 112 degrees, tetrahedral methyls with C-H 1.09 A): an
+    isomer of ethanol, C2H6O."""
+    half = np.radians(56.0)
+    carbons = [np.array([s * 1.41 * np.sin(half), -1.41 * np.cos(half), 0.0]) for s in (1, -1)]
+    pos = [np.zeros(3), *carbons]
+    for c in carbons:
+        d = c / np.linalg.norm(c)
+        u = np.cross(d, [0.0, 0.0, 1.0])
+        u /= np.linalg.norm(u)
+        v = np.cross(d, u)
+        for phi in np.radians([0.0, 120.0, 240.0]):
+            pos.append(c + 1.09 * (np.cos(np.radians(70.5)) * d + np.sin(np.radians(70.5))
+                                   * (np.cos(phi) * u + np.sin(phi) * v)))
+    return np.array([8, 6, 6, 1, 1, 1, 1, 1, 1]), np.array(pos)
+
+
+def test_graph_key_is_the_molecule_not_its_geometry():
+    key = bond_graph_key(ETHANOL_Z, ETHANOL_POS)
+    assert len(key) == 64 and int(key, 16) >= 0
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    perm = rng.permutation(len(ETHANOL_Z))
+    moved = ETHANOL_POS[perm] @ rotation.T + rng.normal(size=3) + rng.normal(
+        scale=0.02, size=ETHANOL_POS.shape)  # atom order, rotation, translation, vibration
+    assert bond_graph_key(ETHANOL_Z[perm], moved) == key
+    z, pos = dimethyl_ether()
+    assert sorted(z) == sorted(ETHANOL_Z) and len(bond_set(bonded_pairs(z, pos))) == 8
+    assert bond_graph_key(z, pos) != key  # same formula, another graph
+    assert bond_graph_key(z, pos, iterations=0) == bond_graph_key(ETHANOL_Z, ETHANOL_POS,
+                                                                    iterations=0)  # formula
+    assert bond_graph_key(ETHANOL_Z[:3], ETHANOL_POS[:3]) != key
+
+
+def test_graph_key_refuses_bad_iterations():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match='iterations'):
+            bond_graph_key(ETHANOL_Z, ETHANOL_POS, iterations=bad)

@@ -92,3 +92,29 @@ def test_dimer_scans_scale_the_contact(recipe):
             ratios = np.array(contacts) / contacts[2]
             assert 2.2 <= contacts[2] <= 3.0
         np.testing.assert_allclose(ratios, recipe.SCAN_FACTORS, rtol=1e-6)
+
+
+def test_sampling_pool_leaves_out_the_held_out_dft_molecules(recipe):
+    from pyg_tensorpot.datasets import OrganicDFT
+    from pyg_tensorpot.utils.bonds import bond_graph_key
+    keys = recipe.held_out_graph_keys()
+    dataset = OrganicDFT(log=False)
+    split = dataset.fixed_split()
+    held_out = [dataset[int(i)] for part in ('val', 'test') for i in split[f'idx_{part}']]
+    single = {int(d.molecule) for d in held_out  # clusters are made of such molecules
+              if len(bonded_fragments(d.z.numpy(), d.pos.double().numpy())) == 1}
+    assert len(keys) >= len(single) > 0
+    pool = recipe.load_molecules(s66_monomers=False)
+    assert len(pool) > 0
+    for _, z, pos in pool:
+        assert not any(bond_graph_key(z[f], pos[f]) in keys for f in bonded_fragments(z, pos))
+    # a held-out molecule put into the pool is taken out again, alone or in a cluster
+    data = dataset[int(split['idx_test'][0])]
+    z, pos = data.z.numpy(), data.pos.double().numpy()
+    water_z, water_pos, _, _ = s66_dimer(0)
+    part = bonded_fragments(water_z, water_pos[2])[0]
+    cluster_z = np.concatenate([z, water_z[part]])
+    cluster_pos = np.concatenate([pos, water_pos[2][part] + pos.max(0) + 4.0])
+    kept = recipe.without_held_out(
+        [('held-out', z, pos), ('cluster', cluster_z, cluster_pos), pool[0]], keys)
+    assert [name for name, _, _ in kept] == [pool[0][0]]

@@ -8,8 +8,10 @@ r"""Covalent bonds from geometry alone: two atoms are bonded when they are close
 The radii are those of Cordero et al., Dalton Trans. 2008, 2832 (single-bond radii; C is sp3's
 0.76 Angstrom), so the rule finds single, double and triple bonds of organic molecules and no
 hydrogen bond (an O-H...O contact of 1.8 Angstrom is more than 1.25 x 0.97 Angstrom). It is
-the check that a molecule kept its bonds in MD, and how a cluster splits into molecules.
+the check that a molecule kept its bonds in MD, how a cluster splits into molecules, and the
+identity of a molecule's graph (:func:`bond_graph_key`) by which data sets are kept apart.
 """
+import hashlib
 from typing import Dict, List
 
 import numpy as np
@@ -82,3 +84,35 @@ def bonded_fragments(z, pos, factor: float = BOND_FACTOR) -> List[np.ndarray]:
                 label[j] = start
                 stack.append(int(j))
     return [np.nonzero(label == k)[0] for k in np.unique(label)]
+
+
+def bond_graph_key(z, pos, factor: float = BOND_FACTOR, iterations: int = 4) -> str:
+    r"""An identity of a structure's covalent graph (:func:`bonded_pairs`) that no atom order,
+    rotation, translation or conformation changes: the sorted element-labelled
+    Weisfeiler-Lehman colours after :obj:`iterations` rounds (each atom's colour is the hash of
+    its colour and the sorted colours of its bonded neighbours), hashed with SHA-256.
+
+    Two different molecules share a key only when the refinement cannot tell their graphs
+    apart (rare for organic molecules; never for different formulas); stereoisomers, which
+    have one graph, share theirs. Tautomers and the fragments of a cluster are different
+    graphs: key each fragment of :func:`bonded_fragments` to compare molecules.
+
+    Args:
+        z (array_like): Atomic numbers :obj:`[N]`.
+        pos (array_like): Positions in Angstrom :obj:`[N, 3]`.
+        factor (float, optional): As in :func:`bonded_pairs`. (default: :obj:`1.25`)
+        iterations (int, optional): Refinement rounds. (default: :obj:`4`)
+
+    Returns:
+        str: 64 hexadecimal digits.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f'iterations must be a non-negative integer, got {iterations!r}')
+    bonded = bonded_pairs(z, pos, factor)
+    colours = [str(int(v)) for v in np.asarray(z).reshape(-1)]
+    neighbours = [np.nonzero(row)[0] for row in bonded]
+    for _ in range(iterations):
+        colours = [hashlib.sha256((colours[i] + '|' + ','.join(
+            sorted(colours[j] for j in neighbours[i]))).encode()).hexdigest()[:16]
+            for i in range(len(colours))]
+    return hashlib.sha256(' '.join(sorted(colours)).encode()).hexdigest()

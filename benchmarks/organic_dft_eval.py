@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 
 from common import finish_record, read_record, record_header  # noqa: E402
 from pretrained import (  # noqa: E402
-    DEFAULT_ENSEMBLE_DIR, ELEMENTS, ENSEMBLE, errors, load_s66x8, predict_ensemble,
+    DEFAULT_ENSEMBLE_DIR, ELEMENTS, ENSEMBLE, ensemble_errors, errors, load_s66x8,
     predict_model, update_model_card)
 
 
@@ -59,12 +59,9 @@ def evaluate(models: List[str], ensemble_dir: Optional[str], part: str) -> Dict:
         model = from_pretrained(name).eval()
         results[name] = {key: errors(*predict_model(model, data), data)
                          for key, data in sets.items()}
-    if ensemble_dir:
-        try:
-            results[ENSEMBLE] = {key: errors(*predict_ensemble(data, ensemble_dir), data)
-                                 for key, data in sets.items()}
-        except (ImportError, FileNotFoundError, OSError) as error:
-            print(f'ANI-1x ensemble skipped: {error} (needs torchani==2.2.4)', file=sys.stderr)
+    ensemble = ensemble_errors(sets, ensemble_dir)
+    if ensemble is not None:
+        results[ENSEMBLE] = ensemble
     return results
 
 

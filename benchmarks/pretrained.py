@@ -136,6 +136,20 @@ def predict_ensemble(data, model_dir: str):
     return np.array(energies), np.concatenate(forces)
 
 
+def ensemble_errors(sets: Dict[str, list], model_dir: Optional[str]
+                    ) -> Optional[Dict[str, Dict[str, float]]]:
+    """:func:`errors` of the ANI-1x ensemble on every named set, or :obj:`None` (with a note
+    on stderr) without :obj:`model_dir` or without torchani."""
+    if not model_dir:
+        return None
+    try:
+        return {key: errors(*predict_ensemble(data, model_dir), data)
+                for key, data in sets.items()}
+    except (ImportError, FileNotFoundError, OSError) as error:
+        print(f'ANI-1x ensemble skipped: {error} (needs torchani==2.2.4)', file=sys.stderr)
+        return None
+
+
 def table(results: Dict[str, Dict[str, float]]) -> str:
     lines = ['| model | energy MAE (kcal/mol) | energy MAE (eV) | force MAE (kcal/mol/A) | '
              'force MAE (eV/A) |', '|---|---|---|---|---|']

@@ -16,7 +16,7 @@ are width 128). Label the data without S66x8's monomers, so that S66x8 stays a c
     python examples/pretrain_ani1x_distillation.py label-dimers --no-s66-monomers \\
         --scans 4000 --out distill/ani1x_dimer_scans.npz
     python benchmarks/size_study.py --data-dir distill --minutes 15 --jobs 2
-    python benchmarks/size_study.py --render benchmarks/results/size_study.json
+    python benchmarks/size_study.py --render benchmarks/results/size_study.json --write-cards
 
 ``--jobs 2`` runs two trainings at a time (one thread each) on a 2-CPU machine; keep the number
 of sizes a multiple of the jobs so that every run shares the machine alike. The winner of each
@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 
 from common import finish_record, read_record, record_header  # noqa: E402
 from pretrained import (  # noqa: E402
-    DEFAULT_ENSEMBLE_DIR, ENSEMBLE, errors, load_s66x8, predict_ensemble, predict_model)
+    DEFAULT_ENSEMBLE_DIR, ENSEMBLE, ensemble_errors, errors, load_s66x8, predict_model)
 
 from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 
@@ -128,12 +128,9 @@ def evaluate(runs: Sequence[Dict], ensemble_dir: Optional[str]) -> Dict[str, Dic
     from pyg_tensorpot.hub import from_pretrained
     sets = test_sets()
     results: Dict[str, Dict] = {}
-    if ensemble_dir:
-        try:
-            results[ENSEMBLE] = {key: errors(*predict_ensemble(data, ensemble_dir), data)
-                                 for key, data in sets.items()}
-        except (ImportError, FileNotFoundError, OSError) as error:
-            print(f'ANI-1x ensemble skipped: {error} (needs torchani==2.2.4)', file=sys.stderr)
+    ensemble = ensemble_errors(sets, ensemble_dir)
+    if ensemble is not None:
+        results[ENSEMBLE] = ensemble
     for run in runs:
         model = from_pretrained(run['model_dir']).eval()
         params = sum(p.numel() for p in model.parameters())
@@ -196,6 +193,61 @@ def table(record: Dict) -> str:
     return '\n'.join(lines)
 
 
+SHIPPED = {'TensorNet': 'tensornet-ani1x', 'HIP-NN-TS': 'hipnn-ts-ani1x'}
+CARD_KEY = 'Accuracy against size at equal CPU budget (benchmarks/size_study.py)'
+
+
+def plot(record: Dict, path: str) -> None:
+    """Error ratio to the ensemble against parameters, one panel per test set."""
+    from pyg_tensorpot.training.plots import _pyplot, save_figure
+    plt = _pyplot()
+    results, ensemble = record['results'], record['results'].get(ENSEMBLE)
+    if ensemble is None:
+        raise SystemExit('the plot shows ratios to the ensemble, which this record lacks')
+    fig, axes = plt.subplots(1, len(SETS), figsize=(4 * len(SETS), 3.6), sharey=True)
+    for model, marker in (('TensorNet', 'o'), ('HIP-NN-TS', 's')):
+        runs = sorted((e for n, e in results.items() if n != ENSEMBLE and e['model'] == model),
+                      key=lambda e: e['parameters'])
+        if not runs:
+            continue
+        for ax, key in zip(axes, SETS):
+            params = [e['parameters'] for e in runs]
+            for metric, style, label in ((METRICS[0], '-', 'conf E'), (METRICS[1], '--', 'F')):
+                ax.semilogx(params, [e[key][metric] / ensemble[key][metric] for e in runs],
+                            style, marker=marker, label=f'{model} {label}')
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel('parameters')
+    axes[0].set_ylabel('MAE / ANI-1x ensemble MAE')
+    for ax in axes:
+        ax.axhline(1.0, color='k', lw=0.6)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"{record['minutes']} min of one thread per run, {record['machine']}, "
+                 f"{record['date']}", fontsize=9)
+    save_figure(fig, path, dpi=110)
+
+
+def write_cards(record: Dict) -> None:
+    """Puts each shipped model's curve (its architecture's runs and the ensemble) into its
+    ``config.json`` metrics and model card."""
+    from pretrained import update_model_card
+    results = record['results']
+    for model, name in SHIPPED.items():
+        rows = {key: entry for key, entry in results.items()
+                if key == ENSEMBLE or entry.get('model') == model}
+        if len(rows) < 2:
+            continue
+        winner = record.get('winners', {}).get(model)
+        entry = {'table': table(dict(record, results=rows)),
+                 'note': (f"Measured {record['date']}: each width trained from scratch by the "
+                          f"same recipe for {record['minutes']} min of one thread on ANI-1x "
+                          'ensemble distillation data without S66x8 monomers nor organic-dft '
+                          f'validation/test molecules; at this budget the winner is {winner}. '
+                          'The shipped model is the one described above (its own, longer '
+                          'two-stage training).')}
+        print(f'updated {update_model_card(name, {CARD_KEY: entry})}')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data-dir', default='distill',
@@ -210,9 +262,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help='evaluate the finished runs of --runs-dir without training')
     parser.add_argument('--out', default=osp.join(HERE, 'results', 'size_study.json'))
     parser.add_argument('--render', metavar='JSON', help='print the table of a record')
+    parser.add_argument('--plot', metavar='PNG', default=osp.join(HERE, 'results',
+                                                                  'size_study.png'),
+                        help="the curve of the record ('' for none)")
+    parser.add_argument('--write-cards', action='store_true',
+                        help="put each shipped model's curve into its model card")
     args = parser.parse_args(argv)
     if args.render:
-        print(table(read_record(args.render)))
+        record = read_record(args.render)
+        print(table(record))
+        if args.plot:
+            plot(record, args.plot)
+        if args.write_cards:
+            write_cards(record)
         return
     sizes = parse_sizes(args.sizes)
     if args.minutes <= 0 or args.jobs < 1:
@@ -240,6 +302,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     record['winners'] = winners(record['results'])
     finish_record(record, args.out, started)
     print(table(record))
+    if args.plot and ENSEMBLE in record['results']:
+        plot(record, args.plot)
+    if args.write_cards:
+        write_cards(record)
 
 
 if __name__ == '__main__':

@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
-from pyg_tensorpot.utils.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from pyg_tensorpot.utils.files import atomic_write_text  # noqa: E402
 from tensornet_speed import IMPLEMENTATIONS, single_system, warnings_off  # noqa: E402
 
 OURS, WARP = IMPLEMENTATIONS[0], IMPLEMENTATIONS[1]
@@ -134,11 +134,8 @@ def render(record):
 
 
 def plot(record, path):
-    import io
-
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from pyg_tensorpot.training.plots import _pyplot, save_figure
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, marker in ((OURS, 'o'), (WARP, 's')):
         rows = [r for r in record['rows'] if r['implementation'] == name and 'seconds' in r]
@@ -159,10 +156,7 @@ def plot(record, path):
         ax.legend()
     fig.suptitle(f'TensorNet (H=128, L=2) on {record["machine"]}, {record["threads"]} threads, '
                  f'{record["date"]}', fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
-    atomic_write_bytes(buffer.getvalue(), path)
+    save_figure(fig, path, dpi=110)
 
 
 def main():

@@ -190,6 +190,8 @@ def table(record: Dict) -> str:
         if ensemble:
             row.append('' if name == ENSEMBLE else f'{choice_score(entry, ensemble):.2f}')
         lines.append('| ' + ' | '.join(row) + ' |')
+    if record.get('note'):
+        lines += ['', record['note']]
     return '\n'.join(lines)
 
 
@@ -201,6 +203,7 @@ def plot(record: Dict, path: str) -> None:
     """Error ratio to the ensemble against parameters, one panel per test set."""
     from pyg_tensorpot.training.plots import _pyplot, save_figure
     plt = _pyplot()
+    from matplotlib import ticker
     results, ensemble = record['results'], record['results'].get(ENSEMBLE)
     if ensemble is None:
         raise SystemExit('the plot shows ratios to the ensemble, which this record lacks')
@@ -217,6 +220,8 @@ def plot(record: Dict, path: str) -> None:
                             style, marker=marker, label=f'{model} {label}')
             ax.set_title(key, fontsize=9)
             ax.set_xlabel('parameters')
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f'{x / 1e3:.0f}k'))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     axes[0].set_ylabel('MAE / ANI-1x ensemble MAE')
     for ax in axes:
         ax.axhline(1.0, color='k', lw=0.6)
@@ -267,9 +272,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the curve of the record ('' for none)")
     parser.add_argument('--write-cards', action='store_true',
                         help="put each shipped model's curve into its model card")
+    parser.add_argument('--note', help='with --render: a remark on the run (what shared the '
+                        'machine, say), kept in the record and written into the cards')
     args = parser.parse_args(argv)
     if args.render:
         record = read_record(args.render)
+        if args.note:
+            record['note'] = args.note
+            atomic_write_text(json.dumps(record, indent=2) + '\n', args.render)
         print(table(record))
         if args.plot:
             plot(record, args.plot)

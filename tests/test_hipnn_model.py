@@ -249,12 +249,13 @@ def test_angular_pair_sum_gradients(block_elements):
     from pyg_tensorpot.nn.conv import hipnn_sums as module
     z, pos, batch = two_molecules()
     edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
-    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel())
+    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel(), block_slots=block_elements)
+    blocks = layout.source_blocks
     g = torch.Generator().manual_seed(5)
     N, K, F, C = z.numel(), 3, 2, 4
-    grid = torch.randn(N * layout.source_width, K, generator=g, dtype=torch.float64)
+    grid = torch.randn(layout.source_row.numel(), K, generator=g, dtype=torch.float64)
     grid[layout.source_row == layout.num_rows] = 0.0
-    grid = grid.view(N, layout.source_width, K).requires_grad_(True)
+    grid.requires_grad_(True)
     projected = torch.randn(N, K, F, generator=g, dtype=torch.float64, requires_grad=True)
     angular = torch.randn(N * layout.receiver_width, C, generator=g, dtype=torch.float64)
     angular = (angular * layout.receiver_mask.unsqueeze(-1)).view(N, layout.receiver_width, C)
@@ -262,12 +263,13 @@ def test_angular_pair_sum_gradients(block_elements):
 
     def fused(grid, projected, angular):
         return module.angular_pair_sum(grid, projected, angular, layout.receiver_source_slot,
-                                       block_elements)
+                                       blocks, block_elements)
 
     inputs = (grid, projected, angular)
     torch.testing.assert_close(
         fused(*inputs),
-        module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot))
+        module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot,
+                                       blocks))
     assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradgradcheck(fused, inputs)
     # the blocked backward function itself, to third derivatives of the sum
@@ -275,35 +277,37 @@ def test_angular_pair_sum_gradients(block_elements):
     grad_out = torch.randn(N, C, F, generator=g, dtype=torch.float64, requires_grad=True)
 
     def backward(grid, projected, angular, grad_out):
-        pair = torch.bmm(grid, projected).view(-1, F).detach()
+        pair = module._plain_pairs(grid, projected, blocks).detach()
         return module._AngularPairSumBackward.apply(grid, projected, angular, slot, pair,
-                                                    grad_out, block_elements, True, True, True)
+                                                    grad_out, blocks, block_elements, True,
+                                                    True, True)
 
     assert torch.autograd.gradcheck(backward, inputs + (grad_out, ))
     assert torch.autograd.gradgradcheck(backward, inputs + (grad_out, ))
 
 
-@pytest.mark.parametrize('block_elements', [8, 2**20])
-def test_pair_sum_gradients(block_elements):
+@pytest.mark.parametrize('block_slots', [1, 2**20])
+def test_pair_sum_gradients(block_slots):
     """First, second and third derivatives of the fused HIP-NN neighbour sum (blocks of one
     atom and one block), against the plain formula."""
     from pyg_tensorpot.nn.conv import hipnn_sums as module
     z, pos, batch = two_molecules()
     edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
-    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel())
+    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel(), block_slots=block_slots)
+    blocks = layout.source_blocks
     g = torch.Generator().manual_seed(6)
     N, K, F = z.numel(), 3, 2
-    grid = torch.randn(N * layout.source_width, K, generator=g, dtype=torch.float64)
+    grid = torch.randn(layout.source_row.numel(), K, generator=g, dtype=torch.float64)
     grid[layout.source_row == layout.num_rows] = 0.0
-    grid = grid.view(N, layout.source_width, K).requires_grad_(True)
+    grid.requires_grad_(True)
     projected = torch.randn(N, K, F, generator=g, dtype=torch.float64, requires_grad=True)
     target = layout.source_target
 
     def fused(grid, projected):
-        return module.pair_sum(grid, projected, target, block_elements)
+        return module.pair_sum(grid, projected, target, blocks)
 
     torch.testing.assert_close(fused(grid, projected),
-                               module._plain_pair_sum(grid, projected, target))
+                               module._plain_pair_sum(grid, projected, target, blocks))
     assert torch.autograd.gradcheck(fused, (grid, projected))
     assert torch.autograd.gradgradcheck(fused, (grid, projected))
     # a leaf that needs no gradient (the species one-hot of the first layer) gets none
@@ -312,10 +316,29 @@ def test_pair_sum_gradients(block_elements):
     grad_out = torch.randn(N, F, generator=g, dtype=torch.float64, requires_grad=True)
 
     def backward(grid, projected, grad_out):
-        return module._PairSumBackward.apply(grid, projected, target, grad_out,
-                                             block_elements, True, True)
+        return module._PairSumBackward.apply(grid, projected, target, grad_out, blocks, True,
+                                             True)
 
     assert torch.autograd.gradgradcheck(backward, (grid, projected, grad_out))
+
+
+def test_ragged_neighbors_layout():
+    """Rows sorted by degree, blocks as wide as their largest degree, every edge in its own
+    slot of its atom's row, padding only at the ends of the shorter rows of a block."""
+    from pyg_tensorpot.nn.padded_neighbors import ragged_neighbors
+    index = torch.tensor([2, 0, 2, 2, 1, 0, 4, 4, 4, 4])
+    layout = ragged_neighbors(index, 6, block_slots=5)
+    assert layout.order.tolist() == [4, 2, 0, 1, 3, 5]  # degrees 4, 3, 2, 1, 0, 0
+    assert layout.blocks == [(0, 1, 4, 0), (1, 2, 3, 4), (2, 4, 2, 7)]
+    assert layout.num_slots == 11  # 10 edges and one padding slot (atom 1's second column)
+    assert layout.slot.tolist() == [4, 7, 5, 6, 9, 8, 0, 1, 2, 3]
+    with pytest.raises(ValueError, match='block_slots must be positive'):
+        ragged_neighbors(index, 6, block_slots=0)
+    # one block of everything, for a graph whose atoms have equal degrees: no padding at all
+    ring = torch.tensor([0, 1, 1, 2, 2, 0])
+    layout = ragged_neighbors(ring, 3, block_slots=100)
+    assert layout.blocks == [(0, 3, 2, 0)] and layout.num_slots == 6
+    assert sorted(layout.slot.tolist()) == list(range(6))
 
 
 def test_layout_must_match_the_graph():

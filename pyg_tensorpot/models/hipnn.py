@@ -6,6 +6,7 @@ from torch_geometric.data import Data
 
 from pyg_tensorpot.models.base import AtomisticModel
 from pyg_tensorpot.nn.conv.hipnn_interaction import HIPNNInteraction
+from pyg_tensorpot.nn.conv.hipnn_sums import CHUNK_ELEMENTS
 from pyg_tensorpot.nn.graph import AtomGraph
 from pyg_tensorpot.nn.hierarchical import HierarchicalEnergyHead, hierarchicality
 from pyg_tensorpot.nn.onsite import OnSiteLayer, ResidualWrapper
@@ -100,6 +101,9 @@ class HIPNN(AtomisticModel):
         self.cusp_reg = float(cusp_reg)
         self.residual = residual
         self.activation = activation
+        # Slots per block of the interactions' source grid: blocks of pair messages of
+        # CHUNK_ELEMENTS numbers, which stay in cache.
+        self.block_slots = max(1, CHUNK_ELEMENTS // hidden_channels)
 
         self.species = SpeciesOneHot(elements)
         num_species = self.species.num_species
@@ -141,7 +145,8 @@ class HIPNN(AtomisticModel):
         x = self.species(z, pos.dtype)
         # Built once for all interactions; the sensitivities are evaluated once per pair.
         layout = HIPNNInteraction.neighbor_layout(graph.edge_index, z.size(0), graph.pair_index,
-                                                  graph.pair_weight.size(0))
+                                                  graph.pair_weight.size(0),
+                                                  self.block_slots)
         features = [x]
         for block in self.blocks:
             for layer in block:

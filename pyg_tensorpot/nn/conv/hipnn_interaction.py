@@ -1,13 +1,13 @@
 """HIP-NN's interaction layer: its neighbour sums over padded per-atom grids in eager mode
 (fused in :mod:`~pyg_tensorpot.nn.conv.hipnn_sums`) and over the edge list under
 torch.compile, in the same contraction order."""
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from pyg_tensorpot.nn.conv.hipnn_sums import CHUNK_ELEMENTS, angular_pair_sum, pair_sum
-from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
+from pyg_tensorpot.nn.padded_neighbors import padded_neighbors, ragged_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
 
@@ -17,39 +17,44 @@ _CONTRACTIONS = ('auto', 'project_first', 'environment_first')
 
 
 class HIPNNLayout(NamedTuple):
-    r"""Where every edge of a graph sits in the two padded per-atom grids of
+    r"""Where every edge of a graph sits in the two per-atom grids of
     :class:`HIPNNInteraction`, built once per graph by :meth:`HIPNNInteraction.neighbor_layout`
     and shared by all its layers.
 
-    Row :math:`n` of the *source* grid :obj:`[N, D_s]` holds the edges whose neighbour
-    (:obj:`edge_index[0]`) is atom :math:`n`, row :math:`n` of the *receiver* grid
-    :obj:`[N, D_r]` those whose receiver (:obj:`edge_index[1]`) is :math:`n`; the widths are the
-    largest degrees. Sensitivities are looked up by *row* (a pair of atoms, whose two directed
-    edges have the same distance, or an edge); padding slots read row :obj:`num_rows`, which the
-    layer fills with zeros, so that they add exact zeros to every sum.
+    The *source* grid holds the edges by neighbour (:obj:`edge_index[0]`), one row per atom
+    with its rows sorted by degree and cut into blocks, each as wide as its own largest degree
+    (:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), stored flat: :math:`S`
+    slots in all. The *receiver* grid :obj:`[N, D_r]` holds in row :math:`n` the edges whose
+    receiver (:obj:`edge_index[1]`) is :math:`n`; :math:`D_r` is the largest degree.
+    Sensitivities are looked up by *row* (a pair of atoms, whose two directed edges have the
+    same distance, or an edge); padding slots read row :obj:`num_rows`, which the layer fills
+    with zeros, so that they add exact zeros to every sum.
 
     Attributes:
         num_nodes (int): Atoms :math:`N`.
         num_rows (int): Rows of the sensitivity table (pairs, or edges).
-        source_width (int): :math:`D_s`.
         receiver_width (int): :math:`D_r`.
-        source_row (torch.Tensor): Sensitivity row of every source slot, :obj:`[N D_s]`.
+        source_order (torch.Tensor): Atom of every row of the source grid, :obj:`[N]`.
+        source_blocks (List[Tuple[int, int, int, int]]): :obj:`(start, end, width, offset)`
+            of every block of the source grid.
+        source_row (torch.Tensor): Sensitivity row of every source slot, :obj:`[S]`.
         source_target (torch.Tensor): Receiver of every source slot (0 on padding).
         receiver_row (torch.Tensor): Sensitivity row of every receiver slot, :obj:`[N D_r]`.
         receiver_neighbor (torch.Tensor): Neighbour atom of every receiver slot (0 on padding).
         receiver_edge (torch.Tensor): Edge of every receiver slot (0 on padding).
         receiver_source_slot (torch.Tensor): Source slot of the edge of every receiver slot
-            (0 on padding).
+            (that of edge 0 on padding).
         receiver_mask (torch.Tensor): :obj:`True` where a receiver slot holds an edge.
         padded (bool): :obj:`False` for the layout built under :func:`torch.compile`, whose
-            grid widths (largest degrees) would be data-dependent shapes: its slots are then
-            the edges themselves (widths 0, :obj:`source_row` the row of every edge) and the
-            layer sums over edges with :meth:`~torch.Tensor.index_add`.
+            grid widths (degrees) would be data-dependent shapes: its slots are then the edges
+            themselves (no blocks, :obj:`source_row` the row of every edge) and the layer sums
+            over edges with :meth:`~torch.Tensor.index_add`.
     """
     num_nodes: int
     num_rows: int
-    source_width: int
     receiver_width: int
+    source_order: Tensor
+    source_blocks: List[Tuple[int, int, int, int]]
     source_row: Tensor
     source_target: Tensor
     receiver_row: Tensor
@@ -208,7 +213,8 @@ class HIPNNInteraction(torch.nn.Module):
 
     @staticmethod
     def neighbor_layout(edge_index: Tensor, num_nodes: int, pair_index: Optional[Tensor] = None,
-                        num_pairs: Optional[int] = None) -> HIPNNLayout:
+                        num_pairs: Optional[int] = None,
+                        block_slots: int = CHUNK_ELEMENTS // 128) -> HIPNNLayout:
         r"""The :class:`HIPNNLayout` of :obj:`edge_index`; pass it to every layer that shares
         the edges to build it once.
 
@@ -222,6 +228,9 @@ class HIPNNInteraction(torch.nn.Module):
             num_pairs (int, optional): Number of pair rows (the length of
                 :obj:`pair_weight`); counted from :obj:`pair_index` if :obj:`None`.
                 (default: :obj:`None`)
+            block_slots (int, optional): Slots per block of the source grid (a block of pair
+                messages holds :obj:`block_slots * out_channels` numbers).
+                (default: :obj:`CHUNK_ELEMENTS // 128`)
         """
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError('edge_index must have shape [2, num_edges], got '
@@ -244,21 +253,25 @@ class HIPNNInteraction(torch.nn.Module):
                 num_rows = num_pairs
         if torch.compiler.is_compiling():
             return HIPNNInteraction._edge_layout(edge_index, num_nodes, rows, num_rows)
-        by_source = padded_neighbors(edge_index[0], num_nodes)
+        by_source = ragged_neighbors(edge_index[0], num_nodes, block_slots)
+        source_row = torch.full((by_source.num_slots, ), num_rows, dtype=torch.long,
+                                device=edge_index.device)
+        source_row[by_source.slot] = rows
+        source_target = torch.zeros_like(source_row)
+        source_target[by_source.slot] = edge_index[1]
         by_receiver = padded_neighbors(edge_index[1], num_nodes)
-        padding = torch.full_like(by_source.edge_of_slot, num_rows)
-        source_row = torch.where(by_source.mask, rows.index_select(0, by_source.edge_of_slot),
-                                 padding)
-        source_target = edge_index[1].index_select(0, by_source.edge_of_slot)
         receiver_edge = by_receiver.edge_of_slot
         padding = torch.full_like(receiver_edge, num_rows)
         receiver_row = torch.where(by_receiver.mask, rows.index_select(0, receiver_edge),
                                    padding)
-        return HIPNNLayout(num_nodes, num_rows, by_source.width, by_receiver.width, source_row,
-                           source_target, receiver_row,
+        if num_edges > 0:
+            receiver_source_slot = by_source.slot.index_select(0, receiver_edge)
+        else:
+            receiver_source_slot = torch.zeros_like(receiver_edge)
+        return HIPNNLayout(num_nodes, num_rows, by_receiver.width, by_source.order,
+                           by_source.blocks, source_row, source_target, receiver_row,
                            edge_index[0].index_select(0, receiver_edge), receiver_edge,
-                           by_source.slot.index_select(0, receiver_edge), by_receiver.mask,
-                           True)
+                           receiver_source_slot, by_receiver.mask, True)
 
     @staticmethod
     def _edge_layout(edge_index: Tensor, num_nodes: int, rows: Tensor,
@@ -266,8 +279,10 @@ class HIPNNInteraction(torch.nn.Module):
         # torch.compile's layout: no grid, whose width (the largest degree) is a
         # data-dependent size that breaks the graph; every edge is its own slot.
         edges = torch.arange(edge_index.size(1), device=edge_index.device)
-        return HIPNNLayout(num_nodes, num_rows, 0, 0, rows, edge_index[1], rows,
-                           edge_index[0], edges, edges,
+        no_blocks: List[Tuple[int, int, int, int]] = []
+        return HIPNNLayout(num_nodes, num_rows, 0,
+                           torch.arange(num_nodes, device=edge_index.device), no_blocks, rows,
+                           edge_index[1], rows, edge_index[0], edges, edges,
                            torch.ones_like(edges, dtype=torch.bool), False)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_vec: Tensor,
@@ -278,7 +293,9 @@ class HIPNNInteraction(torch.nn.Module):
             if pair_weight is not None:
                 raise ValueError('pair_weight needs the layout of its pair_index: pass '
                                  'neighbor_layout(edge_index, num_nodes, pair_index)')
-            layout = self.neighbor_layout(edge_index, num_nodes)
+            layout = self.neighbor_layout(
+                edge_index, num_nodes,
+                block_slots=max(1, self.block_elements // self.out_channels))
         distances = edge_weight if pair_weight is None else pair_weight
         if distances.size(0) != layout.num_rows or layout.num_nodes != num_nodes:
             raise ValueError('the layout belongs to another graph: it has '
@@ -348,24 +365,26 @@ class HIPNNInteraction(torch.nn.Module):
     def _project_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
                            edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
         N, K, F = layout.num_nodes, self.num_sensitivities, self.out_channels
-        # (V x_j)[nu, g] for every atom, then c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g] as one
-        # [D_s, K] @ [K, F] product per neighbour j over its D_s source slots, instead of
-        # gathering (V x_j) [K, F] for every edge.
-        projected = (x @ self.weight.permute(2, 0, 1).reshape(self.in_channels, K * F)).view(
-            N, K, F)
-        grid = sensitivity.index_select(0, layout.source_row).view(N, layout.source_width, K)
+        # (V x_j)[nu, g] for every atom (rows in the source grid's order), then
+        # c_ij[g] = sum_nu s_nu(r_ij) (V x_j)[nu, g] as one [D, K] @ [K, F] product per
+        # neighbour j over its D source slots, instead of gathering (V x_j) [K, F] per edge.
+        projected = (x.index_select(0, layout.source_order)
+                     @ self.weight.permute(2, 0, 1).reshape(self.in_channels, K * F)).view(
+                         N, K, F)
+        grid = sensitivity.index_select(0, layout.source_row)
         if self.max_order == 0:
             # sum_j c_ij straight from the source grid into the receivers (padding rows of c
-            # are exact zeros): no [E, F] or [N D_s, F] tensor is formed or kept.
+            # are exact zeros): no [E, F] or [S, F] tensor is formed or kept.
             return pair_sum(grid, projected, layout.source_target,
-                            self.block_elements).unsqueeze(1)
+                            layout.source_blocks).unsqueeze(1)
         # sum_j Y(r_ij) (outer) c_ij as one [C, D_r] @ [D_r, F] product per receiver. Only the
         # narrow angular factor is masked: the padding rows of c are multiplied by 0.
         angular = self._receiver_angular(edge_weight, edge_vec, layout)
         angular = angular * layout.receiver_mask.unsqueeze(-1).to(angular.dtype)
         return angular_pair_sum(grid, projected,
                                 angular.view(N, layout.receiver_width, self.num_components),
-                                layout.receiver_source_slot, self.block_elements)
+                                layout.receiver_source_slot, layout.source_blocks,
+                                self.block_elements)
 
     def _environment_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
                                edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:

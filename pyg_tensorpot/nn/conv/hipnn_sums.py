@@ -1,7 +1,13 @@
-"""HIP-NN's neighbour sums over the padded per-atom grids of :class:`HIPNNLayout`, as fused
-autograd functions: blocks of atoms at a time into reused buffers, and only their inputs kept
-for the backward passes. The plain formulas beside them are what TorchScript and
-torch.compile run, and what the fused functions are tested against.
+"""HIP-NN's neighbour sums over the per-atom grids of :class:`HIPNNLayout`, as fused autograd
+functions: blocks of atoms at a time into reused buffers, and only their inputs kept for the
+backward passes. The plain formulas beside them are what TorchScript and torch.compile run,
+and what the fused functions are tested against.
+
+The *source* grid (the pair messages, one row per neighbour atom) is ragged: its rows are
+sorted by degree and cut into blocks of :obj:`(start, end, width, offset)`, each block a
+:obj:`[end - start, width, K]` grid stored flat from slot :obj:`offset` on
+(:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), so that almost no slot is
+padding; the rows of :obj:`projected` are in the same sorted order.
 """
 from typing import List, Optional, Tuple
 
@@ -18,20 +24,45 @@ def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple
     return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
+Blocks = List[Tuple[int, int, int, int]]
+
+
+def _ragged(flat: Tensor, block: Tuple[int, int, int, int]) -> Tensor:
+    # The [rows, width, ...] grid of one source block out of its flat [slots, ...] storage.
+    start, end, width, offset = block
+    return flat[offset:offset + (end - start) * width].view(end - start, width, flat.size(-1))
+
+
+def _largest_block(blocks: Blocks) -> int:
+    return max([(b[1] - b[0]) * b[2] for b in blocks] + [0])
+
+
+def _covered_rows(blocks: Blocks) -> int:
+    # Rows after the last block have no edges: their gradients are zero.
+    return blocks[-1][1] if len(blocks) > 0 else 0
+
+
+def _empty_rows_like(projected: Tensor, blocks: Blocks) -> Tensor:
+    # torch.empty_like, with the rows that no block writes set to zero.
+    out = torch.empty_like(projected)
+    out[_covered_rows(blocks):].zero_()
+    return out
+
+
 class _AngularPairSum(torch.autograd.Function):
     # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
     # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
     # for the backward pass). The backward pass is _AngularPairSumBackward.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                block_elements: int) -> Tensor:
-        N, width_s, _ = grid.shape
+                blocks_s: Blocks, block_elements: int) -> Tensor:
+        N = projected.size(0)
         width_r, C = angular.size(1), angular.size(2)
         F = projected.size(-1)
-        pair = grid.new_empty((N * width_s, F))
-        for a, b in _blocks(N, width_s * F, block_elements):
-            torch.bmm(grid[a:b], projected[a:b], out=pair[a * width_s:b * width_s].view(
-                b - a, width_s, F))
+        pair = grid.new_empty((grid.size(0), F))
+        for block in blocks_s:
+            torch.bmm(_ragged(grid, block), projected[block[0]:block[1]],
+                      out=_ragged(pair, block))
         out = grid.new_zeros((N, C, F))
         blocks = _blocks(N, width_r * F, block_elements)
         if width_r > 0 and len(blocks) > 0:
@@ -43,6 +74,7 @@ class _AngularPairSum(torch.autograd.Function):
                 torch.bmm(angular[a:b].transpose(1, 2), gathered.view(b - a, width_r, F),
                           out=out[a:b])
         ctx.save_for_backward(grid, projected, angular, source_slot, pair)
+        ctx.blocks_s = blocks_s
         ctx.block_elements = block_elements
         return out
 
@@ -51,9 +83,9 @@ class _AngularPairSum(torch.autograd.Function):
         grid, projected, angular, source_slot, pair = ctx.saved_tensors
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = _AngularPairSumBackward.apply(grid, projected, angular, source_slot, pair,
-                                              grad_out.contiguous(), ctx.block_elements,
-                                              *needs)
-        return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+                                              grad_out.contiguous(), ctx.blocks_s,
+                                              ctx.block_elements, *needs)
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None, None)
 
 
 class _AngularPairSumBackward(torch.autograd.Function):
@@ -64,12 +96,12 @@ class _AngularPairSumBackward(torch.autograd.Function):
     # pass through grid and projected explicitly.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                pair: Tensor, grad_out: Tensor, block_elements: int, need_grid: bool,
-                need_projected: bool, need_angular: bool):
-        N, width_s, _ = grid.shape
+                pair: Tensor, grad_out: Tensor, blocks_s: Blocks, block_elements: int,
+                need_grid: bool, need_projected: bool, need_angular: bool):
+        N = projected.size(0)
         width_r, F = angular.size(1), projected.size(-1)
         dummy = grid.new_zeros(())
-        grad_pair = grid.new_zeros((N * width_s, F))
+        grad_pair = grid.new_zeros((grid.size(0), F))
         grad_angular = torch.zeros_like(angular) if need_angular else dummy
         blocks = _blocks(N, width_r * F, block_elements)
         if width_r > 0 and len(blocks) > 0:
@@ -86,16 +118,20 @@ class _AngularPairSumBackward(torch.autograd.Function):
                 grad_rows = torch.bmm(angular[a:b], block,
                                       out=rows[:(b - a) * width_r].view(b - a, width_r, F))
                 grad_pair.index_add_(0, index, grad_rows.view(-1, F))
-        grad_grid = torch.empty_like(grid) if need_grid else dummy
-        grad_projected = torch.empty_like(projected) if need_projected else dummy
+        grad_grid = torch.zeros_like(grid) if need_grid else dummy
+        grad_projected = _empty_rows_like(projected, blocks_s) if need_projected else dummy
         if need_grid or need_projected:
-            for a, b in _blocks(N, width_s * F, block_elements):
-                block = grad_pair[a * width_s:b * width_s].view(b - a, width_s, F)
+            for source in blocks_s:
+                a, b = source[0], source[1]
+                block = _ragged(grad_pair, source)
                 if need_grid:
-                    torch.bmm(block, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+                    torch.bmm(block, projected[a:b].transpose(1, 2),
+                              out=_ragged(grad_grid, source))
                 if need_projected:
-                    torch.bmm(grid[a:b].transpose(1, 2), block, out=grad_projected[a:b])
+                    torch.bmm(_ragged(grid, source).transpose(1, 2), block,
+                              out=grad_projected[a:b])
         ctx.save_for_backward(grid, projected, angular, source_slot, pair, grad_out)
+        ctx.blocks_s = blocks_s
         ctx.block_elements = block_elements
         ctx.needs = (need_grid, need_projected, need_angular)
         ctx.set_materialize_grads(False)  # an unused gradient comes as None, not zeros
@@ -105,27 +141,28 @@ class _AngularPairSumBackward(torch.autograd.Function):
     def backward(ctx, up_grid: Optional[Tensor], up_projected: Optional[Tensor],
                  up_angular: Optional[Tensor]):
         grid, projected, angular, source_slot, pair, grad_out = ctx.saved_tensors
-        ups = [u if need and u is not None and u.dim() == 3 else None
+        # an unneeded gradient is a 0-dimensional placeholder
+        ups = [u if need and u is not None and u.dim() > 0 else None
                for u, need in zip((up_grid, up_projected, up_angular), ctx.needs)]
         wants = ctx.needs_input_grad
         if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
             grads = _differentiated(
                 _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
-                                                 grad_out), ups,
+                                                 grad_out, ctx.blocks_s), ups,
                 [grid, projected, angular, grad_out], [wants[0], wants[1], wants[2], wants[5]])
         else:
             grads = _blocked_angular_pair_sum_double_backward(
                 grid, projected, angular, source_slot, pair, grad_out, ups, wants,
-                ctx.block_elements)
+                ctx.blocks_s, ctx.block_elements)
         grad_grid, grad_projected, grad_angular, grad_grad_out = grads
         return (grad_grid, grad_projected, grad_angular, None, None, grad_grad_out, None, None,
-                None, None)
+                None, None, None)
 
 
 def _blocked_angular_pair_sum_double_backward(
         grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor, pair: Tensor,
         grad_out: Tensor, ups: List[Optional[Tensor]], wants: Tuple[bool, ...],
-        block_elements: int) -> Tuple[Optional[Tensor], ...]:
+        blocks_s: Blocks, block_elements: int) -> Tuple[Optional[Tensor], ...]:
     # With upstream gradients (uG, uP, uA) of (grad_grid, grad_projected, grad_angular) =
     # (Q P^T, G^T Q, gather(c) g^T), Q = scatter(Y g), c = G P:
     #   d grid      = Q uP^T + R P^T,      R = scatter(uA g)
@@ -133,7 +170,7 @@ def _blocked_angular_pair_sum_double_backward(
     #   d angular   = gather(X) g^T,       X = uG P + G uP
     #   d grad_out  = Y^T gather(X) + uA^T gather(c)
     up_grid, up_projected, up_angular = ups
-    N, width_s, _ = grid.shape
+    N, S = projected.size(0), grid.size(0)
     width_r, F = angular.size(1), projected.size(-1)
     want_grid, want_projected, want_angular, want_grad_out = wants[0], wants[1], wants[2], \
         wants[5]
@@ -145,20 +182,20 @@ def _blocked_angular_pair_sum_double_backward(
     grad_angular = torch.zeros_like(angular) if want_angular and need_x else None
     grad_grad_out = torch.zeros_like(grad_out) if want_grad_out and (
         need_x or up_angular is not None) else None
-    source_blocks = _blocks(N, width_s * F, block_elements)
     x = None
     if need_x:
-        x = grid.new_empty((N * width_s, F))
-        for a, b in source_blocks:
-            block = x[a * width_s:b * width_s].view(b - a, width_s, F)
+        x = grid.new_empty((S, F))
+        for source in blocks_s:
+            a, b = source[0], source[1]
+            block = _ragged(x, source)
             if up_grid is not None:
-                torch.bmm(up_grid[a:b], projected[a:b], out=block)
+                torch.bmm(_ragged(up_grid, source), projected[a:b], out=block)
                 if up_projected is not None:
-                    block.baddbmm_(grid[a:b], up_projected[a:b])
+                    block.baddbmm_(_ragged(grid, source), up_projected[a:b])
             else:
-                torch.bmm(grid[a:b], up_projected[a:b], out=block)
-    q = grid.new_zeros((N * width_s, F)) if need_q else None
-    r = grid.new_zeros((N * width_s, F)) if need_r else None
+                torch.bmm(_ragged(grid, source), up_projected[a:b], out=block)
+    q = grid.new_zeros((S, F)) if need_q else None
+    r = grid.new_zeros((S, F)) if need_r else None
     blocks = _blocks(N, width_r * F, block_elements)
     if width_r > 0 and len(blocks) > 0 and (
             x is not None or q is not None or r is not None or grad_grad_out is not None):
@@ -185,20 +222,23 @@ def _blocked_angular_pair_sum_double_backward(
     grad_projected = torch.zeros_like(projected) if want_projected and (
         (q is not None and up_grid is not None) or r is not None) else None
     if grad_grid is not None or grad_projected is not None:
-        for a, b in source_blocks:
-            span = slice(a * width_s, b * width_s)
-            q_block = None if q is None else q[span].view(b - a, width_s, F)
-            r_block = None if r is None else r[span].view(b - a, width_s, F)
+        for source in blocks_s:
+            a, b = source[0], source[1]
+            q_block = None if q is None else _ragged(q, source)
+            r_block = None if r is None else _ragged(r, source)
             if grad_grid is not None:
+                out = _ragged(grad_grid, source)
                 if q_block is not None and up_projected is not None:
-                    grad_grid[a:b].baddbmm_(q_block, up_projected[a:b].transpose(1, 2))
+                    out.baddbmm_(q_block, up_projected[a:b].transpose(1, 2))
                 if r_block is not None:
-                    grad_grid[a:b].baddbmm_(r_block, projected[a:b].transpose(1, 2))
+                    out.baddbmm_(r_block, projected[a:b].transpose(1, 2))
             if grad_projected is not None:
                 if q_block is not None and up_grid is not None:
-                    grad_projected[a:b].baddbmm_(up_grid[a:b].transpose(1, 2), q_block)
+                    grad_projected[a:b].baddbmm_(_ragged(up_grid, source).transpose(1, 2),
+                                                 q_block)
                 if r_block is not None:
-                    grad_projected[a:b].baddbmm_(grid[a:b].transpose(1, 2), r_block)
+                    grad_projected[a:b].baddbmm_(_ragged(grid, source).transpose(1, 2),
+                                                 r_block)
     return grad_grid, grad_projected, grad_angular, grad_grad_out
 
 
@@ -218,82 +258,105 @@ def _differentiated(outputs: Tuple[Tensor, ...], ups: List[Optional[Tensor]],
     return result
 
 
+def _plain_pairs(grid: Tensor, projected: Tensor, blocks: Blocks) -> Tensor:
+    # c = grid @ projected per neighbour, block by block, [slots, F].
+    F = projected.size(-1)
+    parts = [torch.bmm(_ragged(grid, b), projected[b[0]:b[1]]).view(-1, F) for b in blocks]
+    return torch.cat(parts) if len(parts) > 0 else grid.new_zeros((0, F))
+
+
+def _plain_pair_gradients(grid: Tensor, projected: Tensor, grad_pair: Tensor,
+                          blocks: Blocks) -> Tuple[Tensor, Tensor]:
+    # The gradients of c = grid @ projected (per block) for the gradient grad_pair of c.
+    N, K, F = projected.shape
+    grad_grid = [torch.bmm(_ragged(grad_pair, b), projected[b[0]:b[1]].transpose(1, 2)).view(
+        -1, K) for b in blocks]
+    grad_projected = [torch.bmm(_ragged(grid, b).transpose(1, 2), _ragged(grad_pair, b))
+                      for b in blocks]
+    grad_projected.append(projected.new_zeros((N - _covered_rows(blocks), K, F)))
+    return (torch.cat(grad_grid) if len(grad_grid) > 0 else grid.new_zeros((0, K)),
+            torch.cat(grad_projected))
+
+
 def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor) -> Tensor:
-    N, F = grid.size(0), projected.size(-1)
-    pair = torch.bmm(grid, projected).view(-1, F)
+                            source_slot: Tensor, blocks: Blocks) -> Tensor:
+    N, F = projected.size(0), projected.size(-1)
+    pair = _plain_pairs(grid, projected, blocks)
+    if pair.size(0) == 0:
+        return projected.new_zeros((N, angular.size(2), F))
     rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
     return torch.bmm(angular.transpose(1, 2), rows)
 
 
 def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: Tensor,
-                                     source_slot: Tensor,
-                                     grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    N, width_s, _ = grid.shape
-    F = projected.size(-1)
-    pair = torch.bmm(grid, projected).view(-1, F)
+                                     source_slot: Tensor, grad_out: Tensor,
+                                     blocks: Blocks) -> Tuple[Tensor, Tensor, Tensor]:
+    N, F = projected.size(0), projected.size(-1)
+    pair = _plain_pairs(grid, projected, blocks)
     rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
     grad_angular = torch.bmm(rows, grad_out.transpose(1, 2))
     grad_rows = torch.bmm(angular, grad_out).view(-1, F)
-    grad_pair = grad_rows.new_zeros((N * width_s, F)).index_add(0, source_slot, grad_rows)
-    grad_pair = grad_pair.view(N, width_s, F)
-    return (torch.bmm(grad_pair, projected.transpose(1, 2)),
-            torch.bmm(grid.transpose(1, 2), grad_pair), grad_angular)
+    grad_pair = grad_rows.new_zeros((grid.size(0), F)).index_add(0, source_slot, grad_rows)
+    grad_grid, grad_projected = _plain_pair_gradients(grid, projected, grad_pair, blocks)
+    return grad_grid, grad_projected, grad_angular
 
 
 def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                     block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+                     blocks: Blocks, block_elements: int = CHUNK_ELEMENTS) -> Tensor:
     r"""HIP-NN-TS's neighbour sum :math:`m_i[c, g] = \sum_{j} Y_c(\hat{\mathbf{r}}_{ij})
     \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`: pair messages :math:`c = s\,P` per neighbour (source
     grid), gathered into the receiver grid and weighted by :math:`Y`.
 
     Args:
-        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
+        grid (torch.Tensor): Sensitivities of the ragged source slots :obj:`[S, K]` (zero on
             padding).
-        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
+        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`, rows in the order of the
+            source grid.
         angular (torch.Tensor): :math:`Y` of the receiver slots :obj:`[N, D_r, C]` (zero on
             padding).
         source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[N D_r]`.
-        block_elements (int, optional): Elements of one block of per-slot messages.
+        blocks (List[Tuple[int, int, int, int]]): The source blocks
+            :obj:`(start, end, width, offset)`.
+        block_elements (int, optional): Elements of one block of per-receiver-slot messages.
             (default: :obj:`CHUNK_ELEMENTS`)
 
     Returns:
-        torch.Tensor: :obj:`[N, C, F]`.
+        torch.Tensor: :obj:`[N, C, F]`, rows in atom order.
     """
     if torch.jit.is_scripting():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
-    return _fused_angular_pair_sum(grid, projected, angular, source_slot, block_elements)
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks)
+    return _fused_angular_pair_sum(grid, projected, angular, source_slot, blocks,
+                                   block_elements)
 
 
 @torch.jit.unused
 def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor, block_elements: int) -> Tensor:
+                            source_slot: Tensor, blocks: Blocks, block_elements: int) -> Tensor:
     # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
     if torch.compiler.is_compiling():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot)
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks)
     return _AngularPairSum.apply(grid.contiguous(), projected.contiguous(),
-                                 angular.contiguous(), source_slot, block_elements)
+                                 angular.contiguous(), source_slot, blocks, block_elements)
 
 
 class _PairSum(torch.autograd.Function):
     # m_i = sum over the source slots of i of c, c = grid_j @ projected_j per neighbour j, a
     # block of neighbours at a time into one reused buffer. Only the inputs are kept for the
-    # backward pass: index_add_ keeps its whole source, every block of c ([N D_s, F]).
+    # backward pass: index_add_ keeps its whole source, every block of c ([S, F]).
     @staticmethod
-    def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor,
-                block_elements: int) -> Tensor:
-        N, width, _ = grid.shape
-        F = projected.size(-1)
+    def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, blocks: Blocks) -> Tensor:
+        N, F = projected.size(0), projected.size(-1)
         out = grid.new_zeros((N, F))
-        blocks = _blocks(N, width * F, block_elements)
-        if width > 0 and len(blocks) > 0:
-            pair = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
-            for a, b in blocks:
-                block = torch.bmm(grid[a:b], projected[a:b],
-                                  out=pair[:(b - a) * width].view(b - a, width, F))
-                out.index_add_(0, target[a * width:b * width], block.view(-1, F))
+        if len(blocks) > 0:
+            pair = grid.new_empty((_largest_block(blocks), F))
+            for block in blocks:
+                start, end, width, offset = block
+                slots = (end - start) * width
+                c = torch.bmm(_ragged(grid, block), projected[start:end],
+                              out=pair[:slots].view(end - start, width, F))
+                out.index_add_(0, target[offset:offset + slots], c.view(-1, F))
         ctx.save_for_backward(grid, projected, target)
-        ctx.block_elements = block_elements
+        ctx.blocks = blocks
         return out
 
     @staticmethod
@@ -301,7 +364,7 @@ class _PairSum(torch.autograd.Function):
         grid, projected, target = ctx.saved_tensors
         need_grid, need_projected = ctx.needs_input_grad[:2]
         grad_grid, grad_projected = _PairSumBackward.apply(
-            grid, projected, target, grad_out.contiguous(), ctx.block_elements, need_grid,
+            grid, projected, target, grad_out.contiguous(), ctx.blocks, need_grid,
             need_projected)
         return (grad_grid if need_grid else None,
                 grad_projected if need_projected else None, None, None)
@@ -313,23 +376,26 @@ class _PairSumBackward(torch.autograd.Function):
     # keeping more than its inputs.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, grad_out: Tensor,
-                block_elements: int, need_grid: bool, need_projected: bool):
-        N, width, _ = grid.shape
+                blocks: Blocks, need_grid: bool, need_projected: bool):
         F = projected.size(-1)
         grad_grid = torch.empty_like(grid) if need_grid else grid.new_zeros(())
-        grad_projected = torch.empty_like(projected) if need_projected else grid.new_zeros(())
-        blocks = _blocks(N, width * F, block_elements)
+        grad_projected = (_empty_rows_like(projected, blocks) if need_projected
+                          else grid.new_zeros(()))
         if len(blocks) > 0:
-            rows = grad_out.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
-            for a, b in blocks:
-                gathered = torch.index_select(grad_out, 0, target[a * width:b * width],
-                                              out=rows[:(b - a) * width]).view(b - a, width, F)
+            rows = grad_out.new_empty((_largest_block(blocks), F))
+            for block in blocks:
+                start, end, width, offset = block
+                slots = (end - start) * width
+                gathered = torch.index_select(grad_out, 0, target[offset:offset + slots],
+                                              out=rows[:slots]).view(end - start, width, F)
                 if need_grid:
-                    torch.bmm(gathered, projected[a:b].transpose(1, 2), out=grad_grid[a:b])
+                    torch.bmm(gathered, projected[start:end].transpose(1, 2),
+                              out=_ragged(grad_grid, block))
                 if need_projected:
-                    torch.bmm(grid[a:b].transpose(1, 2), gathered, out=grad_projected[a:b])
+                    torch.bmm(_ragged(grid, block).transpose(1, 2), gathered,
+                              out=grad_projected[start:end])
         ctx.save_for_backward(grid, projected, target, grad_out)
-        ctx.block_elements = block_elements
+        ctx.blocks = blocks
         ctx.needs = (need_grid, need_projected)
         ctx.set_materialize_grads(False)  # an unused gradient comes as None, not zeros
         return grad_grid, grad_projected
@@ -338,86 +404,82 @@ class _PairSumBackward(torch.autograd.Function):
     def backward(ctx, up_grid: Optional[Tensor], up_projected: Optional[Tensor]):
         grid, projected, target, grad_out = ctx.saved_tensors
         need_grid, need_projected = ctx.needs
-        use_grid = need_grid and up_grid is not None and up_grid.dim() == 3
-        use_projected = need_projected and up_projected is not None and up_projected.dim() == 3
+        use_grid = need_grid and up_grid is not None and up_grid.dim() > 0
+        use_projected = need_projected and up_projected is not None and up_projected.dim() > 0
         wants = ctx.needs_input_grad
+        blocks = ctx.blocks
         if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
             grad_grid, grad_projected, grad_grad_out = _differentiated(
-                _plain_pair_sum_backward(grid, projected, target, grad_out),
+                _plain_pair_sum_backward(grid, projected, target, grad_out, blocks),
                 [up_grid if use_grid else None, up_projected if use_projected else None],
                 [grid, projected, grad_out], [wants[0], wants[1], wants[3]])
             return grad_grid, grad_projected, None, grad_grad_out, None, None, None
-        N, width, _ = grid.shape
         F = projected.size(-1)
         grad_grid = torch.zeros_like(grid) if wants[0] and use_projected else None
         grad_projected = torch.zeros_like(projected) if wants[1] and use_grid else None
         grad_grad_out = torch.zeros_like(grad_out) if wants[3] else None
-        blocks = _blocks(N, width * F, ctx.block_elements)
         if len(blocks) > 0 and (use_grid or use_projected):
-            rows = grad_out.new_empty(((blocks[0][1] - blocks[0][0]) * width, F))
-            for a, b in blocks:
-                index = target[a * width:b * width]
+            rows = grad_out.new_empty((_largest_block(blocks), F))
+            for block in blocks:
+                start, end, width, offset = block
+                slots = (end - start) * width
+                index = target[offset:offset + slots]
                 if grad_grid is not None or grad_projected is not None:
-                    gathered = torch.index_select(grad_out, 0, index,
-                                                  out=rows[:(b - a) * width]).view(
-                        b - a, width, F)
+                    gathered = torch.index_select(grad_out, 0, index, out=rows[:slots]).view(
+                        end - start, width, F)
                     if grad_grid is not None:  # d/d grid of <up_P, grid^T g>
-                        torch.bmm(gathered, up_projected[a:b].transpose(1, 2),
-                                  out=grad_grid[a:b])
+                        torch.bmm(gathered, up_projected[start:end].transpose(1, 2),
+                                  out=_ragged(grad_grid, block))
                     if grad_projected is not None:  # d/d projected of <up_G, g P^T>
-                        torch.bmm(up_grid[a:b].transpose(1, 2), gathered,
-                                  out=grad_projected[a:b])
+                        torch.bmm(_ragged(up_grid, block).transpose(1, 2), gathered,
+                                  out=grad_projected[start:end])
                 if grad_grad_out is not None:  # both terms are linear in g[target]
-                    block = rows[:(b - a) * width].view(b - a, width, F)
+                    c = rows[:slots].view(end - start, width, F)
                     if use_grid:
-                        torch.bmm(up_grid[a:b], projected[a:b], out=block)
+                        torch.bmm(_ragged(up_grid, block), projected[start:end], out=c)
                         if use_projected:
-                            block.baddbmm_(grid[a:b], up_projected[a:b])
+                            c.baddbmm_(_ragged(grid, block), up_projected[start:end])
                     else:
-                        torch.bmm(grid[a:b], up_projected[a:b], out=block)
-                    grad_grad_out.index_add_(0, index, block.view(-1, F))
+                        torch.bmm(_ragged(grid, block), up_projected[start:end], out=c)
+                    grad_grad_out.index_add_(0, index, c.view(-1, F))
         return grad_grid, grad_projected, None, grad_grad_out, None, None, None
 
 
-def _plain_pair_sum(grid: Tensor, projected: Tensor, target: Tensor) -> Tensor:
-    N, F = grid.size(0), projected.size(-1)
+def _plain_pair_sum(grid: Tensor, projected: Tensor, target: Tensor, blocks: Blocks) -> Tensor:
+    N, F = projected.size(0), projected.size(-1)
     return projected.new_zeros((N, F)).index_add(0, target,
-                                                 torch.bmm(grid, projected).view(-1, F))
+                                                 _plain_pairs(grid, projected, blocks))
 
 
 def _plain_pair_sum_backward(grid: Tensor, projected: Tensor, target: Tensor,
-                             grad_out: Tensor) -> Tuple[Tensor, Tensor]:
-    N, width, _ = grid.shape
-    gathered = grad_out.index_select(0, target).view(N, width, projected.size(-1))
-    return torch.bmm(gathered, projected.transpose(1, 2)), torch.bmm(grid.transpose(1, 2),
-                                                                     gathered)
+                             grad_out: Tensor, blocks: Blocks) -> Tuple[Tensor, Tensor]:
+    return _plain_pair_gradients(grid, projected, grad_out.index_select(0, target), blocks)
 
 
-def pair_sum(grid: Tensor, projected: Tensor, target: Tensor,
-             block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+def pair_sum(grid: Tensor, projected: Tensor, target: Tensor, blocks: Blocks) -> Tensor:
     r"""HIP-NN's neighbour sum :math:`m_i[g] = \sum_{j} \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`:
     pair messages :math:`c = s\,P` per neighbour (source grid), added into their receivers.
 
     Args:
-        grid (torch.Tensor): Sensitivities of the source slots :obj:`[N, D_s, K]` (zero on
+        grid (torch.Tensor): Sensitivities of the ragged source slots :obj:`[S, K]` (zero on
             padding).
-        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`.
-        target (torch.Tensor): Receiver of every source slot :obj:`[N D_s]`.
-        block_elements (int, optional): Elements of one block of per-slot messages.
-            (default: :obj:`CHUNK_ELEMENTS`)
+        projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`, rows in the order of the
+            source grid.
+        target (torch.Tensor): Receiver atom of every source slot :obj:`[S]`.
+        blocks (List[Tuple[int, int, int, int]]): The source blocks
+            :obj:`(start, end, width, offset)`.
 
     Returns:
-        torch.Tensor: :obj:`[N, F]`.
+        torch.Tensor: :obj:`[N, F]`, rows in atom order.
     """
     if torch.jit.is_scripting():
-        return _plain_pair_sum(grid, projected, target)
-    return _fused_pair_sum(grid, projected, target, block_elements)
+        return _plain_pair_sum(grid, projected, target, blocks)
+    return _fused_pair_sum(grid, projected, target, blocks)
 
 
 @torch.jit.unused
-def _fused_pair_sum(grid: Tensor, projected: Tensor, target: Tensor,
-                    block_elements: int) -> Tensor:
+def _fused_pair_sum(grid: Tensor, projected: Tensor, target: Tensor, blocks: Blocks) -> Tensor:
     # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
     if torch.compiler.is_compiling():
-        return _plain_pair_sum(grid, projected, target)
-    return _PairSum.apply(grid.contiguous(), projected.contiguous(), target, block_elements)
+        return _plain_pair_sum(grid, projected, target, blocks)
+    return _PairSum.apply(grid.contiguous(), projected.contiguous(), target, blocks)

@@ -242,14 +242,14 @@ def test_blocked_neighbour_sums_equal_one_block(max_order, contraction):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize('block_elements', [8, 2**20])
-def test_angular_pair_sum_gradients(block_elements):
+@pytest.mark.parametrize('block_slots', [1, 2**20])
+def test_angular_pair_sum_gradients(block_slots):
     """First and second derivatives of the fused HIP-NN-TS neighbour sum (blocks of one atom
     and one block), against the plain formula."""
     from pyg_tensorpot.nn.conv import hipnn_sums as module
     z, pos, batch = two_molecules()
     edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
-    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel(), block_slots=block_elements)
+    layout = HIPNNInteraction.neighbor_layout(edge_index, z.numel(), block_slots=block_slots)
     blocks = layout.source_blocks
     g = torch.Generator().manual_seed(5)
     N, K, F, C = z.numel(), 3, 2, 4
@@ -257,19 +257,20 @@ def test_angular_pair_sum_gradients(block_elements):
     grid[layout.source_row == layout.num_rows] = 0.0
     grid.requires_grad_(True)
     projected = torch.randn(N, K, F, generator=g, dtype=torch.float64, requires_grad=True)
-    angular = torch.randn(N * layout.receiver_width, C, generator=g, dtype=torch.float64)
-    angular = (angular * layout.receiver_mask.unsqueeze(-1)).view(N, layout.receiver_width, C)
+    angular = torch.randn(layout.receiver_mask.numel(), C, generator=g, dtype=torch.float64)
+    angular = angular * layout.receiver_mask.unsqueeze(-1)
     angular.requires_grad_(True)
+    receivers = layout.receiver_blocks
 
     def fused(grid, projected, angular):
         return module.angular_pair_sum(grid, projected, angular, layout.receiver_source_slot,
-                                       blocks, block_elements)
+                                       blocks, receivers)
 
     inputs = (grid, projected, angular)
     torch.testing.assert_close(
         fused(*inputs),
         module._plain_angular_pair_sum(grid, projected, angular, layout.receiver_source_slot,
-                                       blocks))
+                                       blocks, receivers))
     assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradgradcheck(fused, inputs)
     # the blocked backward function itself, to third derivatives of the sum
@@ -279,8 +280,8 @@ def test_angular_pair_sum_gradients(block_elements):
     def backward(grid, projected, angular, grad_out):
         pair = module._plain_pairs(grid, projected, blocks).detach()
         return module._AngularPairSumBackward.apply(grid, projected, angular, slot, pair,
-                                                    grad_out, blocks, block_elements, True,
-                                                    True, True)
+                                                    grad_out, blocks, receivers, True, True,
+                                                    True)
 
     assert torch.autograd.gradcheck(backward, inputs + (grad_out, ))
     assert torch.autograd.gradgradcheck(backward, inputs + (grad_out, ))
@@ -320,6 +321,40 @@ def test_pair_sum_gradients(block_slots):
                                              True)
 
     assert torch.autograd.gradgradcheck(backward, (grid, projected, grad_out))
+
+
+@pytest.mark.parametrize('max_order', ORDERS)
+@pytest.mark.parametrize('contraction', ['project_first', 'environment_first'])
+def test_ragged_grids_equal_the_edge_list_on_a_one_way_graph(max_order, contraction):
+    """A caller's graph whose atoms send and receive different numbers of edges (atom 0
+    receives nothing, atom 1 sends nothing to atom 2): the sums over the ragged grids, and their gradients, equal the sums over
+    the edge list (the layout of torch.compile), with blocks of one atom and of all."""
+    z, pos, batch = two_molecules()
+    edge_index = neighbor_pairs(pos, 4.0, batch).edge_index
+    one_way = (edge_index[1] == 0) | ((edge_index[0] == 1) & (edge_index[1] == 2))
+    edge_index = edge_index[:, ~one_way]
+    sent = torch.bincount(edge_index[0], minlength=z.numel())
+    received = torch.bincount(edge_index[1], minlength=z.numel())
+    assert not torch.equal(sent, received)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(z.numel(), 6, generator=g, dtype=torch.float64)
+    layer = HIPNNInteraction(6, 5, 4, 0.75, 3.5, 4.0, max_order,
+                             contraction=contraction).double()
+    rows = torch.arange(edge_index.size(1))
+
+    def outputs(layout):
+        p = pos.clone().requires_grad_(True)
+        features = x.clone().requires_grad_(True)
+        edge_vec, edge_weight = edge_vectors(p, edge_index)
+        out = layer(features, edge_index, edge_weight, edge_vec, layout)
+        return [out] + list(torch.autograd.grad(out.square().sum(), [p, features, layer.weight]))
+
+    expected = outputs(HIPNNInteraction._edge_layout(edge_index, z.numel(), rows,
+                                                     edge_index.size(1)))
+    for block_slots in (1, 2**20):
+        layout = layer.neighbor_layout(edge_index, z.numel(), block_slots=block_slots)
+        for got, want in zip(outputs(layout), expected):
+            torch.testing.assert_close(got, want)
 
 
 def test_ragged_neighbors_layout():

@@ -105,12 +105,14 @@ class RaggedNeighbors(NamedTuple):
 
     Attributes:
         order (torch.Tensor): Atom of every row, :obj:`[num_nodes]` (degrees non-increasing).
+        row (torch.Tensor): Row of every atom (the inverse of :obj:`order`).
         slot (torch.Tensor): Flat slot of every edge, :obj:`[E]`.
         num_slots (int): Slots of all blocks (edges plus the padding of each block).
         blocks (List[Tuple[int, int, int, int]]): :obj:`(start, end, width, offset)` of
             every block.
     """
     order: Tensor
+    row: Tensor
     slot: Tensor
     num_slots: int
     blocks: List[Tuple[int, int, int, int]]
@@ -166,4 +168,4 @@ def ragged_neighbors(index: Tensor, num_nodes: int, block_slots: int) -> RaggedN
     rank = torch.arange(num_edges, device=device) - group_start[sorted_index]
     slot = torch.empty_like(edge_order)
     slot[edge_order] = first[row_of_atom[sorted_index]] + rank
-    return RaggedNeighbors(order, slot, offset, blocks)
+    return RaggedNeighbors(order, row_of_atom, slot, offset, blocks)

@@ -21,25 +21,26 @@ class HIPNNLayout(NamedTuple):
     :class:`HIPNNInteraction`, built once per graph by :meth:`HIPNNInteraction.neighbor_layout`
     and shared by all its layers.
 
-    The *source* grid holds the edges by neighbour (:obj:`edge_index[0]`), one row per atom
-    with its rows sorted by degree and cut into blocks, each as wide as its own largest degree
-    (:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), stored flat: :math:`S`
-    slots in all. The *receiver* grid :obj:`[N, D_r]` holds in row :math:`n` the edges whose
-    receiver (:obj:`edge_index[1]`) is :math:`n`; :math:`D_r` is the largest degree.
-    Sensitivities are looked up by *row* (a pair of atoms, whose two directed edges have the
-    same distance, or an edge); padding slots read row :obj:`num_rows`, which the layer fills
-    with zeros, so that they add exact zeros to every sum.
+    Both grids hold the edges of an atom in one row, with the rows sorted by degree and cut
+    into blocks, each as wide as its own largest degree
+    (:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), stored flat: the *source*
+    grid groups the edges by neighbour (:obj:`edge_index[0]`, :math:`S` slots), the
+    *receiver* grid by receiver (:obj:`edge_index[1]`, :math:`R` slots). Sensitivities are
+    looked up by *row* (a pair of atoms, whose two directed edges have the same distance, or
+    an edge); padding slots read row :obj:`num_rows`, which the layer fills with zeros, so
+    that they add exact zeros to every sum.
 
     Attributes:
         num_nodes (int): Atoms :math:`N`.
         num_rows (int): Rows of the sensitivity table (pairs, or edges).
-        receiver_width (int): :math:`D_r`.
         source_order (torch.Tensor): Atom of every row of the source grid, :obj:`[N]`.
         source_blocks (List[Tuple[int, int, int, int]]): :obj:`(start, end, width, offset)`
             of every block of the source grid.
         source_row (torch.Tensor): Sensitivity row of every source slot, :obj:`[S]`.
         source_target (torch.Tensor): Receiver of every source slot (0 on padding).
-        receiver_row (torch.Tensor): Sensitivity row of every receiver slot, :obj:`[N D_r]`.
+        receiver_rank (torch.Tensor): Row of every atom in the receiver grid, :obj:`[N]`.
+        receiver_blocks (List[Tuple[int, int, int, int]]): The blocks of the receiver grid.
+        receiver_row (torch.Tensor): Sensitivity row of every receiver slot, :obj:`[R]`.
         receiver_neighbor (torch.Tensor): Neighbour atom of every receiver slot (0 on padding).
         receiver_edge (torch.Tensor): Edge of every receiver slot (0 on padding).
         receiver_source_slot (torch.Tensor): Source slot of the edge of every receiver slot
@@ -52,11 +53,12 @@ class HIPNNLayout(NamedTuple):
     """
     num_nodes: int
     num_rows: int
-    receiver_width: int
     source_order: Tensor
     source_blocks: List[Tuple[int, int, int, int]]
     source_row: Tensor
     source_target: Tensor
+    receiver_rank: Tensor
+    receiver_blocks: List[Tuple[int, int, int, int]]
     receiver_row: Tensor
     receiver_neighbor: Tensor
     receiver_edge: Tensor
@@ -119,9 +121,11 @@ class HIPNNInteraction(torch.nn.Module):
     :math:`\sum_j s_\nu(r_{ij})\, Y^{(l)}(\hat{\mathbf{r}}_{ij})\, x_j[f]` as one
     :math:`[K, D] \times [D, C F_\mathrm{in}]` product per receiver and contracting it with
     :math:`\mathbf{V}` per atom, as hippynn does. Neither forms a per-edge :obj:`[E, K, F]`
-    tensor. The per-slot products run over blocks of atoms of :attr:`block_elements` elements
-    (:obj:`CHUNK_ELEMENTS` by default), which stay in cache: for :math:`l_\mathrm{max} = 0` no
-    per-slot :obj:`[N D, F_\mathrm{out}]` tensor is formed at all, and for
+    tensor. The per-atom grids are ragged (rows sorted by degree, each block of rows only as
+    wide as its largest degree: :class:`HIPNNLayout`), and the per-slot products run over
+    blocks of about :attr:`block_elements` elements (:obj:`CHUNK_ELEMENTS` by default), which
+    stay in cache: for :math:`l_\mathrm{max} = 0` no per-slot :obj:`[S, F_\mathrm{out}]`
+    tensor is formed at all, and for
     :math:`l_\mathrm{max} > 0` only the pair messages and their gradient (an autograd function
     whose backward pass stays differentiable, for force training). Under :func:`torch.compile`
     and :func:`torch.export`, whose graphs cannot hold the grid's data-dependent width,
@@ -253,25 +257,29 @@ class HIPNNInteraction(torch.nn.Module):
                 num_rows = num_pairs
         if torch.compiler.is_compiling():
             return HIPNNInteraction._edge_layout(edge_index, num_nodes, rows, num_rows)
+        device = edge_index.device
         by_source = ragged_neighbors(edge_index[0], num_nodes, block_slots)
         source_row = torch.full((by_source.num_slots, ), num_rows, dtype=torch.long,
-                                device=edge_index.device)
+                                device=device)
         source_row[by_source.slot] = rows
         source_target = torch.zeros_like(source_row)
         source_target[by_source.slot] = edge_index[1]
-        by_receiver = padded_neighbors(edge_index[1], num_nodes)
-        receiver_edge = by_receiver.edge_of_slot
-        padding = torch.full_like(receiver_edge, num_rows)
-        receiver_row = torch.where(by_receiver.mask, rows.index_select(0, receiver_edge),
-                                   padding)
+        by_receiver = ragged_neighbors(edge_index[1], num_nodes, block_slots)
+        receiver_mask = torch.zeros(by_receiver.num_slots, dtype=torch.bool, device=device)
+        receiver_mask[by_receiver.slot] = True
+        receiver_edge = torch.zeros(by_receiver.num_slots, dtype=torch.long, device=device)
+        receiver_edge[by_receiver.slot] = torch.arange(num_edges, device=device)
+        receiver_row = torch.full_like(receiver_edge, num_rows)
+        receiver_row[by_receiver.slot] = rows
+        receiver_neighbor = torch.zeros_like(receiver_edge)
+        receiver_neighbor[by_receiver.slot] = edge_index[0]
+        receiver_source_slot = torch.zeros_like(receiver_edge)
         if num_edges > 0:
             receiver_source_slot = by_source.slot.index_select(0, receiver_edge)
-        else:
-            receiver_source_slot = torch.zeros_like(receiver_edge)
-        return HIPNNLayout(num_nodes, num_rows, by_receiver.width, by_source.order,
-                           by_source.blocks, source_row, source_target, receiver_row,
-                           edge_index[0].index_select(0, receiver_edge), receiver_edge,
-                           receiver_source_slot, by_receiver.mask, True)
+        return HIPNNLayout(num_nodes, num_rows, by_source.order, by_source.blocks, source_row,
+                           source_target, by_receiver.row, by_receiver.blocks, receiver_row,
+                           receiver_neighbor, receiver_edge, receiver_source_slot,
+                           receiver_mask, True)
 
     @staticmethod
     def _edge_layout(edge_index: Tensor, num_nodes: int, rows: Tensor,
@@ -279,10 +287,10 @@ class HIPNNInteraction(torch.nn.Module):
         # torch.compile's layout: no grid, whose width (the largest degree) is a
         # data-dependent size that breaks the graph; every edge is its own slot.
         edges = torch.arange(edge_index.size(1), device=edge_index.device)
+        atoms = torch.arange(num_nodes, device=edge_index.device)
         no_blocks: List[Tuple[int, int, int, int]] = []
-        return HIPNNLayout(num_nodes, num_rows, 0,
-                           torch.arange(num_nodes, device=edge_index.device), no_blocks, rows,
-                           edge_index[1], rows, edge_index[0], edges, edges,
+        return HIPNNLayout(num_nodes, num_rows, atoms, no_blocks, rows, edge_index[1], atoms,
+                           no_blocks, rows, edge_index[0], edges, edges,
                            torch.ones_like(edges, dtype=torch.bool), False)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_vec: Tensor,
@@ -305,6 +313,8 @@ class HIPNNInteraction(torch.nn.Module):
         sensitivity = self.sensitivity(distances)
         # Row num_rows, read by every padding slot: padding adds exact zeros.
         sensitivity = torch.cat([sensitivity, sensitivity.new_zeros(1, sensitivity.size(1))])
+        # m in atom order, or in the receiver grid's row order (by_rank)
+        by_rank = layout.padded and not (self.max_order == 0 and self._project_first())
         if not layout.padded:
             m = self._edge_sum(x, sensitivity, edge_index, edge_weight, edge_vec, layout)
         elif self._project_first():
@@ -322,6 +332,8 @@ class HIPNNInteraction(torch.nn.Module):
             quad = m[:, 4:9]
             frobenius = 2.0 * (quad.square().sum(1) + quad[:, 0] * quad[:, 3])
             out = out + scale[1] * torch.sqrt(frobenius + self.cusp_reg)
+        if by_rank:
+            out = out.index_select(0, layout.receiver_rank)
         return out + self.lin_self(x)
 
     def _edge_sum(self, x: Tensor, sensitivity: Tensor, edge_index: Tensor,
@@ -356,11 +368,11 @@ class HIPNNInteraction(torch.nn.Module):
 
     def _receiver_angular(self, edge_weight: Tensor, edge_vec: Tensor,
                           layout: HIPNNLayout) -> Tensor:
-        # Y of the edge in every receiver slot, [N * D_r, C] (edge 0's on padding).
+        # Y of the edge in every receiver slot, [R, C], zero on padding.
         angular = self.angular(edge_vec.index_select(0, layout.receiver_edge),
                                edge_weight.index_select(0, layout.receiver_edge))
         assert angular is not None
-        return angular
+        return angular * layout.receiver_mask.unsqueeze(-1).to(angular.dtype)
 
     def _project_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
                            edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
@@ -377,38 +389,39 @@ class HIPNNInteraction(torch.nn.Module):
             # are exact zeros): no [E, F] or [S, F] tensor is formed or kept.
             return pair_sum(grid, projected, layout.source_target,
                             layout.source_blocks).unsqueeze(1)
-        # sum_j Y(r_ij) (outer) c_ij as one [C, D_r] @ [D_r, F] product per receiver. Only the
-        # narrow angular factor is masked: the padding rows of c are multiplied by 0.
-        angular = self._receiver_angular(edge_weight, edge_vec, layout)
-        angular = angular * layout.receiver_mask.unsqueeze(-1).to(angular.dtype)
+        # sum_j Y(r_ij) (outer) c_ij as one [C, D] @ [D, F] product per receiver over its D
+        # receiver slots. Only the narrow angular factor is masked: the padding rows of c are
+        # multiplied by 0.
         return angular_pair_sum(grid, projected,
-                                angular.view(N, layout.receiver_width, self.num_components),
+                                self._receiver_angular(edge_weight, edge_vec, layout),
                                 layout.receiver_source_slot, layout.source_blocks,
-                                self.block_elements)
+                                layout.receiver_blocks)
 
     def _environment_first_sum(self, x: Tensor, sensitivity: Tensor, edge_weight: Tensor,
                                edge_vec: Tensor, layout: HIPNNLayout) -> Tensor:
         N, K, C = layout.num_nodes, self.num_sensitivities, self.num_components
-        F, width = self.in_channels, layout.receiver_width
-        # The environment sum_j s_nu(r_ij) Y(r_ij) x_j[f] as one [K, D_r] @ [D_r, C F] product
-        # per receiver; the sensitivities are zero on padding slots, so nothing is masked.
-        grid = sensitivity.index_select(0, layout.receiver_row).view(N, width, K)
-        neighbors = x.index_select(0, layout.receiver_neighbor).view(N, width, F)
+        F = self.in_channels
+        # The environment sum_j s_nu(r_ij) Y(r_ij) x_j[f] as one [K, D] @ [D, C F] product
+        # per receiver over its D receiver slots, a block of receivers at a time so that
+        # Y (outer) x_j stays in cache; the sensitivities are zero on padding slots, so
+        # nothing is masked. Rows in the receiver grid's order.
+        grid = sensitivity.index_select(0, layout.receiver_row)
+        neighbors = x.index_select(0, layout.receiver_neighbor)
         if self.max_order == 0:
-            angular = neighbors.new_ones((N, width, 1))
+            angular = neighbors.new_ones((neighbors.size(0), 1))
         else:
-            angular = self._receiver_angular(edge_weight, edge_vec, layout).view(N, width, C)
-        # A block of receivers at a time, so that Y (outer) x_j [D_r, C F] stays in cache.
-        step = N if torch.compiler.is_compiling() else max(
-            1, self.block_elements // max(width * C * F, 1))
-        blocks = [
-            torch.bmm(block_grid.transpose(1, 2),
-                      (block_angular.unsqueeze(-1) * block_neighbors.unsqueeze(2)).view(
-                          block_grid.size(0), width, C * F))
-            for block_grid, block_angular, block_neighbors in zip(
-                grid.split(step), angular.split(step), neighbors.split(step))
-        ]
-        environment = torch.cat(blocks) if len(blocks) > 0 else grid.new_zeros((0, K, C * F))
+            angular = self._receiver_angular(edge_weight, edge_vec, layout)
+        blocks: List[Tensor] = []
+        for block in layout.receiver_blocks:
+            start, end, width, offset = block
+            stop = offset + (end - start) * width
+            message = (angular[offset:stop].unsqueeze(-1)
+                       * neighbors[offset:stop].unsqueeze(1)).view(end - start, width, C * F)
+            blocks.append(torch.bmm(
+                grid[offset:stop].view(end - start, width, K).transpose(1, 2), message))
+        covered = layout.receiver_blocks[-1][1] if len(layout.receiver_blocks) > 0 else 0
+        blocks.append(grid.new_zeros((N - covered, K, C * F)))
+        environment = torch.cat(blocks)
         environment = environment.view(N, K, C, F).transpose(1, 2).reshape(N, C, K * F)
         return environment @ self.weight.permute(0, 2, 1).reshape(K * F, self.out_channels)
 

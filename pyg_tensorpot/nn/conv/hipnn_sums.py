@@ -3,11 +3,13 @@ functions: blocks of atoms at a time into reused buffers, and only their inputs 
 backward passes. The plain formulas beside them are what TorchScript and torch.compile run,
 and what the fused functions are tested against.
 
-The *source* grid (the pair messages, one row per neighbour atom) is ragged: its rows are
-sorted by degree and cut into blocks of :obj:`(start, end, width, offset)`, each block a
-:obj:`[end - start, width, K]` grid stored flat from slot :obj:`offset` on
+Both grids (the source grid of the pair messages, one row per neighbour atom, and the
+receiver grid, one row per receiving atom) are ragged: their rows are sorted by degree and
+cut into blocks of :obj:`(start, end, width, offset)`, each block a :obj:`[end - start, width,
+...]` grid stored flat from slot :obj:`offset` on
 (:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), so that almost no slot is
-padding; the rows of :obj:`projected` are in the same sorted order.
+padding. The rows of :obj:`projected` are in the source grid's order, the sums come out in
+the receiver grid's (:func:`pair_sum` adds into atoms directly).
 """
 from typing import List, Optional, Tuple
 
@@ -15,13 +17,8 @@ import torch
 from torch import Tensor
 
 #: Default elements of one block of per-slot messages (sets the block length): a block stays
-#: in cache, where the batched products run several times faster than over [N D, F] at once.
+#: in cache, where the batched products run several times faster than over [S, F] at once.
 CHUNK_ELEMENTS = 2**18
-
-
-def _blocks(num_rows: int, row_elements: int, block_elements: int) -> List[Tuple[int, int]]:
-    step = max(1, block_elements // max(row_elements, 1))
-    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
 Blocks = List[Tuple[int, int, int, int]]
@@ -51,31 +48,29 @@ def _empty_rows_like(projected: Tensor, blocks: Blocks) -> Tensor:
 
 class _AngularPairSum(torch.autograd.Function):
     # m_i = Y_i^T c[slots of i] with c = grid @ projected per neighbour, in blocks of atoms and
-    # into preallocated buffers: of the per-slot [N D, F] tensors only c is formed (and kept
+    # into preallocated buffers: of the per-slot [S, F] tensors only c is formed (and kept
     # for the backward pass). The backward pass is _AngularPairSumBackward.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                blocks_s: Blocks, block_elements: int) -> Tensor:
-        N = projected.size(0)
-        width_r, C = angular.size(1), angular.size(2)
-        F = projected.size(-1)
+                blocks_s: Blocks, blocks_r: Blocks) -> Tensor:
+        N, F, C = projected.size(0), projected.size(-1), angular.size(-1)
         pair = grid.new_empty((grid.size(0), F))
         for block in blocks_s:
             torch.bmm(_ragged(grid, block), projected[block[0]:block[1]],
                       out=_ragged(pair, block))
-        out = grid.new_zeros((N, C, F))
-        blocks = _blocks(N, width_r * F, block_elements)
-        if width_r > 0 and len(blocks) > 0:
-            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
-            slots = source_slot.view(N, width_r)
-            for a, b in blocks:
-                gathered = torch.index_select(pair, 0, slots[a:b].reshape(-1),
-                                              out=rows[:(b - a) * width_r])
-                torch.bmm(angular[a:b].transpose(1, 2), gathered.view(b - a, width_r, F),
-                          out=out[a:b])
+        out = grid.new_empty((N, C, F))
+        out[_covered_rows(blocks_r):].zero_()
+        if len(blocks_r) > 0:
+            rows = grid.new_empty((_largest_block(blocks_r), F))
+            for block in blocks_r:
+                start, end, width, offset = block
+                slots = (end - start) * width
+                gathered = torch.index_select(pair, 0, source_slot[offset:offset + slots],
+                                              out=rows[:slots])
+                torch.bmm(_ragged(angular, block).transpose(1, 2),
+                          gathered.view(end - start, width, F), out=out[start:end])
         ctx.save_for_backward(grid, projected, angular, source_slot, pair)
-        ctx.blocks_s = blocks_s
-        ctx.block_elements = block_elements
+        ctx.blocks = (blocks_s, blocks_r)
         return out
 
     @staticmethod
@@ -83,8 +78,8 @@ class _AngularPairSum(torch.autograd.Function):
         grid, projected, angular, source_slot, pair = ctx.saved_tensors
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = _AngularPairSumBackward.apply(grid, projected, angular, source_slot, pair,
-                                              grad_out.contiguous(), ctx.blocks_s,
-                                              ctx.block_elements, *needs)
+                                              grad_out.contiguous(), ctx.blocks[0],
+                                              ctx.blocks[1], *needs)
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None, None)
 
 
@@ -96,27 +91,26 @@ class _AngularPairSumBackward(torch.autograd.Function):
     # pass through grid and projected explicitly.
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                pair: Tensor, grad_out: Tensor, blocks_s: Blocks, block_elements: int,
+                pair: Tensor, grad_out: Tensor, blocks_s: Blocks, blocks_r: Blocks,
                 need_grid: bool, need_projected: bool, need_angular: bool):
-        N = projected.size(0)
-        width_r, F = angular.size(1), projected.size(-1)
+        F = projected.size(-1)
         dummy = grid.new_zeros(())
         grad_pair = grid.new_zeros((grid.size(0), F))
-        grad_angular = torch.zeros_like(angular) if need_angular else dummy
-        blocks = _blocks(N, width_r * F, block_elements)
-        if width_r > 0 and len(blocks) > 0:
-            rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
-            slots = source_slot.view(N, width_r)
-            for a, b in blocks:
-                block = grad_out[a:b]
-                index = slots[a:b].reshape(-1)
+        grad_angular = torch.empty_like(angular) if need_angular else dummy
+        if len(blocks_r) > 0:
+            rows = grid.new_empty((_largest_block(blocks_r), F))
+            for block in blocks_r:
+                start, end, width, offset = block
+                slots = (end - start) * width
+                g = grad_out[start:end]
+                index = source_slot[offset:offset + slots]
                 if need_angular:
-                    gathered = torch.index_select(pair, 0, index, out=rows[:(b - a) * width_r])
-                    torch.bmm(gathered.view(b - a, width_r, F), block.transpose(1, 2),
-                              out=grad_angular[a:b])
+                    gathered = torch.index_select(pair, 0, index, out=rows[:slots])
+                    torch.bmm(gathered.view(end - start, width, F), g.transpose(1, 2),
+                              out=_ragged(grad_angular, block))
                 # The transpose graph: receiver slots back to the slots of their neighbours.
-                grad_rows = torch.bmm(angular[a:b], block,
-                                      out=rows[:(b - a) * width_r].view(b - a, width_r, F))
+                grad_rows = torch.bmm(_ragged(angular, block), g,
+                                      out=rows[:slots].view(end - start, width, F))
                 grad_pair.index_add_(0, index, grad_rows.view(-1, F))
         grad_grid = torch.zeros_like(grid) if need_grid else dummy
         grad_projected = _empty_rows_like(projected, blocks_s) if need_projected else dummy
@@ -131,8 +125,7 @@ class _AngularPairSumBackward(torch.autograd.Function):
                     torch.bmm(_ragged(grid, source).transpose(1, 2), block,
                               out=grad_projected[a:b])
         ctx.save_for_backward(grid, projected, angular, source_slot, pair, grad_out)
-        ctx.blocks_s = blocks_s
-        ctx.block_elements = block_elements
+        ctx.blocks = (blocks_s, blocks_r)
         ctx.needs = (need_grid, need_projected, need_angular)
         ctx.set_materialize_grads(False)  # an unused gradient comes as None, not zeros
         return grad_grid, grad_projected, grad_angular
@@ -145,15 +138,16 @@ class _AngularPairSumBackward(torch.autograd.Function):
         ups = [u if need and u is not None and u.dim() > 0 else None
                for u, need in zip((up_grid, up_projected, up_angular), ctx.needs)]
         wants = ctx.needs_input_grad
+        blocks_s, blocks_r = ctx.blocks
         if torch.is_grad_enabled():  # third derivatives: the differentiable formulas
             grads = _differentiated(
                 _plain_angular_pair_sum_backward(grid, projected, angular, source_slot,
-                                                 grad_out, ctx.blocks_s), ups,
+                                                 grad_out, blocks_s, blocks_r), ups,
                 [grid, projected, angular, grad_out], [wants[0], wants[1], wants[2], wants[5]])
         else:
             grads = _blocked_angular_pair_sum_double_backward(
-                grid, projected, angular, source_slot, pair, grad_out, ups, wants,
-                ctx.blocks_s, ctx.block_elements)
+                grid, projected, angular, source_slot, pair, grad_out, ups, wants, blocks_s,
+                blocks_r)
         grad_grid, grad_projected, grad_angular, grad_grad_out = grads
         return (grad_grid, grad_projected, grad_angular, None, None, grad_grad_out, None, None,
                 None, None, None)
@@ -162,7 +156,7 @@ class _AngularPairSumBackward(torch.autograd.Function):
 def _blocked_angular_pair_sum_double_backward(
         grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor, pair: Tensor,
         grad_out: Tensor, ups: List[Optional[Tensor]], wants: Tuple[bool, ...],
-        blocks_s: Blocks, block_elements: int) -> Tuple[Optional[Tensor], ...]:
+        blocks_s: Blocks, blocks_r: Blocks) -> Tuple[Optional[Tensor], ...]:
     # With upstream gradients (uG, uP, uA) of (grad_grid, grad_projected, grad_angular) =
     # (Q P^T, G^T Q, gather(c) g^T), Q = scatter(Y g), c = G P:
     #   d grid      = Q uP^T + R P^T,      R = scatter(uA g)
@@ -170,8 +164,7 @@ def _blocked_angular_pair_sum_double_backward(
     #   d angular   = gather(X) g^T,       X = uG P + G uP
     #   d grad_out  = Y^T gather(X) + uA^T gather(c)
     up_grid, up_projected, up_angular = ups
-    N, S = projected.size(0), grid.size(0)
-    width_r, F = angular.size(1), projected.size(-1)
+    S, F = grid.size(0), projected.size(-1)
     want_grid, want_projected, want_angular, want_grad_out = wants[0], wants[1], wants[2], \
         wants[5]
     use_x = up_grid is not None or up_projected is not None
@@ -196,27 +189,30 @@ def _blocked_angular_pair_sum_double_backward(
                 torch.bmm(_ragged(grid, source), up_projected[a:b], out=block)
     q = grid.new_zeros((S, F)) if need_q else None
     r = grid.new_zeros((S, F)) if need_r else None
-    blocks = _blocks(N, width_r * F, block_elements)
-    if width_r > 0 and len(blocks) > 0 and (
+    if len(blocks_r) > 0 and (
             x is not None or q is not None or r is not None or grad_grad_out is not None):
-        rows = grid.new_empty(((blocks[0][1] - blocks[0][0]) * width_r, F))
-        slots = source_slot.view(N, width_r)
-        for a, b in blocks:
-            g, y, index = grad_out[a:b], angular[a:b], slots[a:b].reshape(-1)
-            block = rows[:(b - a) * width_r].view(b - a, width_r, F)
+        rows = grid.new_empty((_largest_block(blocks_r), F))
+        for receiver in blocks_r:
+            start, end, width, offset = receiver
+            slots = (end - start) * width
+            g, y = grad_out[start:end], _ragged(angular, receiver)
+            index = source_slot[offset:offset + slots]
+            block = rows[:slots].view(end - start, width, F)
             if x is not None:
                 torch.index_select(x, 0, index, out=block.view(-1, F))
                 if grad_angular is not None:
-                    torch.bmm(block, g.transpose(1, 2), out=grad_angular[a:b])
+                    torch.bmm(block, g.transpose(1, 2), out=_ragged(grad_angular, receiver))
                 if grad_grad_out is not None:
-                    grad_grad_out[a:b].baddbmm_(y.transpose(1, 2), block)
+                    grad_grad_out[start:end].baddbmm_(y.transpose(1, 2), block)
             if up_angular is not None and grad_grad_out is not None:
                 torch.index_select(pair, 0, index, out=block.view(-1, F))
-                grad_grad_out[a:b].baddbmm_(up_angular[a:b].transpose(1, 2), block)
+                grad_grad_out[start:end].baddbmm_(
+                    _ragged(up_angular, receiver).transpose(1, 2), block)
             if q is not None:
                 q.index_add_(0, index, torch.bmm(y, g, out=block).view(-1, F))
             if r is not None:
-                r.index_add_(0, index, torch.bmm(up_angular[a:b], g, out=block).view(-1, F))
+                r.index_add_(0, index, torch.bmm(_ragged(up_angular, receiver), g,
+                                                 out=block).view(-1, F))
     grad_grid = torch.zeros_like(grid) if want_grid and (
         (q is not None and up_projected is not None) or r is not None) else None
     grad_projected = torch.zeros_like(projected) if want_projected and (
@@ -278,31 +274,40 @@ def _plain_pair_gradients(grid: Tensor, projected: Tensor, grad_pair: Tensor,
             torch.cat(grad_projected))
 
 
+def _plain_receiver_sum(angular: Tensor, rows: Tensor, blocks: Blocks,
+                        num_nodes: int) -> Tensor:
+    # Y^T rows per receiver, block by block, [N, C, F] in the receiver grid's row order.
+    C, F = angular.size(-1), rows.size(-1)
+    parts = [torch.bmm(_ragged(angular, b).transpose(1, 2), _ragged(rows, b)) for b in blocks]
+    parts.append(rows.new_zeros((num_nodes - _covered_rows(blocks), C, F)))
+    return torch.cat(parts)
+
+
 def _plain_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor, blocks: Blocks) -> Tensor:
-    N, F = projected.size(0), projected.size(-1)
-    pair = _plain_pairs(grid, projected, blocks)
-    if pair.size(0) == 0:
-        return projected.new_zeros((N, angular.size(2), F))
-    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
-    return torch.bmm(angular.transpose(1, 2), rows)
+                            source_slot: Tensor, blocks_s: Blocks, blocks_r: Blocks) -> Tensor:
+    rows = _plain_pairs(grid, projected, blocks_s).index_select(0, source_slot)
+    return _plain_receiver_sum(angular, rows, blocks_r, projected.size(0))
 
 
 def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: Tensor,
-                                     source_slot: Tensor, grad_out: Tensor,
-                                     blocks: Blocks) -> Tuple[Tensor, Tensor, Tensor]:
-    N, F = projected.size(0), projected.size(-1)
-    pair = _plain_pairs(grid, projected, blocks)
-    rows = pair.index_select(0, source_slot).view(N, angular.size(1), F)
-    grad_angular = torch.bmm(rows, grad_out.transpose(1, 2))
-    grad_rows = torch.bmm(angular, grad_out).view(-1, F)
-    grad_pair = grad_rows.new_zeros((grid.size(0), F)).index_add(0, source_slot, grad_rows)
-    grad_grid, grad_projected = _plain_pair_gradients(grid, projected, grad_pair, blocks)
-    return grad_grid, grad_projected, grad_angular
+                                     source_slot: Tensor, grad_out: Tensor, blocks_s: Blocks,
+                                     blocks_r: Blocks) -> Tuple[Tensor, Tensor, Tensor]:
+    C, F = angular.size(-1), projected.size(-1)
+    rows = _plain_pairs(grid, projected, blocks_s).index_select(0, source_slot)
+    grad_angular = [torch.bmm(_ragged(rows, b), grad_out[b[0]:b[1]].transpose(1, 2)).view(-1, C)
+                    for b in blocks_r]
+    grad_rows = [torch.bmm(_ragged(angular, b), grad_out[b[0]:b[1]]).view(-1, F)
+                 for b in blocks_r]
+    grad_pair = grid.new_zeros((grid.size(0), F))
+    if len(grad_rows) > 0:
+        grad_pair = grad_pair.index_add(0, source_slot, torch.cat(grad_rows))
+    grad_grid, grad_projected = _plain_pair_gradients(grid, projected, grad_pair, blocks_s)
+    return (grad_grid, grad_projected,
+            torch.cat(grad_angular) if len(grad_angular) > 0 else torch.zeros_like(angular))
 
 
 def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_slot: Tensor,
-                     blocks: Blocks, block_elements: int = CHUNK_ELEMENTS) -> Tensor:
+                     blocks_s: Blocks, blocks_r: Blocks) -> Tensor:
     r"""HIP-NN-TS's neighbour sum :math:`m_i[c, g] = \sum_{j} Y_c(\hat{\mathbf{r}}_{ij})
     \sum_\nu s_\nu(r_{ij}) P_j[\nu, g]`: pair messages :math:`c = s\,P` per neighbour (source
     grid), gathered into the receiver grid and weighted by :math:`Y`.
@@ -312,31 +317,31 @@ def angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor, source_sl
             padding).
         projected (torch.Tensor): :math:`P = V x` :obj:`[N, K, F]`, rows in the order of the
             source grid.
-        angular (torch.Tensor): :math:`Y` of the receiver slots :obj:`[N, D_r, C]` (zero on
+        angular (torch.Tensor): :math:`Y` of the ragged receiver slots :obj:`[R, C]` (zero on
             padding).
-        source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[N D_r]`.
-        blocks (List[Tuple[int, int, int, int]]): The source blocks
+        source_slot (torch.Tensor): Source slot of every receiver slot :obj:`[R]`.
+        blocks_s (List[Tuple[int, int, int, int]]): The source blocks
             :obj:`(start, end, width, offset)`.
-        block_elements (int, optional): Elements of one block of per-receiver-slot messages.
-            (default: :obj:`CHUNK_ELEMENTS`)
+        blocks_r (List[Tuple[int, int, int, int]]): The receiver blocks.
 
     Returns:
-        torch.Tensor: :obj:`[N, C, F]`, rows in atom order.
+        torch.Tensor: :obj:`[N, C, F]`, rows in the order of the receiver grid.
     """
     if torch.jit.is_scripting():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks)
-    return _fused_angular_pair_sum(grid, projected, angular, source_slot, blocks,
-                                   block_elements)
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks_s,
+                                       blocks_r)
+    return _fused_angular_pair_sum(grid, projected, angular, source_slot, blocks_s, blocks_r)
 
 
 @torch.jit.unused
 def _fused_angular_pair_sum(grid: Tensor, projected: Tensor, angular: Tensor,
-                            source_slot: Tensor, blocks: Blocks, block_elements: int) -> Tensor:
+                            source_slot: Tensor, blocks_s: Blocks, blocks_r: Blocks) -> Tensor:
     # Autograd functions cannot be compiled by TorchScript, torch.compile or torch.export.
     if torch.compiler.is_compiling():
-        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks)
+        return _plain_angular_pair_sum(grid, projected, angular, source_slot, blocks_s,
+                                       blocks_r)
     return _AngularPairSum.apply(grid.contiguous(), projected.contiguous(),
-                                 angular.contiguous(), source_slot, blocks, block_elements)
+                                 angular.contiguous(), source_slot, blocks_s, blocks_r)
 
 
 class _PairSum(torch.autograd.Function):

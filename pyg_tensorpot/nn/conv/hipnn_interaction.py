@@ -6,7 +6,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from pyg_tensorpot.nn.conv.hipnn_sums import CHUNK_ELEMENTS, angular_pair_sum, pair_sum
+from pyg_tensorpot.nn.conv.hipnn_sums import (CHUNK_ELEMENTS, angular_pair_sum, block_views,
+                                              pair_sum)
 from pyg_tensorpot.nn.padded_neighbors import padded_neighbors, ragged_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
@@ -411,17 +412,16 @@ class HIPNNInteraction(torch.nn.Module):
             angular = neighbors.new_ones((neighbors.size(0), 1))
         else:
             angular = self._receiver_angular(edge_weight, edge_vec, layout)
-        blocks: List[Tensor] = []
-        for block in layout.receiver_blocks:
-            start, end, width, offset = block
-            stop = offset + (end - start) * width
-            message = (angular[offset:stop].unsqueeze(-1)
-                       * neighbors[offset:stop].unsqueeze(1)).view(end - start, width, C * F)
-            blocks.append(torch.bmm(
-                grid[offset:stop].view(end - start, width, K).transpose(1, 2), message))
-        covered = layout.receiver_blocks[-1][1] if len(layout.receiver_blocks) > 0 else 0
-        blocks.append(grid.new_zeros((N - covered, K, C * F)))
-        environment = torch.cat(blocks)
+        blocks = layout.receiver_blocks
+        sums = [
+            torch.bmm(s.transpose(1, 2), (y.unsqueeze(-1) * n.unsqueeze(2)).view(
+                n.size(0), n.size(1), C * F))
+            for s, y, n in zip(block_views(grid, blocks), block_views(angular, blocks),
+                               block_views(neighbors, blocks))
+        ]
+        covered = blocks[-1][1] if len(blocks) > 0 else 0
+        sums.append(grid.new_zeros((N - covered, K, C * F)))
+        environment = torch.cat(sums)
         environment = environment.view(N, K, C, F).transpose(1, 2).reshape(N, C, K * F)
         return environment @ self.weight.permute(0, 2, 1).reshape(K * F, self.out_channels)
 

@@ -30,6 +30,28 @@ def _ragged(flat: Tensor, block: Tuple[int, int, int, int]) -> Tensor:
     return flat[offset:offset + (end - start) * width].view(end - start, width, flat.size(-1))
 
 
+def block_views(flat: Tensor, blocks: Blocks) -> List[Tensor]:
+    r"""The :obj:`[end - start, width, D]` grid of every block of :obj:`blocks` out of their
+    flat :obj:`[slots, D]` storage, as the views of one :func:`torch.split`, whose backward
+    pass is one concatenation (a slice per block would add a gradient of the full size per
+    block: quadratic in the atoms)."""
+    sizes = [(b[1] - b[0]) * b[2] for b in blocks]
+    if len(sizes) == 0:
+        return []
+    parts = torch.split(flat, sizes)
+    return [part.view(b[1] - b[0], b[2], flat.size(-1)) for part, b in zip(parts, blocks)]
+
+
+def row_views(rows: Tensor, blocks: Blocks) -> List[Tensor]:
+    r"""The rows :obj:`start..end - 1` of every block of :obj:`blocks` out of a per-row tensor
+    :obj:`[N, ...]`, as the views of one :func:`torch.split` (see :func:`block_views`)."""
+    sizes = [b[1] - b[0] for b in blocks]
+    if len(sizes) == 0:
+        return []
+    sizes.append(rows.size(0) - _covered_rows(blocks))
+    return list(torch.split(rows, sizes))[:-1]
+
+
 def _largest_block(blocks: Blocks) -> int:
     return max([(b[1] - b[0]) * b[2] for b in blocks] + [0])
 
@@ -257,7 +279,8 @@ def _differentiated(outputs: Tuple[Tensor, ...], ups: List[Optional[Tensor]],
 def _plain_pairs(grid: Tensor, projected: Tensor, blocks: Blocks) -> Tensor:
     # c = grid @ projected per neighbour, block by block, [slots, F].
     F = projected.size(-1)
-    parts = [torch.bmm(_ragged(grid, b), projected[b[0]:b[1]]).view(-1, F) for b in blocks]
+    parts = [torch.bmm(g, p).view(-1, F)
+             for g, p in zip(block_views(grid, blocks), row_views(projected, blocks))]
     return torch.cat(parts) if len(parts) > 0 else grid.new_zeros((0, F))
 
 
@@ -265,10 +288,11 @@ def _plain_pair_gradients(grid: Tensor, projected: Tensor, grad_pair: Tensor,
                           blocks: Blocks) -> Tuple[Tensor, Tensor]:
     # The gradients of c = grid @ projected (per block) for the gradient grad_pair of c.
     N, K, F = projected.shape
-    grad_grid = [torch.bmm(_ragged(grad_pair, b), projected[b[0]:b[1]].transpose(1, 2)).view(
-        -1, K) for b in blocks]
-    grad_projected = [torch.bmm(_ragged(grid, b).transpose(1, 2), _ragged(grad_pair, b))
-                      for b in blocks]
+    grids, grads = block_views(grid, blocks), block_views(grad_pair, blocks)
+    projections = row_views(projected, blocks)
+    grad_grid = [torch.bmm(d, p.transpose(1, 2)).view(-1, K)
+                 for d, p in zip(grads, projections)]
+    grad_projected = [torch.bmm(g.transpose(1, 2), d) for g, d in zip(grids, grads)]
     grad_projected.append(projected.new_zeros((N - _covered_rows(blocks), K, F)))
     return (torch.cat(grad_grid) if len(grad_grid) > 0 else grid.new_zeros((0, K)),
             torch.cat(grad_projected))
@@ -278,7 +302,8 @@ def _plain_receiver_sum(angular: Tensor, rows: Tensor, blocks: Blocks,
                         num_nodes: int) -> Tensor:
     # Y^T rows per receiver, block by block, [N, C, F] in the receiver grid's row order.
     C, F = angular.size(-1), rows.size(-1)
-    parts = [torch.bmm(_ragged(angular, b).transpose(1, 2), _ragged(rows, b)) for b in blocks]
+    parts = [torch.bmm(y.transpose(1, 2), r)
+             for y, r in zip(block_views(angular, blocks), block_views(rows, blocks))]
     parts.append(rows.new_zeros((num_nodes - _covered_rows(blocks), C, F)))
     return torch.cat(parts)
 
@@ -294,10 +319,10 @@ def _plain_angular_pair_sum_backward(grid: Tensor, projected: Tensor, angular: T
                                      blocks_r: Blocks) -> Tuple[Tensor, Tensor, Tensor]:
     C, F = angular.size(-1), projected.size(-1)
     rows = _plain_pairs(grid, projected, blocks_s).index_select(0, source_slot)
-    grad_angular = [torch.bmm(_ragged(rows, b), grad_out[b[0]:b[1]].transpose(1, 2)).view(-1, C)
-                    for b in blocks_r]
-    grad_rows = [torch.bmm(_ragged(angular, b), grad_out[b[0]:b[1]]).view(-1, F)
-                 for b in blocks_r]
+    ys, gs = block_views(angular, blocks_r), row_views(grad_out, blocks_r)
+    grad_angular = [torch.bmm(r, g.transpose(1, 2)).view(-1, C)
+                    for r, g in zip(block_views(rows, blocks_r), gs)]
+    grad_rows = [torch.bmm(y, g).view(-1, F) for y, g in zip(ys, gs)]
     grad_pair = grid.new_zeros((grid.size(0), F))
     if len(grad_rows) > 0:
         grad_pair = grad_pair.index_add(0, source_slot, torch.cat(grad_rows))

@@ -17,7 +17,6 @@ from model_factories import (  # tests/ is on sys.path
 )
 from pyg_tensorpot.nn.conv import HIPNNInteraction
 from pyg_tensorpot.nn.neighbors import edge_vectors, neighbor_pairs
-from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
 from pyg_tensorpot.nn.verlet import VerletList
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -153,17 +152,6 @@ def test_hipnn_layout_under_compile_needs_num_pairs():
 
     with pytest.raises(Exception, match='pass num_pairs'):
         torch.compile(layout, backend='eager', fullgraph=True)(edge_index, pair_index)
-
-
-def test_padded_neighbors_traces_with_captured_scalars():
-    # The grid's width is an unbacked integer: one flag, set by the caller, avoids the break.
-    index = torch.tensor([2, 0, 2, 2, 1, 0])
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        got = torch.compile(padded_neighbors, backend='eager', fullgraph=True)(index, 4)
-    want = padded_neighbors(index, 4)
-    assert (got.num_nodes, got.width) == (want.num_nodes, want.width) == (4, 3)
-    for got_part, want_part in zip(got[:3], want[:3]):
-        assert torch.equal(got_part, want_part)
 
 
 def test_input_checks_stay_active_under_compile():

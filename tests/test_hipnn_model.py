@@ -17,7 +17,6 @@ from pyg_tensorpot.nn import (
     neighbor_pairs,
 )
 from pyg_tensorpot.nn.neighbors import edge_vectors
-from pyg_tensorpot.nn.padded_neighbors import padded_neighbors
 
 ORDERS = [0, 1, 2]
 
@@ -192,15 +191,6 @@ def test_isolated_atoms_and_single_atom():
     assert single.shape == (1, ) and torch.isfinite(single).all()
 
 
-def test_padded_neighbors_layout():
-    index = torch.tensor([2, 0, 2, 2, 1, 0])
-    layout = padded_neighbors(index, 4)
-    assert layout.width == 3
-    assert layout.mask.view(4, 3).sum(1).tolist() == [2, 1, 3, 0]
-    assert torch.equal(layout.edge_of_slot[layout.slot], torch.arange(6))
-    assert torch.equal(layout.slot // 3, index)
-
-
 def _layer_outputs_and_gradients(layer, x, pos, edge_index, pair_index=None):
     pos = pos.clone().requires_grad_(True)
     x = x.clone().requires_grad_(True)
@@ -360,7 +350,7 @@ def test_ragged_grids_equal_the_edge_list_on_a_one_way_graph(max_order, contract
 def test_ragged_neighbors_layout():
     """Rows sorted by degree, blocks as wide as their largest degree, every edge in its own
     slot of its atom's row, padding only at the ends of the shorter rows of a block."""
-    from pyg_tensorpot.nn.padded_neighbors import ragged_neighbors
+    from pyg_tensorpot.nn.ragged_neighbors import ragged_neighbors
     index = torch.tensor([2, 0, 2, 2, 1, 0, 4, 4, 4, 4])
     layout = ragged_neighbors(index, 6, block_slots=5)
     assert layout.order.tolist() == [4, 2, 0, 1, 3, 5]  # degrees 4, 3, 2, 1, 0, 0

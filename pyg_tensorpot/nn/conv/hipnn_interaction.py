@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pyg_tensorpot.nn.conv.hipnn_sums import (CHUNK_ELEMENTS, angular_pair_sum, block_views,
                                               pair_sum)
-from pyg_tensorpot.nn.padded_neighbors import padded_neighbors, ragged_neighbors
+from pyg_tensorpot.nn.ragged_neighbors import ragged_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
 
@@ -24,7 +24,7 @@ class HIPNNLayout(NamedTuple):
 
     Both grids hold the edges of an atom in one row, with the rows sorted by degree and cut
     into blocks, each as wide as its own largest degree
-    (:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), stored flat: the *source*
+    (:func:`~pyg_tensorpot.nn.ragged_neighbors.ragged_neighbors`), stored flat: the *source*
     grid groups the edges by neighbour (:obj:`edge_index[0]`, :math:`S` slots), the
     *receiver* grid by receiver (:obj:`edge_index[1]`, :math:`R` slots). Sensitivities are
     looked up by *row* (a pair of atoms, whose two directed edges have the same distance, or

@@ -7,11 +7,11 @@ Both grids (the source grid of the pair messages, one row per neighbour atom, an
 receiver grid, one row per receiving atom) are ragged: their rows are sorted by degree and
 cut into blocks of :obj:`(start, end, width, offset)`, each block a :obj:`[end - start, width,
 ...]` grid stored flat from slot :obj:`offset` on
-(:func:`~pyg_tensorpot.nn.padded_neighbors.ragged_neighbors`), so that almost no slot is
+(:func:`~pyg_tensorpot.nn.ragged_neighbors.ragged_neighbors`), so that almost no slot is
 padding. The rows of :obj:`projected` are in the source grid's order, the sums come out in
 the receiver grid's (:func:`pair_sum` adds into atoms directly).
 """
-from typing import List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -61,6 +61,34 @@ def _covered_rows(blocks: Blocks) -> int:
     return blocks[-1][1] if len(blocks) > 0 else 0
 
 
+def _gathered(table: Tensor, index: Tensor, blocks: Blocks) -> Iterator[Tuple[Tuple[int, int, int,
+                                                                             int], Tensor]]:
+    # (block, the rows of table at the block's slots of index as [rows, width, F]) for every
+    # block, gathered into one reused buffer (valid until the next block).
+    if len(blocks) == 0:
+        return
+    F = table.size(-1)
+    buffer = table.new_empty((_largest_block(blocks), F))
+    for block in blocks:
+        start, end, width, offset = block
+        slots = (end - start) * width
+        yield block, torch.index_select(table, 0, index[offset:offset + slots],
+                                        out=buffer[:slots]).view(end - start, width, F)
+
+
+def _into_pair_gradients(grads: Iterable[Tuple[Tuple[int, int, int, int], Tensor]], grid: Tensor,
+                         projected: Tensor, grad_grid: Optional[Tensor],
+                         grad_projected: Optional[Tensor]) -> None:
+    # The gradients of c = grid @ projected (per source block) for the gradient d of every
+    # block of c, written into grad_grid [S, K] and grad_projected [N, K, F] (either None).
+    for block, d in grads:
+        start, end = block[0], block[1]
+        if grad_grid is not None:
+            torch.bmm(d, projected[start:end].transpose(1, 2), out=_ragged(grad_grid, block))
+        if grad_projected is not None:
+            torch.bmm(_ragged(grid, block).transpose(1, 2), d, out=grad_projected[start:end])
+
+
 def _empty_rows_like(projected: Tensor, blocks: Blocks) -> Tensor:
     # torch.empty_like, with the rows that no block writes set to zero.
     out = torch.empty_like(projected)
@@ -82,15 +110,9 @@ class _AngularPairSum(torch.autograd.Function):
                       out=_ragged(pair, block))
         out = grid.new_empty((N, C, F))
         out[_covered_rows(blocks_r):].zero_()
-        if len(blocks_r) > 0:
-            rows = grid.new_empty((_largest_block(blocks_r), F))
-            for block in blocks_r:
-                start, end, width, offset = block
-                slots = (end - start) * width
-                gathered = torch.index_select(pair, 0, source_slot[offset:offset + slots],
-                                              out=rows[:slots])
-                torch.bmm(_ragged(angular, block).transpose(1, 2),
-                          gathered.view(end - start, width, F), out=out[start:end])
+        for block, gathered in _gathered(pair, source_slot, blocks_r):
+            torch.bmm(_ragged(angular, block).transpose(1, 2), gathered,
+                      out=out[block[0]:block[1]])
         ctx.save_for_backward(grid, projected, angular, source_slot, pair)
         ctx.blocks = (blocks_s, blocks_r)
         return out
@@ -137,15 +159,9 @@ class _AngularPairSumBackward(torch.autograd.Function):
         grad_grid = torch.zeros_like(grid) if need_grid else dummy
         grad_projected = _empty_rows_like(projected, blocks_s) if need_projected else dummy
         if need_grid or need_projected:
-            for source in blocks_s:
-                a, b = source[0], source[1]
-                block = _ragged(grad_pair, source)
-                if need_grid:
-                    torch.bmm(block, projected[a:b].transpose(1, 2),
-                              out=_ragged(grad_grid, source))
-                if need_projected:
-                    torch.bmm(_ragged(grid, source).transpose(1, 2), block,
-                              out=grad_projected[a:b])
+            _into_pair_gradients(((b, _ragged(grad_pair, b)) for b in blocks_s), grid, projected,
+                                 grad_grid if need_grid else None,
+                                 grad_projected if need_projected else None)
         ctx.save_for_backward(grid, projected, angular, source_slot, pair, grad_out)
         ctx.blocks = (blocks_s, blocks_r)
         ctx.needs = (need_grid, need_projected, need_angular)
@@ -407,23 +423,12 @@ class _PairSumBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, grad_out: Tensor,
                 blocks: Blocks, need_grid: bool, need_projected: bool):
-        F = projected.size(-1)
         grad_grid = torch.empty_like(grid) if need_grid else grid.new_zeros(())
         grad_projected = (_empty_rows_like(projected, blocks) if need_projected
                           else grid.new_zeros(()))
-        if len(blocks) > 0:
-            rows = grad_out.new_empty((_largest_block(blocks), F))
-            for block in blocks:
-                start, end, width, offset = block
-                slots = (end - start) * width
-                gathered = torch.index_select(grad_out, 0, target[offset:offset + slots],
-                                              out=rows[:slots]).view(end - start, width, F)
-                if need_grid:
-                    torch.bmm(gathered, projected[start:end].transpose(1, 2),
-                              out=_ragged(grad_grid, block))
-                if need_projected:
-                    torch.bmm(_ragged(grid, block).transpose(1, 2), gathered,
-                              out=grad_projected[start:end])
+        _into_pair_gradients(_gathered(grad_out, target, blocks), grid, projected,
+                             grad_grid if need_grid else None,
+                             grad_projected if need_projected else None)
         ctx.save_for_backward(grid, projected, target, grad_out)
         ctx.blocks = blocks
         ctx.needs = (need_grid, need_projected)

@@ -1,4 +1,4 @@
-"""HIP-NN's interaction layer: its neighbour sums over padded per-atom grids in eager mode
+"""HIP-NN's interaction layer: its neighbour sums over ragged per-atom grids in eager mode
 (fused in :mod:`~pyg_tensorpot.nn.conv.hipnn_sums`) and over the edge list under
 torch.compile, in the same contraction order."""
 from typing import List, NamedTuple, Optional, Tuple
@@ -47,10 +47,10 @@ class HIPNNLayout(NamedTuple):
         receiver_source_slot (torch.Tensor): Source slot of the edge of every receiver slot
             (that of edge 0 on padding).
         receiver_mask (torch.Tensor): :obj:`True` where a receiver slot holds an edge.
-        padded (bool): :obj:`False` for the layout built under :func:`torch.compile`, whose
-            grid widths (degrees) would be data-dependent shapes: its slots are then the edges
-            themselves (no blocks, :obj:`source_row` the row of every edge) and the layer sums
-            over edges with :meth:`~torch.Tensor.index_add`.
+        padded (bool): Whether the layout holds grids; :obj:`False` for the layout built under
+            :func:`torch.compile`, whose blocks (degrees) would be data-dependent shapes: its
+            slots are then the edges themselves (no blocks, :obj:`source_row` the row of every
+            edge) and the layer sums over edges with :meth:`~torch.Tensor.index_add`.
     """
     num_nodes: int
     num_rows: int

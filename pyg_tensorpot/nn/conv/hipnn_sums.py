@@ -3,6 +3,10 @@ functions: blocks of atoms at a time into reused buffers, and only their inputs 
 backward passes. The plain formulas beside them are what TorchScript and torch.compile run,
 and what the fused functions are tested against.
 
+Length: over 500 lines because each of the two sums comes with its blocked backward pass, the
+blocked backward of that (force training) and the plain formulas both are tested against:
+one contraction each, kept in one place.
+
 Both grids (the source grid of the pair messages, one row per neighbour atom, and the
 receiver grid, one row per receiving atom) are ragged: their rows are sorted by degree and
 cut into blocks of :obj:`(start, end, width, offset)`, each block a :obj:`[end - start, width,

@@ -311,11 +311,9 @@ class HIPNNInteraction(torch.nn.Module):
                              + str(layout.num_rows) + ' distance rows and '
                              + str(layout.num_nodes) + ' atoms, got ' + str(distances.size(0))
                              + ' distances and ' + str(num_nodes) + ' atoms')
-        # Row num_rows, read by every padding slot, is the sensitivity of a distance beyond the
-        # cutoff: exact zeros (the cutoff function is 0 there), so padding adds exact zeros. One
-        # more distance costs less than a row appended to the [P, K] table and its gradient.
-        beyond = distances.new_full((1, ), 2.0 * self.sensitivity.cutoff)
-        sensitivity = self.sensitivity(torch.cat([distances, beyond]))
+        sensitivity = self.sensitivity(distances)
+        # Row num_rows, read by every padding slot: padding adds exact zeros.
+        sensitivity = torch.cat([sensitivity, sensitivity.new_zeros(1, sensitivity.size(1))])
         # m in atom order, or in the receiver grid's row order (by_rank)
         by_rank = layout.padded and not (self.max_order == 0 and self._project_first())
         if not layout.padded:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pyg_tensorpot.nn.conv.hipnn_sums import (CHUNK_ELEMENTS, angular_pair_sum, block_views,
-                                              pair_sum)
+                                              covered_rows, pair_sum)
 from pyg_tensorpot.nn.ragged_neighbors import ragged_neighbors
 from pyg_tensorpot.nn.sensitivity import InverseGaussianSensitivity
 from pyg_tensorpot.nn.tensor_algebra import traceless_outer
@@ -274,9 +274,8 @@ class HIPNNInteraction(torch.nn.Module):
         receiver_row[by_receiver.slot] = rows
         receiver_neighbor = torch.zeros_like(receiver_edge)
         receiver_neighbor[by_receiver.slot] = edge_index[0]
-        receiver_source_slot = torch.zeros_like(receiver_edge)
-        if num_edges > 0:
-            receiver_source_slot = by_source.slot.index_select(0, receiver_edge)
+        # (A graph without edges has no slots: both index tensors are empty.)
+        receiver_source_slot = by_source.slot.index_select(0, receiver_edge)
         return HIPNNLayout(num_nodes, num_rows, by_source.order, by_source.blocks, source_row,
                            source_target, by_receiver.row, by_receiver.blocks, receiver_row,
                            receiver_neighbor, receiver_edge, receiver_source_slot,
@@ -419,8 +418,7 @@ class HIPNNInteraction(torch.nn.Module):
             for s, y, n in zip(block_views(grid, blocks), block_views(angular, blocks),
                                block_views(neighbors, blocks))
         ]
-        covered = blocks[-1][1] if len(blocks) > 0 else 0
-        sums.append(grid.new_zeros((N - covered, K, C * F)))
+        sums.append(grid.new_zeros((N - covered_rows(blocks), K, C * F)))
         environment = torch.cat(sums)
         environment = environment.view(N, K, C, F).transpose(1, 2).reshape(N, C, K * F)
         return environment @ self.weight.permute(0, 2, 1).reshape(K * F, self.out_channels)

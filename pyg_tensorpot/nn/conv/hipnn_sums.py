@@ -25,10 +25,11 @@ from torch import Tensor
 CHUNK_ELEMENTS = 2**18
 
 
-Blocks = List[Tuple[int, int, int, int]]
+Block = Tuple[int, int, int, int]  # (start, end, width, offset)
+Blocks = List[Block]
 
 
-def _ragged(flat: Tensor, block: Tuple[int, int, int, int]) -> Tensor:
+def _ragged(flat: Tensor, block: Block) -> Tensor:
     # The [rows, width, ...] grid of one source block out of its flat [slots, ...] storage.
     start, end, width, offset = block
     return flat[offset:offset + (end - start) * width].view(end - start, width, flat.size(-1))
@@ -52,7 +53,7 @@ def row_views(rows: Tensor, blocks: Blocks) -> List[Tensor]:
     sizes = [b[1] - b[0] for b in blocks]
     if len(sizes) == 0:
         return []
-    sizes.append(rows.size(0) - _covered_rows(blocks))
+    sizes.append(rows.size(0) - covered_rows(blocks))
     return list(torch.split(rows, sizes))[:-1]
 
 
@@ -60,13 +61,12 @@ def _largest_block(blocks: Blocks) -> int:
     return max([(b[1] - b[0]) * b[2] for b in blocks] + [0])
 
 
-def _covered_rows(blocks: Blocks) -> int:
-    # Rows after the last block have no edges: their gradients are zero.
+def covered_rows(blocks: Blocks) -> int:
+    r"""The rows that :obj:`blocks` cover: the rows after the last block have no edges."""
     return blocks[-1][1] if len(blocks) > 0 else 0
 
 
-def _gathered(table: Tensor, index: Tensor, blocks: Blocks) -> Iterator[Tuple[Tuple[int, int, int,
-                                                                             int], Tensor]]:
+def _gathered(table: Tensor, index: Tensor, blocks: Blocks) -> Iterator[Tuple[Block, Tensor]]:
     # (block, the rows of table at the block's slots of index as [rows, width, F]) for every
     # block, gathered into one reused buffer (valid until the next block).
     if len(blocks) == 0:
@@ -80,7 +80,7 @@ def _gathered(table: Tensor, index: Tensor, blocks: Blocks) -> Iterator[Tuple[Tu
                                         out=buffer[:slots]).view(end - start, width, F)
 
 
-def _into_pair_gradients(grads: Iterable[Tuple[Tuple[int, int, int, int], Tensor]], grid: Tensor,
+def _into_pair_gradients(grads: Iterable[Tuple[Block, Tensor]], grid: Tensor,
                          projected: Tensor, grad_grid: Optional[Tensor],
                          grad_projected: Optional[Tensor]) -> None:
     # The gradients of c = grid @ projected (per source block) for the gradient d of every
@@ -93,10 +93,9 @@ def _into_pair_gradients(grads: Iterable[Tuple[Tuple[int, int, int, int], Tensor
             torch.bmm(_ragged(grid, block).transpose(1, 2), d, out=grad_projected[start:end])
 
 
-def _empty_rows_like(projected: Tensor, blocks: Blocks) -> Tensor:
-    # torch.empty_like, with the rows that no block writes set to zero.
-    out = torch.empty_like(projected)
-    out[_covered_rows(blocks):].zero_()
+def _zero_uncovered(out: Tensor, blocks: Blocks) -> Tensor:
+    # An empty per-row tensor with the rows that no block writes set to zero.
+    out[covered_rows(blocks):].zero_()
     return out
 
 
@@ -112,8 +111,7 @@ class _AngularPairSum(torch.autograd.Function):
         for block in blocks_s:
             torch.bmm(_ragged(grid, block), projected[block[0]:block[1]],
                       out=_ragged(pair, block))
-        out = grid.new_empty((N, C, F))
-        out[_covered_rows(blocks_r):].zero_()
+        out = _zero_uncovered(grid.new_empty((N, C, F)), blocks_r)
         for block, gathered in _gathered(pair, source_slot, blocks_r):
             torch.bmm(_ragged(angular, block).transpose(1, 2), gathered,
                       out=out[block[0]:block[1]])
@@ -161,7 +159,8 @@ class _AngularPairSumBackward(torch.autograd.Function):
                                       out=rows[:slots].view(end - start, width, F))
                 grad_pair.index_add_(0, index, grad_rows.view(-1, F))
         grad_grid = torch.zeros_like(grid) if need_grid else dummy
-        grad_projected = _empty_rows_like(projected, blocks_s) if need_projected else dummy
+        grad_projected = (_zero_uncovered(torch.empty_like(projected), blocks_s)
+                          if need_projected else dummy)
         if need_grid or need_projected:
             _into_pair_gradients(((b, _ragged(grad_pair, b)) for b in blocks_s), grid, projected,
                                  grad_grid if need_grid else None,
@@ -313,7 +312,7 @@ def _plain_pair_gradients(grid: Tensor, projected: Tensor, grad_pair: Tensor,
     grad_grid = [torch.bmm(d, p.transpose(1, 2)).view(-1, K)
                  for d, p in zip(grads, projections)]
     grad_projected = [torch.bmm(g.transpose(1, 2), d) for g, d in zip(grids, grads)]
-    grad_projected.append(projected.new_zeros((N - _covered_rows(blocks), K, F)))
+    grad_projected.append(projected.new_zeros((N - covered_rows(blocks), K, F)))
     return (torch.cat(grad_grid) if len(grad_grid) > 0 else grid.new_zeros((0, K)),
             torch.cat(grad_projected))
 
@@ -324,7 +323,7 @@ def _plain_receiver_sum(angular: Tensor, rows: Tensor, blocks: Blocks,
     C, F = angular.size(-1), rows.size(-1)
     parts = [torch.bmm(y.transpose(1, 2), r)
              for y, r in zip(block_views(angular, blocks), block_views(rows, blocks))]
-    parts.append(rows.new_zeros((num_nodes - _covered_rows(blocks), C, F)))
+    parts.append(rows.new_zeros((num_nodes - covered_rows(blocks), C, F)))
     return torch.cat(parts)
 
 
@@ -428,7 +427,7 @@ class _PairSumBackward(torch.autograd.Function):
     def forward(ctx, grid: Tensor, projected: Tensor, target: Tensor, grad_out: Tensor,
                 blocks: Blocks, need_grid: bool, need_projected: bool):
         grad_grid = torch.empty_like(grid) if need_grid else grid.new_zeros(())
-        grad_projected = (_empty_rows_like(projected, blocks) if need_projected
+        grad_projected = (_zero_uncovered(torch.empty_like(projected), blocks) if need_projected
                           else grid.new_zeros(()))
         _into_pair_gradients(_gathered(grad_out, target, blocks), grid, projected,
                              grad_grid if need_grid else None,
